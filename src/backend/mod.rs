@@ -1,0 +1,259 @@
+//! The backend trait every cache implements, and [`Cache`], the one place where keys are
+//! prefixed and checked, TTL 0 is given its meaning, and errors get their context.
+
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use crate::error::{Error, Result, quote};
+use crate::settings::{BackendKind, Settings};
+use crate::ttl::{Remaining, Ttl};
+
+/// What `migrate` found or did.
+#[derive(Debug, Default)]
+pub struct Migration {
+    /// The statements that were (or, with `--dry-run`, would be) run; empty when up to date.
+    pub statements: Vec<String>,
+    /// A note for backends without a schema ("nothing to migrate").
+    pub note: Option<String>,
+}
+
+/// What `flush` removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushScope<'a> {
+    /// Every entry of the backend.
+    All,
+    /// Only the keys that start with this (non-empty) prefix.
+    Prefix(&'a str),
+}
+
+/// A cache backend. Keys given to these methods are full keys (prefix included) that have
+/// passed [`Backend::check_key`]; values are JSON text as Kinto stores it (see `value.rs`).
+///
+/// Contract for implementors, from SPEC:
+/// - an entry is never returned (by `get`, `ttl`, `delete`, `expire`) after its TTL has passed,
+///   even when the backend has not removed it yet, and `expire` never brings it back;
+/// - `get` and `ttl` never write;
+/// - TTLs given to `set` and `expire` are greater than zero ([`Cache`] handles 0);
+/// - building a backend does no I/O: the first operation connects;
+/// - a failure is an error (status 3 or 4), never a silent miss.
+pub trait Backend {
+    /// The name accepted by `--backend`.
+    fn name(&self) -> &'static str;
+    /// Where the backend points, without any password; used in messages.
+    fn location(&self) -> String;
+    /// Another handle on the same storage (a new connection, sharing any pool), for a second
+    /// prefix or a second worker. No I/O.
+    fn fork(&self) -> Result<Box<dyn Backend>>;
+    /// Refuses a full key this backend cannot store. Called before any I/O.
+    fn check_key(&self, _key: &str) -> Result<()> {
+        Ok(())
+    }
+    /// Refuses a flush scope this backend cannot honour. Called before any I/O.
+    fn check_flush(&self, _scope: FlushScope<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// Creates what the backend needs; with `dry_run`, only reports it.
+    fn migrate(&mut self, _dry_run: bool) -> Result<Migration> {
+        Ok(Migration { statements: Vec::new(), note: Some(format!("the {} backend has no schema", self.name())) })
+    }
+    fn get(&mut self, key: &str) -> Result<Option<String>>;
+    fn set(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<()>;
+    fn ttl(&mut self, key: &str) -> Result<Remaining>;
+    /// Gives a live entry a new TTL; `false` if there is no live entry.
+    fn expire(&mut self, key: &str, ttl: Ttl) -> Result<bool>;
+    /// Removes the entry; returns its value if it was live.
+    fn delete(&mut self, key: &str) -> Result<Option<String>>;
+    fn flush(&mut self, scope: FlushScope<'_>) -> Result<()>;
+    /// Removes expired entries now; returns how many. Default: nothing to do.
+    fn purge(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+}
+
+/// The heartbeat key, as Kinto's (it gets the prefix like any other key).
+pub const HEARTBEAT_KEY: &str = "__heartbeat__";
+
+/// A backend behind the configured prefix.
+pub struct Cache {
+    inner: Box<dyn Backend>,
+    prefix: String,
+}
+
+impl Cache {
+    pub fn new(inner: Box<dyn Backend>, prefix: String) -> Cache {
+        Cache { inner, prefix }
+    }
+
+    /// A cache on the same storage with another prefix.
+    pub fn sibling(&self, prefix: &str) -> Result<Cache> {
+        Ok(Cache::new(self.inner.fork()?, prefix.to_string()))
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    pub fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    /// The full key for `key`, after every check (generic ones here, the backend's own limits).
+    pub fn full_key(&self, key: &str) -> Result<String> {
+        if key.is_empty() {
+            return Err(Error::input("the key is empty"));
+        }
+        if let Some(c) = key.chars().find(|c| c.is_control()) {
+            return Err(Error::input(format!(
+                "the key {} contains the control character {c:?}; keys are printable text",
+                quote(key)
+            )));
+        }
+        let full = format!("{}{key}", self.prefix);
+        self.inner.check_key(&full)?;
+        Ok(full)
+    }
+
+    fn ctx(&self, op: &str, key: &str) -> String {
+        format!("{op} {} on {} at {}", quote(key), self.inner.name(), self.inner.location())
+    }
+
+    pub fn get(&mut self, key: &str) -> Result<Option<String>> {
+        let full = self.full_key(key)?;
+        self.inner.get(&full).map_err(|e| e.context(self.ctx("get", key)))
+    }
+
+    /// Stores `value` (JSON text) for `ttl`; a TTL of 0 stores nothing and removes the key.
+    pub fn set(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<()> {
+        let full = self.full_key(key)?;
+        let r = if ttl.is_zero() { self.inner.delete(&full).map(drop) } else { self.inner.set(&full, value, ttl) };
+        r.map_err(|e| e.context(self.ctx("set", key)))
+    }
+
+    pub fn ttl(&mut self, key: &str) -> Result<Remaining> {
+        let full = self.full_key(key)?;
+        self.inner.ttl(&full).map_err(|e| e.context(self.ctx("ttl", key)))
+    }
+
+    /// Gives a live entry a new TTL; 0 expires it now. `false`: no live entry.
+    pub fn expire(&mut self, key: &str, ttl: Ttl) -> Result<bool> {
+        let full = self.full_key(key)?;
+        let r =
+            if ttl.is_zero() { self.inner.delete(&full).map(|v| v.is_some()) } else { self.inner.expire(&full, ttl) };
+        r.map_err(|e| e.context(self.ctx("expire", key)))
+    }
+
+    pub fn delete(&mut self, key: &str) -> Result<Option<String>> {
+        let full = self.full_key(key)?;
+        self.inner.delete(&full).map_err(|e| e.context(self.ctx("delete", key)))
+    }
+
+    /// The scope SPEC gives `flush`: everything when the prefix is empty or `all` is set,
+    /// else the prefix's keys.
+    pub fn flush_scope(&self, all: bool) -> FlushScope<'_> {
+        if all || self.prefix.is_empty() { FlushScope::All } else { FlushScope::Prefix(&self.prefix) }
+    }
+
+    /// Checks that `flush` can run with this scope (before anything is sent).
+    pub fn check_flush(&self, all: bool) -> Result<()> {
+        self.inner.check_flush(self.flush_scope(all))
+    }
+
+    pub fn flush(&mut self, all: bool) -> Result<()> {
+        self.check_flush(all)?;
+        let ctx = format!("flush {} at {}", self.inner.name(), self.inner.location());
+        let prefix = self.prefix.clone();
+        let scope = if all || prefix.is_empty() { FlushScope::All } else { FlushScope::Prefix(&prefix) };
+        self.inner.flush(scope).map_err(|e| e.context(ctx))
+    }
+
+    pub fn purge(&mut self) -> Result<u64> {
+        let ctx = format!("purge {} at {}", self.inner.name(), self.inner.location());
+        self.inner.purge().map_err(|e| e.context(ctx))
+    }
+
+    pub fn migrate(&mut self, dry_run: bool) -> Result<Migration> {
+        let ctx = format!("migrate {} at {}", self.inner.name(), self.inner.location());
+        self.inner.migrate(dry_run).map_err(|e| e.context(ctx))
+    }
+
+    /// Kinto's heartbeat made deterministic: write the heartbeat key, read it back, delete it,
+    /// and check it is gone. Kinto deletes on a coin toss and so passes half the time against a
+    /// dead memcached (reference §1.2, #2107); this always checks both paths.
+    pub fn ping(&mut self) -> Result<()> {
+        let alive = crate::value::encode_string("alive");
+        let ttl = Ttl::from_duration(std::time::Duration::from_secs(3600));
+        self.set(HEARTBEAT_KEY, &alive, ttl)?;
+        let read = self.get(HEARTBEAT_KEY)?;
+        self.delete(HEARTBEAT_KEY)?;
+        let gone = self.get(HEARTBEAT_KEY)?;
+        let what = format!("ping {} at {}", self.inner.name(), self.inner.location());
+        if read.as_deref() != Some(alive.as_str()) {
+            return Err(Error::backend(what, anyhow::anyhow!("the heartbeat key did not read back what was written")));
+        }
+        if gone.is_some() {
+            return Err(Error::backend(what, anyhow::anyhow!("the heartbeat key was still there after delete")));
+        }
+        Ok(())
+    }
+}
+
+/// Builds the configured backend. No I/O happens here.
+pub fn open(settings: &Settings) -> Result<Cache> {
+    let inner: Box<dyn Backend> = match settings.backend {
+        BackendKind::Memory => Box::new(memory::Memory::new(settings.max_size_bytes)),
+        #[cfg(feature = "sqlite")]
+        BackendKind::Sqlite => Box::new(sqlite::Sqlite::new(settings)?),
+        #[cfg(not(feature = "sqlite"))]
+        BackendKind::Sqlite => return Err(not_built("sqlite")),
+        BackendKind::Postgresql => return Err(not_built("postgresql")),
+        BackendKind::Memcached => return Err(not_built("memcached")),
+        BackendKind::Redis => return Err(not_built("redis")),
+    };
+    Ok(Cache::new(inner, settings.prefix.clone()))
+}
+
+fn not_built(name: &str) -> Error {
+    Error::input(format!("this kcache was built without the {name} backend (see kcache --version)"))
+}
+
+/// The backends compiled into this binary, for `--version`.
+pub const COMPILED: &[(&str, bool)] = &[
+    ("sqlite", cfg!(feature = "sqlite")),
+    ("memory", true),
+    ("postgresql", false),
+    ("memcached", false),
+    ("redis", false),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(prefix: &str) -> Cache {
+        Cache::new(Box::new(memory::Memory::new(None)), prefix.to_string())
+    }
+
+    #[test]
+    fn keys_are_checked_before_anything_else() {
+        let mut c = cache("p:");
+        assert_eq!(c.get("").unwrap_err().kind(), crate::error::ErrorKind::Input);
+        assert_eq!(c.set("a\nb", "\"v\"", "1".parse().unwrap()).unwrap_err().kind(), crate::error::ErrorKind::Input);
+        assert_eq!(c.full_key("k").unwrap(), "p:k");
+        assert_eq!(c.full_key("é k").unwrap(), "p:é k");
+    }
+
+    #[test]
+    fn flush_scope_follows_spec() {
+        assert_eq!(cache("").flush_scope(false), FlushScope::All);
+        assert_eq!(cache("p:").flush_scope(false), FlushScope::Prefix("p:"));
+        assert_eq!(cache("p:").flush_scope(true), FlushScope::All);
+    }
+
+    #[test]
+    fn ping_passes_on_a_working_backend() {
+        let mut c = cache("x:");
+        c.ping().unwrap();
+        assert_eq!(c.get(HEARTBEAT_KEY).unwrap(), None);
+    }
+}

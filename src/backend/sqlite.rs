@@ -1,0 +1,321 @@
+//! The `sqlite` backend, kcache's embedded default: one file holding Kinto's `cache` table
+//! (`key`, `value`, `ttl`), with `ttl` as Unix time in seconds (REAL; NULL = no expiry).
+//!
+//! Many kcache processes may use one file at once: WAL journal, a busy timeout, and every write
+//! in a `BEGIN IMMEDIATE` transaction (a deferred one that reads then writes fails at once with
+//! "database is locked" under contention; see `reference/crates.md` §6.2). Reads never write: a
+//! `get` on a file that does not exist yet is a miss, not a new file.
+
+use super::{Backend, FlushScope, Migration};
+use crate::error::{Error, Result};
+use crate::settings::Settings;
+use crate::ttl::{Remaining, Ttl};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How many expired rows a `set` removes on its way (SPEC: bounded, so that a table does not
+/// grow without end when nobody purges, and a `set` stays fast).
+const SET_PURGE_BATCH: u32 = 100;
+
+/// How long a command waits for another process's write lock by default.
+const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+const CREATE_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, ttl REAL DEFAULT NULL)";
+const CREATE_INDEX: &str = "CREATE INDEX IF NOT EXISTS idx_cache_ttl ON cache(ttl)";
+
+pub struct Sqlite {
+    path: PathBuf,
+    busy_timeout: Duration,
+    conn: Option<Connection>,
+    /// Whether the schema is known to exist in `conn`.
+    schema_ready: bool,
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Sorts SQLite failures into SPEC's statuses: a lock held too long is worth retrying (3);
+/// anything else is the file refusing the operation (4).
+fn classify(e: rusqlite::Error) -> Error {
+    let code = e.sqlite_error_code();
+    match code {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            Error::unavailable("the sqlite file is locked by another process", e)
+        }
+        Some(ErrorCode::ReadOnly) => Error::backend("the sqlite file is read-only", e),
+        Some(ErrorCode::CannotOpen) => Error::backend("cannot open the sqlite file", e),
+        Some(ErrorCode::NotADatabase) => Error::backend("the file is not an sqlite database", e),
+        _ => Error::backend("sqlite failed", e),
+    }
+}
+
+impl Sqlite {
+    pub fn new(settings: &Settings) -> Result<Sqlite> {
+        let path = settings.path.clone().ok_or_else(|| {
+            Error::input("no sqlite file: set 'path', or HOME or XDG_CACHE_HOME for the default location")
+        })?;
+        if path.is_dir() {
+            return Err(Error::input(format!("the sqlite path {} is a directory, not a file", path.display())));
+        }
+        Ok(Sqlite {
+            path,
+            busy_timeout: settings.pool_timeout.unwrap_or(DEFAULT_BUSY_TIMEOUT),
+            conn: None,
+            schema_ready: false,
+        })
+    }
+
+    /// A file whose mode has no write bit is treated as read-only, even for root, who could
+    /// otherwise write it: the owner asked for it not to change.
+    fn read_only_file(&self) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&self.path).is_ok_and(|m| m.permissions().mode() & 0o222 == 0)
+    }
+
+    /// The connection for a read: `None` when the file does not exist (everything is missing).
+    fn reader(&mut self) -> Result<Option<&mut Connection>> {
+        if self.conn.is_none() {
+            if !self.path.exists() {
+                return Ok(None);
+            }
+            let conn = Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(classify)?;
+            conn.busy_timeout(self.busy_timeout).map_err(classify)?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut())
+    }
+
+    /// The connection for a write, creating the file, its folder and the schema if needed.
+    fn writer(&mut self) -> Result<&mut Connection> {
+        self.open_writer()?;
+        let Some(conn) = self.conn.as_mut() else { unreachable!("open_writer opened it") };
+        if !self.schema_ready {
+            ensure_schema(conn)?;
+            self.schema_ready = true;
+        }
+        Ok(conn)
+    }
+
+    /// Opens the file for writing (creating it and its folder), without touching the schema.
+    fn open_writer(&mut self) -> Result<&mut Connection> {
+        if self.read_only_file() {
+            return Err(Error::backend(
+                format!("cannot write {}", self.path.display()),
+                anyhow::anyhow!("the sqlite file is read-only (it has no write permission)"),
+            ));
+        }
+        // A reader opened read-only cannot write: reopen.
+        if self.conn.as_ref().is_some_and(|c| c.is_readonly(rusqlite::MAIN_DB).unwrap_or(true)) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::backend(format!("cannot create the folder {}", dir.display()), e))?;
+            }
+            let conn = Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(classify)?;
+            conn.busy_timeout(self.busy_timeout).map_err(classify)?;
+            self.schema_ready = false;
+            return Ok(self.conn.insert(conn));
+        }
+        let Some(conn) = self.conn.as_mut() else { unreachable!("checked above") };
+        Ok(conn)
+    }
+
+    /// The statements the schema still needs.
+    fn missing_schema(conn: &Connection) -> Result<Vec<String>> {
+        let exists = |kind: &str, name: &str| -> Result<bool> {
+            conn.query_row("SELECT 1 FROM sqlite_master WHERE type = ?1 AND name = ?2", params![kind, name], |_| Ok(()))
+                .optional()
+                .map(|r| r.is_some())
+                .map_err(classify)
+        };
+        let mut todo = Vec::new();
+        if !exists("table", "cache")? {
+            todo.push(format!("{CREATE_TABLE};"));
+        }
+        if !exists("index", "idx_cache_ttl")? {
+            todo.push(format!("{CREATE_INDEX};"));
+        }
+        Ok(todo)
+    }
+}
+
+/// WAL journal (persistent in the file) and the table and index, created at most once, under
+/// the write lock so that concurrent first runs agree.
+fn ensure_schema(conn: &mut Connection) -> Result<()> {
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(classify)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)).map_err(classify)?;
+    }
+    let has_table: bool = conn
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cache'", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(classify)?
+        > 0;
+    if !has_table {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(classify)?;
+        tx.execute_batch(&format!("{CREATE_TABLE}; {CREATE_INDEX};")).map_err(classify)?;
+        tx.commit().map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction.
+fn immediate<T>(conn: &mut Connection, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(classify)?;
+    let out = f(&tx).map_err(classify)?;
+    tx.commit().map_err(classify)?;
+    Ok(out)
+}
+
+/// Reads tolerate a file without the table yet: everything is missing.
+fn no_table(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("no such table"))
+}
+
+impl Backend for Sqlite {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn fork(&self) -> Result<Box<dyn Backend>> {
+        Ok(Box::new(Sqlite {
+            path: self.path.clone(),
+            busy_timeout: self.busy_timeout,
+            conn: None,
+            schema_ready: false,
+        }))
+    }
+
+    fn migrate(&mut self, dry_run: bool) -> Result<Migration> {
+        if dry_run {
+            let statements = match self.reader()? {
+                None => vec![format!("{CREATE_TABLE};"), format!("{CREATE_INDEX};")],
+                Some(conn) => Self::missing_schema(conn)?,
+            };
+            return Ok(Migration { statements, note: None });
+        }
+        let conn = self.open_writer()?;
+        let statements = Self::missing_schema(conn)?;
+        ensure_schema(conn)?;
+        self.schema_ready = true;
+        Ok(Migration { statements, note: None })
+    }
+
+    fn get(&mut self, key: &str) -> Result<Option<String>> {
+        let Some(conn) = self.reader()? else { return Ok(None) };
+        let r = conn
+            .prepare_cached("SELECT value FROM cache WHERE key = ?1 AND (ttl IS NULL OR ttl > ?2)")
+            .and_then(|mut s| s.query_row(params![key, now()], |r| r.get(0)).optional());
+        match r {
+            Err(e) if no_table(&e) => Ok(None),
+            r => r.map_err(classify),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<()> {
+        let conn = self.writer()?;
+        let t = now();
+        immediate(conn, |tx| {
+            tx.execute(
+                "DELETE FROM cache WHERE key IN (SELECT key FROM cache WHERE ttl <= ?1 LIMIT ?2)",
+                params![t, SET_PURGE_BATCH],
+            )?;
+            tx.execute(
+                "INSERT INTO cache (key, value, ttl) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, ttl = excluded.ttl",
+                params![key, value, t + ttl.as_secs_f64()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn ttl(&mut self, key: &str) -> Result<Remaining> {
+        let Some(conn) = self.reader()? else { return Ok(Remaining::Missing) };
+        let t = now();
+        let r = conn
+            .prepare_cached("SELECT ttl FROM cache WHERE key = ?1 AND (ttl IS NULL OR ttl > ?2)")
+            .and_then(|mut s| s.query_row(params![key, t], |r| r.get::<_, Option<f64>>(0)).optional());
+        let row = match r {
+            Err(e) if no_table(&e) => None,
+            r => r.map_err(classify)?,
+        };
+        Ok(match row {
+            None => Remaining::Missing,
+            Some(None) => Remaining::NoExpiry,
+            Some(Some(expiry)) => match Duration::try_from_secs_f64(expiry - t) {
+                Ok(d) if !d.is_zero() => Remaining::Left(d),
+                _ => Remaining::Missing,
+            },
+        })
+    }
+
+    fn expire(&mut self, key: &str, ttl: Ttl) -> Result<bool> {
+        if !self.path.exists() {
+            return Ok(false);
+        }
+        let conn = self.writer()?;
+        let t = now();
+        immediate(conn, |tx| {
+            tx.execute(
+                "UPDATE cache SET ttl = ?1 WHERE key = ?2 AND (ttl IS NULL OR ttl > ?3)",
+                params![t + ttl.as_secs_f64(), key, t],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    fn delete(&mut self, key: &str) -> Result<Option<String>> {
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        let conn = self.writer()?;
+        let t = now();
+        immediate(conn, |tx| {
+            tx.query_row("DELETE FROM cache WHERE key = ?1 RETURNING value, ttl", params![key], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<f64>>(1)?))
+            })
+            .optional()
+        })
+        .map(|row| row.and_then(|(v, exp)| exp.is_none_or(|e| e > t).then_some(v)))
+    }
+
+    fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        let conn = self.writer()?;
+        immediate(conn, |tx| match scope {
+            FlushScope::All => tx.execute("DELETE FROM cache", []),
+            // substr/length count characters on both sides: no LIKE wildcards to escape.
+            FlushScope::Prefix(p) => tx.execute("DELETE FROM cache WHERE substr(key, 1, length(?1)) = ?1", params![p]),
+        })
+        .map(drop)
+    }
+
+    fn purge(&mut self) -> Result<u64> {
+        if !self.path.exists() {
+            return Ok(0);
+        }
+        let conn = self.writer()?;
+        let t = now();
+        immediate(conn, |tx| tx.execute("DELETE FROM cache WHERE ttl <= ?1", params![t])).map(|n| n as u64)
+    }
+}

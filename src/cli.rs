@@ -1,0 +1,189 @@
+//! The command-line surface, and nothing else: clap types whose doc comments are the help text.
+
+use crate::ttl::Ttl;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+Exit status: 0 done, 1 key not found, 2 bad usage or input (nothing was sent),
+3 backend unavailable (worth retrying), 4 backend refused the operation.
+
+Configuration: --config, else $KCACHE_CONFIG, else ~/.config/kcache/config.toml; with none,
+an SQLite file in ~/.cache/kcache/. Environment: CACHE_* and KINTO_CACHE_* as Kinto reads them.";
+
+/// Work with a Kinto cache from the shell: migrate, read, write and flush it.
+///
+/// kcache reads the same configuration as a Kinto deployment (its kinto.ini, or a TOML file),
+/// talks to the same backends and reads and writes the same data.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kcache",
+    version,
+    long_version = crate::LONG_VERSION.as_str(),
+    propagate_version = true,
+    disable_help_subcommand = true,
+    after_help = AFTER_HELP,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted before or after any command.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Config file: TOML with a [cache] table, or a Kinto INI with [app:main]
+    #[arg(short, long, global = true, value_name = "PATH", env = "KCACHE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path
+    #[arg(short, long, global = true, value_name = "NAME")]
+    pub backend: Option<String>,
+    /// Backend URL (postgresql://..., redis://...)
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// Memcached servers, separated by commas or spaces
+    #[arg(long, global = true, value_name = "HOST[,HOST...]")]
+    pub hosts: Option<String>,
+    /// Prefix prepended to every key, exactly as Kinto does
+    #[arg(long, global = true, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// Say more: where each setting came from, and the whole cause of an error
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
+    /// Say less: no warnings
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create what the backend needs (tables, index, function); idempotent
+    ///
+    /// Safe to run on every deploy, from several hosts at once. Example:
+    ///   kcache migrate --dry-run && kcache migrate
+    Migrate {
+        /// Print what would be done (the SQL, or that the schema is up to date); change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the value of KEY (status 1 if there is none)
+    ///
+    /// A stored JSON string prints as its raw text, any other document as compact JSON.
+    /// Example:
+    ///   value=$(kcache get session:42) || echo "not cached"
+    Get(ReadArgs),
+    /// Store VALUE under KEY for TTL
+    ///
+    /// VALUE is stored as a JSON string; with --json it is parsed as any JSON document.
+    /// VALUE "-" reads standard input to its end. TTL is seconds (60, 0.25) or a number with
+    /// a unit (500ms, 15m, 2h, 30d); 0 stores nothing and removes the key. Examples:
+    ///   kcache set greeting hello 60
+    ///   kcache set --json user:1 '{"name": "Ada"}' 1h
+    ///   slow-command | kcache set report - 15m
+    #[command(allow_negative_numbers = true)]
+    Set {
+        /// Parse VALUE as JSON instead of storing it as a string
+        #[arg(long)]
+        json: bool,
+        /// The key (the configured prefix is prepended)
+        key: String,
+        /// The value, or - for standard input
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        /// Time to live: 60, 0.25, 500ms, 15m, 2h, 30d
+        ttl: Ttl,
+    },
+    /// Print the seconds KEY has left (-1: no expiry; -2 and status 1: no such key)
+    ///
+    /// Whole seconds rounded up, so a live entry never shows 0. Example:
+    ///   kcache ttl --ms greeting
+    Ttl {
+        /// Print milliseconds instead of seconds
+        #[arg(long)]
+        ms: bool,
+        /// The key
+        key: String,
+    },
+    /// Give an existing entry a new TTL (status 1 if there is none)
+    ///
+    /// A TTL of 0 expires the entry now. An expired entry is never brought back. Example:
+    ///   kcache expire greeting 2h
+    #[command(allow_negative_numbers = true)]
+    Expire {
+        /// The key
+        key: String,
+        /// Time to live: 60, 0.25, 500ms, 15m, 2h, 30d
+        ttl: Ttl,
+    },
+    /// Remove KEY and print the value it had (status 1 if there was none)
+    ///
+    /// Example:
+    ///   token=$(kcache delete nonce:abc) || echo "already used"
+    Delete(ReadArgs),
+    /// Remove every entry (with a prefix: only the entries under it, where the backend can)
+    ///
+    /// Memcached cannot find keys by prefix, so there a prefixed flush needs --all. Example:
+    ///   kcache --prefix myapp: flush
+    Flush {
+        /// Remove everything, whatever the prefix
+        #[arg(long)]
+        all: bool,
+    },
+    /// Check that the backend answers (write, read and delete a heartbeat key)
+    ///
+    /// Prints "ok". Example:
+    ///   kcache ping || alert "cache down"
+    Ping,
+    /// Remove expired entries now (SQL backends; elsewhere there is nothing to do)
+    ///
+    /// Example (cron):
+    ///   */10 * * * *  kcache purge
+    Purge,
+    /// Print a shell completion script
+    ///
+    /// Example:
+    ///   kcache completions bash > /etc/bash_completion.d/kcache
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Arguments of the commands that print a value (`get`, `delete`).
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// Print the value as a JSON document, even when it is a string
+    #[arg(long)]
+    pub json: bool,
+    /// Do not print the trailing newline
+    #[arg(short = 'n', long)]
+    pub no_newline: bool,
+    /// The key (the configured prefix is prepended)
+    pub key: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn negative_ttl_reaches_the_ttl_parser() {
+        let e = Cli::try_parse_from(["kcache", "set", "k", "v", "-1"]).unwrap_err();
+        assert!(e.to_string().contains("negative"), "{e}");
+    }
+
+    #[test]
+    fn values_may_start_with_a_hyphen() {
+        let cli = Cli::try_parse_from(["kcache", "set", "k", "-x", "10"]).unwrap();
+        assert!(matches!(cli.command, Command::Set { value, .. } if value == "-x"));
+    }
+}

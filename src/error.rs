@@ -1,0 +1,217 @@
+//! kcache's error type: every failure carries the kind that decides the exit status, a chain of
+//! causes (through `anyhow`), and an optional hint. Rendering (one line, or the whole chain with
+//! `-v`) and the last line of defence against leaking secrets live here too.
+
+use std::fmt;
+use std::sync::Mutex;
+
+/// What went wrong, in the terms of SPEC's exit statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad usage or bad input (arguments, config, key, value, TTL); nothing was sent. Status 2.
+    Input,
+    /// The backend could not be reached: refused, timed out, pool exhausted. Status 3.
+    Unavailable,
+    /// The backend refused the operation: permissions, missing schema, value too large. Status 4.
+    Backend,
+    /// Standard output was closed early (`kcache get k | head -c0`): ends quietly with status 0.
+    BrokenPipe,
+}
+
+impl ErrorKind {
+    /// The process exit status for this kind.
+    pub fn status(self) -> u8 {
+        match self {
+            ErrorKind::Input => 2,
+            ErrorKind::Unavailable => 3,
+            ErrorKind::Backend => 4,
+            ErrorKind::BrokenPipe => 0,
+        }
+    }
+}
+
+/// A kcache failure: a kind, a message chain and perhaps a hint.
+pub struct Error {
+    kind: ErrorKind,
+    inner: anyhow::Error,
+    hint: Option<String>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, inner: anyhow::Error) -> Self {
+        Error { kind, inner, hint: None }
+    }
+    /// Bad input: `what` says what is wrong and names the culprit.
+    pub fn input(what: impl fmt::Display) -> Self {
+        Self::new(ErrorKind::Input, anyhow::anyhow!("{what}"))
+    }
+    /// The backend is unreachable while doing `what`.
+    pub fn unavailable(what: impl fmt::Display, cause: impl Into<anyhow::Error>) -> Self {
+        Self::new(ErrorKind::Unavailable, cause.into().context(what.to_string()))
+    }
+    /// The backend refused `what`.
+    pub fn backend(what: impl fmt::Display, cause: impl Into<anyhow::Error>) -> Self {
+        Self::new(ErrorKind::Backend, cause.into().context(what.to_string()))
+    }
+    pub fn broken_pipe() -> Self {
+        Self::new(ErrorKind::BrokenPipe, anyhow::anyhow!("broken pipe"))
+    }
+    /// Adds a second line `kcache: hint: ...`.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+    /// Wraps the message chain in one more level of context.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.inner = self.inner.context(what.to_string());
+        self
+    }
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+    /// The messages of the chain, outermost first.
+    pub fn chain(&self) -> Vec<String> {
+        self.inner.chain().map(|e| e.to_string()).collect()
+    }
+
+    /// The lines `kcache` prints for this error: `kcache: error: <what>: <root cause>`, or with
+    /// `verbose` every level of the chain; then the hint. Secrets are removed from every line.
+    pub fn render(&self, verbose: bool) -> Vec<String> {
+        let chain = self.chain();
+        let mut lines = Vec::new();
+        let first = chain.first().cloned().unwrap_or_default();
+        if verbose {
+            lines.push(format!("kcache: error: {first}"));
+            for cause in chain.iter().skip(1) {
+                lines.push(format!("kcache:   caused by: {cause}"));
+            }
+        } else if chain.len() > 1 {
+            let root = chain.last().cloned().unwrap_or_default();
+            lines.push(format!("kcache: error: {first}: {root}"));
+        } else {
+            lines.push(format!("kcache: error: {first}"));
+        }
+        if let Some(hint) = &self.hint {
+            lines.push(format!("kcache: hint: {hint}"));
+        }
+        lines.into_iter().map(|l| redact(&one_line(&l))).collect()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", redact(&format!("{:#}", self.inner)))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self)
+    }
+}
+
+/// Keeps an error on one line: a server message with new lines must not break the format.
+fn one_line(s: &str) -> String {
+    s.split(['\n', '\r']).filter(|p| !p.trim().is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Registers a secret (a password) that must never be printed. Every rendered error and log
+/// line goes through [`redact`], whatever library produced the text.
+pub fn register_secret(secret: &str) {
+    if secret.len() < 2 {
+        return; // a one-character "password" would blank out ordinary text
+    }
+    if let Ok(mut secrets) = SECRETS.lock()
+        && !secrets.iter().any(|s| s == secret)
+    {
+        {
+            secrets.push(secret.to_string());
+            // Longest first, so that a secret containing another one is removed whole.
+            secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+}
+
+/// Replaces every registered secret in `text` with `***`.
+pub fn redact(text: &str) -> String {
+    let mut out = text.to_string();
+    if let Ok(secrets) = SECRETS.lock() {
+        for s in secrets.iter() {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+    }
+    out
+}
+
+/// Escapes control characters of a key or value echoed in a message, so that a hostile key
+/// cannot move the cursor or rewrite the terminal.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        if c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_default());
+        } else if c == '\'' {
+            out.push_str("\\'");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_by_default_whole_chain_with_verbose() {
+        let e =
+            Error::unavailable("cannot reach postgresql at 127.0.0.1:1", anyhow::anyhow!("refused")).context("get 'k'");
+        assert_eq!(e.kind().status(), 3);
+        assert_eq!(e.render(false), vec!["kcache: error: get 'k': refused"]);
+        let v = e.render(true);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0], "kcache: error: get 'k'");
+        assert_eq!(v[2], "kcache:   caused by: refused");
+    }
+
+    #[test]
+    fn hint_is_a_second_line() {
+        let e = Error::backend("set 'k'", anyhow::anyhow!("relation \"cache\" does not exist"))
+            .with_hint("run 'kcache migrate' first");
+        assert_eq!(e.kind().status(), 4);
+        assert_eq!(e.render(false)[1], "kcache: hint: run 'kcache migrate' first");
+    }
+
+    #[test]
+    fn secrets_are_redacted_everywhere() {
+        register_secret("s3cr3t-xyz");
+        let e = Error::input("bad url postgresql://u:s3cr3t-xyz@h/db");
+        assert!(!e.render(true).concat().contains("s3cr3t-xyz"));
+        assert!(!e.to_string().contains("s3cr3t-xyz"));
+        assert!(!format!("{e:?}").contains("s3cr3t-xyz"));
+    }
+
+    #[test]
+    fn multi_line_causes_stay_on_one_line() {
+        let e = Error::backend("x", anyhow::anyhow!("line one\nline two"));
+        assert_eq!(e.render(false), vec!["kcache: error: x: line one line two"]);
+    }
+
+    #[test]
+    fn quote_escapes_control_characters() {
+        assert_eq!(quote("a\u{1b}[2Jb\n"), "'a\\u{1b}[2Jb\\n'");
+        assert_eq!(quote("é"), "'é'");
+    }
+}

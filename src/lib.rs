@@ -1,0 +1,149 @@
+//! kcache: a command-line tool for Kinto-style caches.
+//!
+//! [`run`] is the single exit point of every parsed command line: settings are resolved, the
+//! backend is built (no I/O), the command runs, and its outcome becomes the exit status.
+
+pub mod backend;
+pub mod cli;
+mod commands;
+pub mod error;
+pub mod output;
+pub mod settings;
+pub mod ttl;
+pub mod value;
+
+use cli::{Cli, Command};
+use error::{Error, ErrorKind, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::LazyLock;
+
+/// `kcache --version`: the version and the backends compiled in.
+pub static LONG_VERSION: LazyLock<String> = LazyLock::new(|| {
+    let backends: Vec<String> =
+        backend::COMPILED.iter().map(|(name, on)| format!("{}{name}", if *on { '+' } else { '-' })).collect();
+    format!("{} (backends: {})", env!("CARGO_PKG_VERSION"), backends.join(" "))
+});
+
+/// How a command ended when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Status 0.
+    Done,
+    /// Status 1: the key does not exist.
+    Missing,
+}
+
+/// Runs a parsed command line and returns its exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    let verbose = cli.global.verbose;
+    match app(cli) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Missing) => ExitCode::from(1),
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut err = std::io::stderr().lock();
+            for line in e.render(verbose) {
+                let _ = writeln!(err, "{line}");
+            }
+            ExitCode::from(e.kind().status())
+        }
+    }
+}
+
+/// Prints clap's own message (help and version on stdout, usage errors on stderr) and returns
+/// its status: 0 for help and version, 2 for usage errors.
+pub fn report_clap(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+}
+
+/// Messages for the user on standard error: warnings unless `-q`, notes only with `-v`.
+pub struct Log {
+    pub verbose: bool,
+    pub quiet: bool,
+}
+
+impl Log {
+    pub fn warn(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("kcache: warning: {}", error::redact(msg));
+        }
+    }
+    pub fn note(&self, msg: &str) {
+        if self.verbose {
+            eprintln!("kcache: {}", error::redact(msg));
+        }
+    }
+}
+
+fn app(cli: Cli) -> Result<Outcome> {
+    // Special modes need no config and no backend.
+    if let Command::Completions { shell } = &cli.command {
+        let mut out = Vec::new();
+        clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "kcache", &mut out);
+        output::write_all(&out)?;
+        return Ok(Outcome::Done);
+    }
+    let log = Log { verbose: cli.global.verbose, quiet: cli.global.quiet };
+    let env = |k: &str| std::env::var(k).ok();
+    let settings = load_settings(&cli.global, &env, &log)?;
+    commands::dispatch(cli.command, settings, &log)
+}
+
+/// Resolves the settings from every layer, logging where each one came from with `-v`.
+pub fn load_settings(
+    global: &cli::Global,
+    env: &dyn Fn(&str) -> Option<String>,
+    log: &Log,
+) -> Result<settings::Settings> {
+    let file = match settings::locate(global.config.as_deref(), env) {
+        Some((path, _explicit)) => {
+            log.note(&format!("reading config file {}", path.display()));
+            let mut warn = |m: String| log.warn(&m);
+            settings::file_layer(&path, &mut warn)?
+        }
+        None => {
+            log.note("no config file");
+            settings::Layer::default()
+        }
+    };
+    let layer = settings::cli_layer(global).over(settings::env_layer(env)).over(file);
+    let mut s = settings::Settings::from_layer(&layer)?;
+    if s.path.is_none() && s.backend == settings::BackendKind::Sqlite {
+        s.path = default_sqlite_path(env);
+        if let Some(o) = s.origins.iter_mut().find(|o| o.0 == "path") {
+            o.1 = s.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        }
+    }
+    for (name, value, source) in &s.origins {
+        log.note(&format!("setting {name} = {value} (from {source})"));
+    }
+    Ok(s)
+}
+
+/// `$XDG_CACHE_HOME/kcache/cache.sqlite3`, else `~/.cache/kcache/cache.sqlite3`.
+pub fn default_sqlite_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let base = env("XDG_CACHE_HOME")
+        .filter(|s| Path::new(s).is_absolute())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").filter(|s| !s.is_empty()).map(|h| Path::new(&h).join(".cache")))?;
+    Some(base.join("kcache").join("cache.sqlite3"))
+}
+
+/// Reads the value argument of `set`: the text itself, or standard input for `-`.
+pub fn read_value_arg(arg: &str) -> Result<String> {
+    if arg != "-" {
+        return Ok(arg.to_string());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+        .map_err(|e| Error::input(format!("cannot read the value from standard input: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::input(format!(
+            "the value on standard input is not valid UTF-8 (at byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}

@@ -1,0 +1,631 @@
+//! Settings: where each one comes from and what it resolves to.
+//!
+//! Four layers, highest first: command-line options, environment (`CACHE_*` then
+//! `KINTO_CACHE_*`), config file (TOML or Kinto INI), defaults. They are merged setting by
+//! setting: `KINTO_CACHE_PREFIX` alone does not hide the file's `url`. Every value is checked
+//! here, before any backend is built, and a bad one is an input error that names its source.
+
+mod env;
+mod ini;
+mod toml;
+
+use crate::error::{Error, Result, register_secret};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use env::env_layer;
+
+/// The backends kcache knows, by SPEC name; [`BackendKind::from_str`] is the only list of
+/// names and Kinto module paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Memory,
+    Sqlite,
+    Postgresql,
+    Memcached,
+    Redis,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Postgresql => "postgresql",
+            BackendKind::Memcached => "memcached",
+            BackendKind::Redis => "redis",
+        }
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s.trim() {
+            "memory" | "kinto.core.cache.memory" => BackendKind::Memory,
+            "sqlite" => BackendKind::Sqlite,
+            "postgresql" | "kinto.core.cache.postgresql" => BackendKind::Postgresql,
+            "memcached" | "kinto.core.cache.memcached" => BackendKind::Memcached,
+            "redis" | "kinto.core.cache.redis" | "kinto_redis.cache" => BackendKind::Redis,
+            other => {
+                return Err(format!(
+                    "unknown backend '{other}'; expected one of memory, sqlite, postgresql, memcached, redis \
+                     (or kinto.core.cache.memory, kinto.core.cache.postgresql, kinto.core.cache.memcached, \
+                     kinto.core.cache.redis, kinto_redis.cache)"
+                ));
+            }
+        })
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A setting's value before it is typed: what TOML gives, or what Kinto's `native_value` makes
+/// of an INI or environment string (JSON if it parses, else the string itself).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Raw {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Null,
+    List(Vec<String>),
+}
+
+impl Raw {
+    /// Kinto's `native_value`: a string that parses as JSON becomes that JSON value.
+    pub fn native(s: &str) -> Raw {
+        match serde_json::from_str::<serde_json::Value>(s) {
+            Ok(serde_json::Value::String(v)) => Raw::Str(v),
+            Ok(serde_json::Value::Bool(b)) => Raw::Bool(b),
+            Ok(serde_json::Value::Null) => Raw::Null,
+            Ok(serde_json::Value::Number(n)) => {
+                let text = n.to_string();
+                match text.parse::<i64>() {
+                    Ok(i) => Raw::Int(i),
+                    Err(_) => text.parse::<f64>().map(Raw::Float).unwrap_or(Raw::Str(s.to_string())),
+                }
+            }
+            Ok(serde_json::Value::Array(items)) if items.iter().all(|i| i.is_string()) => {
+                Raw::List(items.into_iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
+            }
+            _ => Raw::Str(s.to_string()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Raw::Str(s) => format!("the string \"{s}\""),
+            Raw::Int(i) => format!("the number {i}"),
+            Raw::Float(f) => format!("the number {f}"),
+            Raw::Bool(b) => format!("the boolean {b}"),
+            Raw::Null => "null".to_string(),
+            Raw::List(_) => "a list".to_string(),
+        }
+    }
+}
+
+/// One setting as a source gave it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub raw: Raw,
+    /// Where it came from, for messages and `-v`: `--prefix`, `KINTO_CACHE_URL`,
+    /// `config file /etc/kinto.ini ([app:main] kinto.cache_url)`.
+    pub source: String,
+    /// The folder relative paths are resolved against (a config file's folder).
+    pub base: Option<PathBuf>,
+}
+
+/// The canonical setting names, in display order.
+pub const NAMES: &[&str] = &[
+    "backend",
+    "url",
+    "hosts",
+    "prefix",
+    "max_size_bytes",
+    "pool_size",
+    "max_overflow",
+    "max_backlog",
+    "pool_recycle",
+    "pool_timeout",
+    "path",
+];
+
+/// Settings of one source, by canonical name.
+#[derive(Clone, Debug, Default)]
+pub struct Layer {
+    pub entries: BTreeMap<&'static str, Entry>,
+}
+
+impl Layer {
+    pub fn set(&mut self, name: &'static str, raw: Raw, source: impl Into<String>, base: Option<PathBuf>) {
+        self.entries.insert(name, Entry { raw, source: source.into(), base });
+    }
+    /// This layer's settings, with `lower`'s where this one has none.
+    pub fn over(mut self, lower: Layer) -> Layer {
+        for (k, v) in lower.entries {
+            self.entries.entry(k).or_insert(v);
+        }
+        self
+    }
+}
+
+/// Resolves the canonical name of a setting (`maxoverflow` is Kinto's documented spelling).
+pub fn canonical(name: &str) -> Option<&'static str> {
+    if name == "maxoverflow" {
+        return Some("max_overflow");
+    }
+    NAMES.iter().copied().find(|n| *n == name)
+}
+
+/// The resolved, typed settings.
+#[derive(Clone)]
+pub struct Settings {
+    pub backend: BackendKind,
+    /// May hold a password: never print it as it is; see [`redact_url`].
+    pub url: Option<String>,
+    pub hosts: Vec<String>,
+    pub prefix: String,
+    /// `None`: no limit.
+    pub max_size_bytes: Option<u64>,
+    pub pool_size: u32,
+    pub max_overflow: u32,
+    /// `None`: unlimited (Kinto's -1).
+    pub max_backlog: Option<u32>,
+    /// `None`: never recycle (Kinto's -1).
+    pub pool_recycle: Option<Duration>,
+    /// `None`: the backend's own default.
+    pub pool_timeout: Option<Duration>,
+    pub path: Option<PathBuf>,
+    /// `(name, shown value, source)` of every setting, for `-v`.
+    pub origins: Vec<(String, String, String)>,
+}
+
+/// Written by hand so that the URL's password never reaches a `{:?}`.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("backend", &self.backend)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("hosts", &self.hosts)
+            .field("prefix", &self.prefix)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+pub const DEFAULT_MAX_SIZE_BYTES: u64 = 524_288;
+pub const DEFAULT_POOL_SIZE: u32 = 25;
+pub const DEFAULT_MAX_OVERFLOW: u32 = 10;
+
+fn bad(entry: &Entry, name: &str, expected: &str) -> Error {
+    Error::input(format!("{}: {name} must be {expected}, not {}", entry.source, entry.raw.describe()))
+}
+
+fn as_string(e: &Entry, name: &str) -> Result<String> {
+    match &e.raw {
+        Raw::Str(s) => Ok(s.clone()),
+        Raw::Int(i) => Ok(i.to_string()),
+        Raw::Float(_) | Raw::Bool(_) | Raw::Null | Raw::List(_) => Err(bad(e, name, "a string")),
+    }
+}
+
+fn as_int(e: &Entry, name: &str, min: i64, expected: &str) -> Result<i64> {
+    match &e.raw {
+        Raw::Int(i) if *i >= min => Ok(*i),
+        Raw::Str(s) => match s.trim().parse::<i64>() {
+            Ok(i) if i >= min => Ok(i),
+            _ => Err(bad(e, name, expected)),
+        },
+        _ => Err(bad(e, name, expected)),
+    }
+}
+
+fn as_seconds(e: &Entry, name: &str, min: f64, expected: &str) -> Result<f64> {
+    let v = match &e.raw {
+        Raw::Int(i) => *i as f64,
+        Raw::Float(f) => *f,
+        Raw::Str(s) => s.trim().parse::<f64>().map_err(|_| bad(e, name, expected))?,
+        _ => return Err(bad(e, name, expected)),
+    };
+    if v.is_finite() && v >= min && v <= 1e9 { Ok(v) } else { Err(bad(e, name, expected)) }
+}
+
+/// Splits a host list on spaces, commas and new lines (Kinto's `aslist`, plus commas).
+pub fn split_hosts(s: &str) -> Vec<String> {
+    s.split(|c: char| c.is_whitespace() || c == ',').filter(|h| !h.is_empty()).map(str::to_string).collect()
+}
+
+/// `scheme://user:password@host/...` with the password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        if let Some((userinfo, host)) = authority.rsplit_once('@')
+            && let Some((user, _password)) = userinfo.split_once(':')
+        {
+            return format!("{scheme}://{user}:***@{host}{tail}");
+        }
+    }
+    crate::error::redact(url)
+}
+
+/// Registers the password of a URL (raw and percent-decoded) as a secret.
+fn register_url_secret(url: &str) {
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some((userinfo, _)) = rest[..authority_end].rsplit_once('@')
+            && let Some((_, password)) = userinfo.split_once(':')
+        {
+            register_secret(password);
+            register_secret(&percent_decode(password));
+        }
+    }
+    // libpq-style `password=...` query parameters.
+    for pair in url.split(['?', '&', ' ']) {
+        if let Some(p) = pair.strip_prefix("password=") {
+            register_secret(p);
+            register_secret(&percent_decode(p));
+        }
+    }
+}
+
+/// Decodes `%XX` escapes (invalid ones are kept as they are).
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Settings {
+    /// Types and checks the merged layer; applies defaults.
+    pub fn from_layer(layer: &Layer) -> Result<Settings> {
+        let get = |name: &str| layer.entries.get(name);
+        let mut origins = Vec::new();
+        let mut note = |name: &str, shown: String, e: Option<&Entry>| {
+            origins.push((name.to_string(), shown, e.map_or("default".to_string(), |e| e.source.clone())));
+        };
+
+        let backend = match get("backend") {
+            Some(e) => {
+                let s = as_string(e, "backend")?;
+                if s.trim().is_empty() {
+                    BackendKind::Sqlite
+                } else {
+                    s.parse().map_err(|m: String| Error::input(format!("{}: {m}", e.source)))?
+                }
+            }
+            None => BackendKind::Sqlite,
+        };
+        note("backend", backend.to_string(), get("backend"));
+
+        let url = match get("url") {
+            Some(e) => {
+                let s = as_string(e, "url")?;
+                register_url_secret(&s);
+                (!s.trim().is_empty()).then(|| s.trim().to_string())
+            }
+            None => None,
+        };
+        note("url", url.as_deref().map(redact_url).unwrap_or_default(), get("url"));
+
+        let hosts = match get("hosts") {
+            Some(Entry { raw: Raw::List(items), .. }) => items.iter().flat_map(|h| split_hosts(h)).collect(),
+            Some(e) => split_hosts(&as_string(e, "hosts")?),
+            None => Vec::new(),
+        };
+        note("hosts", hosts.join(","), get("hosts"));
+
+        let prefix = match get("prefix") {
+            Some(e) => as_string(e, "prefix")?,
+            None => String::new(),
+        };
+        if let Some(c) = prefix.chars().find(|c| c.is_control()) {
+            let e = get("prefix").map_or("prefix".to_string(), |e| e.source.clone());
+            return Err(Error::input(format!("{e}: the prefix contains the control character {c:?}")));
+        }
+        note("prefix", format!("{prefix:?}"), get("prefix"));
+
+        let max_size_bytes = match get("max_size_bytes") {
+            Some(Entry { raw: Raw::Null, .. }) => None,
+            Some(e) => match as_int(e, "max_size_bytes", -1, "a number of bytes (or -1 or null for no limit)")? {
+                -1 => None,
+                n => Some(n as u64),
+            },
+            None => Some(DEFAULT_MAX_SIZE_BYTES),
+        };
+        note("max_size_bytes", max_size_bytes.map_or("none".to_string(), |n| n.to_string()), get("max_size_bytes"));
+
+        let int_setting = |name: &str, min: i64, max: i64, expected: &str, default: i64| -> Result<i64> {
+            match get(name) {
+                Some(e) => {
+                    let v = as_int(e, name, min, expected)?;
+                    if v > max { Err(bad(e, name, expected)) } else { Ok(v) }
+                }
+                None => Ok(default),
+            }
+        };
+        let pool_size = int_setting("pool_size", 1, 10_000, "a whole number from 1 to 10000", 25)? as u32;
+        note("pool_size", pool_size.to_string(), get("pool_size"));
+        let max_overflow = int_setting("max_overflow", 0, 10_000, "a whole number from 0 to 10000", 10)? as u32;
+        note("max_overflow", max_overflow.to_string(), get("max_overflow"));
+        let max_backlog = match int_setting("max_backlog", -1, 1_000_000, "a whole number, or -1 for no limit", -1)? {
+            -1 => None,
+            n => Some(n as u32),
+        };
+        note("max_backlog", max_backlog.map_or("-1".to_string(), |n| n.to_string()), get("max_backlog"));
+
+        let pool_recycle = match get("pool_recycle") {
+            Some(e) => {
+                let v = as_seconds(e, "pool_recycle", -1.0, "a number of seconds, or -1 for never")?;
+                if v < 0.0 { None } else { Some(Duration::from_secs_f64(v)) }
+            }
+            None => None,
+        };
+        note(
+            "pool_recycle",
+            pool_recycle.map_or("-1".to_string(), |d| format!("{}", d.as_secs_f64())),
+            get("pool_recycle"),
+        );
+
+        let pool_timeout = match get("pool_timeout") {
+            Some(e) => {
+                let v = as_seconds(e, "pool_timeout", 0.0, "a number of seconds greater than 0")?;
+                if v <= 0.0 {
+                    return Err(bad(e, "pool_timeout", "a number of seconds greater than 0"));
+                }
+                Some(Duration::from_secs_f64(v))
+            }
+            None => None,
+        };
+        note(
+            "pool_timeout",
+            pool_timeout.map_or("backend default".to_string(), |d| format!("{}", d.as_secs_f64())),
+            get("pool_timeout"),
+        );
+
+        let path = match get("path") {
+            Some(e) => {
+                let s = as_string(e, "path")?;
+                if s.is_empty() {
+                    None
+                } else {
+                    let p = PathBuf::from(&s);
+                    Some(match (&e.base, p.is_relative()) {
+                        (Some(base), true) => base.join(p),
+                        _ => p,
+                    })
+                }
+            }
+            None => None,
+        };
+        note("path", path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), get("path"));
+
+        Ok(Settings {
+            backend,
+            url,
+            hosts,
+            prefix,
+            max_size_bytes,
+            pool_size,
+            max_overflow,
+            max_backlog,
+            pool_recycle,
+            pool_timeout,
+            path,
+            origins,
+        })
+    }
+}
+
+/// The command-line layer.
+pub fn cli_layer(g: &crate::cli::Global) -> Layer {
+    let mut l = Layer::default();
+    if let Some(b) = &g.backend {
+        l.set("backend", Raw::Str(b.clone()), "--backend", None);
+    }
+    if let Some(u) = &g.url {
+        l.set("url", Raw::Str(u.clone()), "--url", None);
+    }
+    if let Some(h) = &g.hosts {
+        l.set("hosts", Raw::Str(h.clone()), "--hosts", None);
+    }
+    if let Some(p) = &g.prefix {
+        l.set("prefix", Raw::Str(p.clone()), "--prefix", None);
+    }
+    l
+}
+
+/// Which config file to read: `--config` / `$KCACHE_CONFIG` (must exist), else
+/// `$XDG_CONFIG_HOME/kcache/config.toml` or `~/.config/kcache/config.toml` (if it exists).
+pub fn locate(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Option<(PathBuf, bool)> {
+    if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
+        return Some((p.to_path_buf(), true));
+    }
+    let config_home = env("XDG_CONFIG_HOME")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").filter(|s| !s.is_empty()).map(|h| Path::new(&h).join(".config")))?;
+    let p = config_home.join("kcache").join("config.toml");
+    p.is_file().then_some((p, false))
+}
+
+/// The format of a config file.
+#[derive(Debug, PartialEq, Eq)]
+enum Format {
+    Toml,
+    Ini,
+}
+
+/// `.toml` is TOML; `.ini`, `.cfg` and `.conf` are INI; anything else is INI when it has a
+/// `[app:main]` section, TOML otherwise.
+fn format_of(path: &Path, text: &str) -> Format {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("toml") => Format::Toml,
+        Some("ini" | "cfg" | "conf") => Format::Ini,
+        _ if text.lines().any(|l| l.trim() == "[app:main]") => Format::Ini,
+        _ => Format::Toml,
+    }
+}
+
+/// Reads a config file into a layer. Warnings (ignored INI keys) go to `warn`.
+pub fn file_layer(path: &Path, warn: &mut dyn FnMut(String)) -> Result<Layer> {
+    let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "it does not exist".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ if path.is_dir() => "it is a directory".to_string(),
+            _ => e.to_string(),
+        };
+        Error::input(format!("cannot read config file {shown}: {why}"))
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        Error::input(format!("config file {shown} is not valid UTF-8 (line {line})"))
+    })?;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let base = abs.parent().map(Path::to_path_buf);
+    match format_of(path, &text) {
+        Format::Toml => toml::layer(&text, &shown.to_string(), base),
+        Format::Ini => {
+            let pairs =
+                ini::cache_settings(&text, &abs).map_err(|e| Error::input(format!("config file {shown}: {e:#}")))?;
+            let mut layer = Layer::default();
+            for (name, value) in pairs {
+                match canonical(&name) {
+                    Some(c) => {
+                        layer.set(c, Raw::native(&value), format!("config file {shown} (cache_{name})"), base.clone())
+                    }
+                    // Accepted and ignored, as SPEC says (`poolclass`), or irrelevant to a cache
+                    // client (`max_fetch_size` is on Kinto's own ignore list).
+                    None if name == "poolclass" || name == "max_fetch_size" => {}
+                    None => warn(format!("{shown}: ignoring unknown setting cache_{name}")),
+                }
+            }
+            Ok(layer)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(raw: Raw) -> Layer {
+        let mut l = Layer::default();
+        l.set("pool_size", raw, "TEST_SOURCE", None);
+        l
+    }
+
+    #[test]
+    fn backend_names_and_kinto_paths() {
+        for (s, k) in [
+            ("memory", BackendKind::Memory),
+            ("kinto.core.cache.memory", BackendKind::Memory),
+            ("sqlite", BackendKind::Sqlite),
+            ("postgresql", BackendKind::Postgresql),
+            ("kinto.core.cache.postgresql", BackendKind::Postgresql),
+            ("memcached", BackendKind::Memcached),
+            ("kinto.core.cache.memcached", BackendKind::Memcached),
+            ("redis", BackendKind::Redis),
+            ("kinto.core.cache.redis", BackendKind::Redis),
+            ("kinto_redis.cache", BackendKind::Redis),
+        ] {
+            assert_eq!(s.parse::<BackendKind>(), Ok(k));
+        }
+        assert!("mongodb".parse::<BackendKind>().unwrap_err().contains("'mongodb'"));
+        assert!("kinto.core.cache".parse::<BackendKind>().is_err());
+    }
+
+    #[test]
+    fn native_value_follows_kinto() {
+        assert_eq!(Raw::native("10"), Raw::Int(10));
+        assert_eq!(Raw::native("1.5"), Raw::Float(1.5));
+        assert_eq!(Raw::native("true"), Raw::Bool(true));
+        assert_eq!(Raw::native("null"), Raw::Null);
+        assert_eq!(Raw::native("\"x\""), Raw::Str("x".into()));
+        assert_eq!(Raw::native("redis://h/0"), Raw::Str("redis://h/0".into()));
+        assert_eq!(Raw::native(""), Raw::Str("".into()));
+    }
+
+    #[test]
+    fn typed_values_are_checked_and_named() {
+        let e = Settings::from_layer(&entry(Raw::Str("ten".into()))).err().unwrap();
+        let msg = e.to_string();
+        assert!(msg.contains("TEST_SOURCE") && msg.contains("pool_size") && msg.contains("\"ten\""), "{msg}");
+        assert!(Settings::from_layer(&entry(Raw::Int(0))).is_err());
+        assert!(Settings::from_layer(&entry(Raw::Float(2.5))).is_err());
+        assert_eq!(Settings::from_layer(&entry(Raw::Str("7".into()))).ok().unwrap().pool_size, 7);
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::from_layer(&Layer::default()).ok().unwrap();
+        assert_eq!(s.backend, BackendKind::Sqlite);
+        assert_eq!(s.prefix, "");
+        assert_eq!(s.max_size_bytes, Some(524_288));
+        assert_eq!((s.pool_size, s.max_overflow, s.max_backlog), (25, 10, None));
+        assert!(s.origins.iter().all(|(_, _, src)| src == "default"));
+    }
+
+    #[test]
+    fn merge_is_per_setting() {
+        let mut high = Layer::default();
+        high.set("prefix", Raw::Str("a:".into()), "env", None);
+        let mut low = Layer::default();
+        low.set("prefix", Raw::Str("b:".into()), "file", None);
+        low.set("url", Raw::Str("redis://h/1".into()), "file", None);
+        let s = Settings::from_layer(&high.over(low)).ok().unwrap();
+        assert_eq!(s.prefix, "a:");
+        assert_eq!(s.url.as_deref(), Some("redis://h/1"));
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgresql://u:pw@h:5432/db"), "postgresql://u:***@h:5432/db");
+        assert_eq!(redact_url("redis://:pw@h/0"), "redis://:***@h/0");
+        assert_eq!(redact_url("redis://h/0"), "redis://h/0");
+        assert_eq!(redact_url("postgresql://u:p@ss@h/db"), "postgresql://u:***@h/db");
+    }
+
+    #[test]
+    fn hosts_split_on_spaces_commas_and_newlines() {
+        assert_eq!(split_hosts("\na:1 b:2,c:3\n\td"), vec!["a:1", "b:2", "c:3", "d"]);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("p%40ss%2"), "p@ss%2");
+        assert_eq!(percent_decode("%zz%"), "%zz%");
+    }
+
+    #[test]
+    fn file_format_by_extension_then_content() {
+        assert_eq!(format_of(Path::new("a.toml"), "[app:main]"), Format::Toml);
+        assert_eq!(format_of(Path::new("a.ini"), ""), Format::Ini);
+        assert_eq!(format_of(Path::new("kinto"), "[app:main]\nx=1"), Format::Ini);
+        assert_eq!(format_of(Path::new("kinto"), "[cache]\n"), Format::Toml);
+    }
+}

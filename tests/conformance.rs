@@ -1,0 +1,313 @@
+//! The backend conformance suite: SPEC's cache contract, written once and run against every
+//! backend through the library (no process per call). Each test gets its own storage or its own
+//! prefix, so backends on shared servers can run the suite in parallel.
+//!
+//! To add a backend: add an arm to `open` and its name to `for_backends!` at the bottom.
+
+use kcache::backend::Cache;
+use kcache::error::ErrorKind;
+use kcache::settings::{Layer, Raw, Settings};
+use kcache::ttl::{Remaining, Ttl};
+use kcache::value;
+use std::time::Duration;
+
+/// One test's backend: a cache with a fresh prefix, and a way to open more on the same storage.
+pub struct Fixture {
+    pub cache: Cache,
+    /// Whether this fixture's storage belongs to this test alone (then `flush --all` is safe).
+    pub isolated: bool,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Fixture {
+    /// Another cache on the same storage, with `prefix`.
+    pub fn other(&self, prefix: &str) -> Cache {
+        self.cache.sibling(prefix).expect("sibling cache")
+    }
+}
+
+fn settings(entries: Vec<(&'static str, Raw)>) -> Settings {
+    let mut layer = Layer::default();
+    for (k, v) in entries {
+        layer.set(k, v, "test", None);
+    }
+    Settings::from_layer(&layer).expect("test settings")
+}
+
+/// Opens `kind` for one test, or `None` (with a loud `skipped:` line) when its server is not
+/// available outside CI.
+pub fn open(kind: &str) -> Option<Fixture> {
+    let prefix = crate::util::unique("t");
+    let prefix = format!("{prefix}:");
+    match kind {
+        "memory" => {
+            let s = settings(vec![("backend", Raw::Str("memory".into())), ("prefix", Raw::Str(prefix))]);
+            Some(Fixture { cache: kcache::backend::open(&s).expect("open"), isolated: true, _dir: None })
+        }
+        "sqlite" => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("cache.sqlite3");
+            let s = settings(vec![
+                ("backend", Raw::Str("sqlite".into())),
+                ("path", Raw::Str(path.display().to_string())),
+                ("prefix", Raw::Str(prefix)),
+            ]);
+            Some(Fixture { cache: kcache::backend::open(&s).expect("open"), isolated: true, _dir: Some(dir) })
+        }
+        other => panic!("no fixture for backend {other}"),
+    }
+}
+
+fn run(module: &str, test: fn(&mut Fixture)) {
+    let kind = module.rsplit("::").next().expect("module path");
+    if let Some(mut fx) = open(kind) {
+        test(&mut fx);
+    }
+}
+
+fn secs(s: &str) -> Ttl {
+    s.parse().expect("ttl")
+}
+
+fn string(s: &str) -> String {
+    value::encode_string(s)
+}
+
+fn left(r: Remaining) -> Duration {
+    match r {
+        Remaining::Left(d) => d,
+        other => panic!("expected a remaining TTL, got {other:?}"),
+    }
+}
+
+// ---- the contract -------------------------------------------------------------------------
+
+fn set_then_get(fx: &mut Fixture) {
+    fx.cache.set("k", &string("v"), secs("60")).unwrap();
+    assert_eq!(fx.cache.get("k").unwrap(), Some(string("v")));
+}
+
+fn missing_key_is_none_everywhere(fx: &mut Fixture) {
+    assert_eq!(fx.cache.get("nope").unwrap(), None);
+    assert_eq!(fx.cache.ttl("nope").unwrap(), Remaining::Missing);
+    assert!(!fx.cache.expire("nope", secs("10")).unwrap());
+    assert_eq!(fx.cache.delete("nope").unwrap(), None);
+    assert_eq!(fx.cache.get("nope").unwrap(), None, "expire on a missing key creates nothing");
+}
+
+fn overwrite_replaces_value_and_ttl(fx: &mut Fixture) {
+    fx.cache.set("k", &string("one"), secs("1000")).unwrap();
+    fx.cache.set("k", &string("two"), secs("10")).unwrap();
+    assert_eq!(fx.cache.get("k").unwrap(), Some(string("two")));
+    assert!(left(fx.cache.ttl("k").unwrap()) <= Duration::from_secs(10));
+}
+
+fn every_json_type_round_trips_byte_for_byte(fx: &mut Fixture) {
+    let docs = [
+        r#""plain""#,
+        r#""é☃😀""#,
+        r#""quotes \" and \\ and \n""#,
+        r#""""#,
+        "0",
+        "-42",
+        "1180591620717411303424",
+        "3.14",
+        "1e16",
+        "-0.0",
+        "true",
+        "false",
+        "null",
+        "[]",
+        "{}",
+        r#"{"b":1,"a":[1,2,{"é":null}]}"#,
+    ];
+    for (i, doc) in docs.iter().enumerate() {
+        let encoded = value::encode_json(doc).unwrap();
+        let key = format!("doc{i}");
+        fx.cache.set(&key, &encoded, secs("60")).unwrap();
+        assert_eq!(fx.cache.get(&key).unwrap().as_deref(), Some(encoded.as_str()), "{doc}");
+    }
+}
+
+fn unicode_keys_work(fx: &mut Fixture) {
+    fx.cache.set("clé-☃", &string("v"), secs("60")).unwrap();
+    assert_eq!(fx.cache.get("clé-☃").unwrap(), Some(string("v")));
+    assert_eq!(fx.cache.get("cle-☃").unwrap(), None);
+}
+
+fn large_value(fx: &mut Fixture) {
+    let big = "x".repeat(256 * 1024); // within memory's default max_size_bytes
+    fx.cache.set("big", &string(&big), secs("60")).unwrap();
+    assert_eq!(fx.cache.get("big").unwrap().map(|v| v.len()), Some(big.len() + 2));
+}
+
+fn delete_returns_the_value_once(fx: &mut Fixture) {
+    fx.cache.set("k", &string("v"), secs("60")).unwrap();
+    assert_eq!(fx.cache.delete("k").unwrap(), Some(string("v")));
+    assert_eq!(fx.cache.delete("k").unwrap(), None);
+    assert_eq!(fx.cache.get("k").unwrap(), None);
+}
+
+fn ttl_is_what_was_set(fx: &mut Fixture) {
+    for (ttl, secs_) in [("10", 10), ("61", 61), ("3600", 3600), ("40d", 40 * 86400)] {
+        fx.cache.set("k", &string("v"), secs(ttl)).unwrap();
+        let d = left(fx.cache.ttl("k").unwrap());
+        assert!(d <= Duration::from_secs(secs_), "{ttl}: {d:?}");
+        assert!(d > Duration::from_secs(secs_) - Duration::from_secs(2), "{ttl}: {d:?}");
+        assert_eq!(kcache::ttl::whole_seconds_up(d), secs_, "{ttl} rounds up to itself");
+    }
+}
+
+fn set_with_ttl_zero_removes_the_key(fx: &mut Fixture) {
+    fx.cache.set("k", &string("v"), secs("60")).unwrap();
+    fx.cache.set("k", &string("w"), secs("0")).unwrap();
+    assert_eq!(fx.cache.get("k").unwrap(), None);
+    assert_eq!(fx.cache.ttl("k").unwrap(), Remaining::Missing);
+    fx.cache.set("fresh", &string("w"), secs("0")).unwrap();
+    assert_eq!(fx.cache.get("fresh").unwrap(), None);
+}
+
+fn expire_sets_a_new_ttl(fx: &mut Fixture) {
+    fx.cache.set("k", &string("v"), secs("10")).unwrap();
+    assert!(fx.cache.expire("k", secs("2h")).unwrap());
+    let d = left(fx.cache.ttl("k").unwrap());
+    assert!(d > Duration::from_secs(7000) && d <= Duration::from_secs(7200), "{d:?}");
+    assert_eq!(fx.cache.get("k").unwrap(), Some(string("v")));
+}
+
+fn expire_zero_expires_now(fx: &mut Fixture) {
+    fx.cache.set("k", &string("v"), secs("60")).unwrap();
+    assert!(fx.cache.expire("k", secs("0")).unwrap());
+    assert_eq!(fx.cache.get("k").unwrap(), None);
+    assert!(!fx.cache.expire("k", secs("0")).unwrap());
+}
+
+fn sub_second_ttl_expires_on_time(fx: &mut Fixture) {
+    fx.cache.set("k", &string("v"), secs("0.4")).unwrap();
+    assert_eq!(fx.cache.get("k").unwrap(), Some(string("v")));
+    assert!(left(fx.cache.ttl("k").unwrap()) <= Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(450));
+    assert_eq!(fx.cache.get("k").unwrap(), None);
+    assert_eq!(fx.cache.ttl("k").unwrap(), Remaining::Missing);
+    assert_eq!(fx.cache.delete("k").unwrap(), None, "an expired entry is missing for delete");
+    assert!(!fx.cache.expire("k", secs("60")).unwrap(), "expire never brings an entry back");
+    assert_eq!(fx.cache.get("k").unwrap(), None);
+}
+
+fn prefixes_are_isolated(fx: &mut Fixture) {
+    let p = crate::util::unique("iso");
+    let mut a = fx.other(&format!("{p}a:"));
+    let mut b = fx.other(&format!("{p}b:"));
+    let mut bare = fx.other("");
+    a.set("k", &string("from a"), secs("60")).unwrap();
+    assert_eq!(b.get("k").unwrap(), None);
+    assert_eq!(bare.get(&format!("{p}a:k")).unwrap(), Some(string("from a")), "the prefix is plain concatenation");
+}
+
+fn prefixed_flush_removes_only_that_prefix(fx: &mut Fixture) {
+    if fx.cache.check_flush(false).is_err() {
+        // memcached: a prefixed flush is refused (status 2) before anything is sent.
+        assert_eq!(fx.cache.flush(false).unwrap_err().kind(), ErrorKind::Input);
+        return;
+    }
+    let p = crate::util::unique("fl");
+    let mut a = fx.other(&format!("{p}a:"));
+    let mut b = fx.other(&format!("{p}b:"));
+    // Keys that look like wildcards must be taken literally.
+    let mut wild = fx.other(&format!("{p}%_\\*?["));
+    let mut wild_sibling = fx.other(&format!("{p}X_\\*?["));
+    a.set("k", &string("a"), secs("60")).unwrap();
+    b.set("k", &string("b"), secs("60")).unwrap();
+    wild.set("k", &string("w"), secs("60")).unwrap();
+    wild_sibling.set("k", &string("ws"), secs("60")).unwrap();
+    a.flush(false).unwrap();
+    assert_eq!(a.get("k").unwrap(), None);
+    assert_eq!(b.get("k").unwrap(), Some(string("b")));
+    wild.flush(false).unwrap();
+    assert_eq!(wild.get("k").unwrap(), None);
+    assert_eq!(wild_sibling.get("k").unwrap(), Some(string("ws")));
+}
+
+fn flush_all_removes_everything(fx: &mut Fixture) {
+    if !fx.isolated {
+        eprintln!("skipped: flush --all on a shared server");
+        return;
+    }
+    let mut a = fx.other("a:");
+    let mut b = fx.other("b:");
+    a.set("k", &string("a"), secs("60")).unwrap();
+    b.set("k", &string("b"), secs("60")).unwrap();
+    a.flush(true).unwrap();
+    assert_eq!(b.get("k").unwrap(), None);
+    let mut bare = fx.other("");
+    bare.set("k", &string("x"), secs("60")).unwrap();
+    bare.flush(false).unwrap();
+    assert_eq!(bare.get("k").unwrap(), None, "an empty prefix flushes everything");
+}
+
+fn purge_keeps_live_entries(fx: &mut Fixture) {
+    fx.cache.set("live", &string("v"), secs("60")).unwrap();
+    fx.cache.set("dead", &string("v"), secs("0.05")).unwrap();
+    std::thread::sleep(Duration::from_millis(80));
+    fx.cache.purge().unwrap();
+    assert_eq!(fx.cache.get("live").unwrap(), Some(string("v")));
+    assert_eq!(fx.cache.get("dead").unwrap(), None);
+}
+
+fn ping_works_and_leaves_nothing(fx: &mut Fixture) {
+    fx.cache.ping().unwrap();
+    assert_eq!(fx.cache.get(kcache::backend::HEARTBEAT_KEY).unwrap(), None);
+}
+
+fn migrate_is_idempotent(fx: &mut Fixture) {
+    fx.cache.migrate(false).unwrap();
+    fx.cache.migrate(false).unwrap();
+    let m = fx.cache.migrate(true).unwrap();
+    assert!(m.statements.is_empty(), "up to date after migrate: {:?}", m.statements);
+    fx.cache.set("k", &string("v"), secs("60")).unwrap();
+    assert_eq!(fx.cache.get("k").unwrap(), Some(string("v")));
+}
+
+fn bad_keys_are_refused_before_anything_is_sent(fx: &mut Fixture) {
+    for key in ["", "a\nb", "a\rb", "\u{0}", "tab\there", "esc\u{1b}"] {
+        let e = fx.cache.set(key, &string("v"), secs("60")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Input, "{key:?}");
+        assert_eq!(fx.cache.get(key).unwrap_err().kind(), ErrorKind::Input, "{key:?}");
+    }
+}
+
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {
+        $( #[test] fn $name() { super::run(module_path!(), super::$name) } )*
+    };
+}
+
+macro_rules! for_backends {
+    ($($kind:ident),* $(,)?) => {
+        $( mod $kind {
+            conformance_tests!(
+                set_then_get,
+                missing_key_is_none_everywhere,
+                overwrite_replaces_value_and_ttl,
+                every_json_type_round_trips_byte_for_byte,
+                unicode_keys_work,
+                large_value,
+                delete_returns_the_value_once,
+                ttl_is_what_was_set,
+                set_with_ttl_zero_removes_the_key,
+                expire_sets_a_new_ttl,
+                expire_zero_expires_now,
+                sub_second_ttl_expires_on_time,
+                prefixes_are_isolated,
+                prefixed_flush_removes_only_that_prefix,
+                flush_all_removes_everything,
+                purge_keeps_live_entries,
+                ping_works_and_leaves_nothing,
+                migrate_is_idempotent,
+                bad_keys_are_refused_before_anything_is_sent,
+            );
+        } )*
+    };
+}
+
+for_backends!(memory, sqlite);

@@ -1,0 +1,129 @@
+//! The test servers that `scripts/test` starts, and checks that each of them answers.
+//!
+//! `scripts/test` exports `KCACHE_TEST_*` variables that point at throwaway servers. A test that
+//! needs one starts with
+//!
+//! ```ignore
+//! let Some(url) = rig::server("KCACHE_TEST_PG_URL") else { return };
+//! ```
+//!
+//! Without the variable the test is skipped with a message on stderr, except in CI (`CI` set),
+//! where it fails: CI must never pass by skipping.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The value of the environment variable `var` when it is set and not empty.
+///
+/// When it is missing: panics if `CI` is set (to anything not empty), else prints a "skipped"
+/// line to stderr and returns `None`.
+pub fn server(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            if std::env::var_os("CI").is_some_and(|ci| !ci.is_empty()) {
+                panic!("{var} is not set: run the tests through scripts/test");
+            }
+            eprintln!("skipped: {var} is not set (run scripts/test to start the test servers)");
+            None
+        }
+    }
+}
+
+/// Connects to `host:port` with 5 s timeouts on connect, read and write.
+fn connect(host_port: &str) -> TcpStream {
+    let addrs: Vec<SocketAddr> =
+        host_port.to_socket_addrs().unwrap_or_else(|e| panic!("cannot resolve {host_port}: {e}")).collect();
+    let mut last_error = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, TIMEOUT) {
+            Ok(stream) => {
+                stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+                stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+                return stream;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    panic!("cannot connect to {host_port}: {last_error:?}");
+}
+
+/// Sends `request` and returns the first line of the reply, `\r\n` included.
+fn request_line(host_port: &str, request: &[u8]) -> String {
+    let mut stream = connect(host_port);
+    stream.write_all(request).unwrap_or_else(|e| panic!("cannot write to {host_port}: {e}"));
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).unwrap_or_else(|e| panic!("no reply from {host_port}: {e}"));
+    reply
+}
+
+/// `host:port` of a `redis://[user:password@]host[:port][/db]` URL.
+fn redis_host_port(url: &str) -> String {
+    let rest = url.strip_prefix("redis://").unwrap_or_else(|| panic!("not a redis:// URL: {url}"));
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    assert!(!host_port.is_empty(), "no host in {url}");
+    let has_port = match host_port.rfind(']') {
+        Some(bracket) => host_port[bracket..].contains(':'),
+        None => host_port.contains(':'),
+    };
+    if has_port { host_port.to_string() } else { format!("{host_port}:6379") }
+}
+
+#[test]
+fn rig_postgresql_answers() {
+    let Some(url) = server("KCACHE_TEST_PG_URL") else {
+        return;
+    };
+    let mut config: postgres::Config = url.parse().unwrap_or_else(|e| panic!("KCACHE_TEST_PG_URL does not parse: {e}"));
+    config.connect_timeout(TIMEOUT);
+    let mut client =
+        config.connect(postgres::NoTls).unwrap_or_else(|e| panic!("cannot connect to KCACHE_TEST_PG_URL: {e}"));
+    let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+    let version: String = client.query_one("SHOW server_version", &[]).unwrap().get(0);
+    let major: u32 = version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|major| major.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected server_version {version:?}"));
+    assert!(major >= 10, "PostgreSQL {version} is too old");
+}
+
+#[test]
+fn rig_memcached_both_answer() {
+    let Some(hosts) = server("KCACHE_TEST_MEMCACHED") else {
+        return;
+    };
+    let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+    let mut distinct = hosts.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!((hosts.len(), distinct.len()), (2, 2), "KCACHE_TEST_MEMCACHED must name two distinct hosts: {hosts:?}");
+    for host in hosts {
+        let reply = request_line(host, b"version\r\n");
+        assert!(reply.starts_with("VERSION ") && reply.ends_with("\r\n"), "memcached at {host} answered {reply:?}");
+    }
+}
+
+#[test]
+fn rig_redis_answers() {
+    let Some(url) = server("KCACHE_TEST_REDIS_URL") else {
+        return;
+    };
+    let host_port = redis_host_port(&url);
+    let reply = request_line(&host_port, b"PING\r\n");
+    assert_eq!(reply, "+PONG\r\n", "redis at {host_port}");
+}
+
+#[test]
+fn rig_redis_url_parsing() {
+    assert_eq!(redis_host_port("redis://127.0.0.1:6380/0"), "127.0.0.1:6380");
+    assert_eq!(redis_host_port("redis://localhost"), "localhost:6379");
+    assert_eq!(redis_host_port("redis://u:p@h:1/2?x=y"), "h:1");
+    assert_eq!(redis_host_port("redis://[::1]/0"), "[::1]:6379");
+    assert_eq!(redis_host_port("redis://[::1]:7000"), "[::1]:7000");
+}

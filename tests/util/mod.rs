@@ -1,0 +1,164 @@
+//! The hermetic test harness: every run of the binary gets a cleared environment and its own
+//! HOME, XDG_CONFIG_HOME and XDG_CACHE_HOME, so nothing from the developer's shell leaks in, and
+//! every run is checked for panics and backtraces.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kcache");
+
+/// A fresh home for one test.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub vars: Vec<(String, String)>,
+}
+
+/// What a run printed and how it ended.
+#[derive(Debug)]
+pub struct Out {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub args: Vec<String>,
+}
+
+impl Out {
+    /// Asserts the exit status, printing everything when it is not the expected one.
+    #[track_caller]
+    pub fn code(&self, expected: i32) -> &Self {
+        assert_eq!(
+            self.status, expected,
+            "kcache {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args, self.stdout, self.stderr
+        );
+        self
+    }
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        self.code(0)
+    }
+    #[track_caller]
+    pub fn stdout_is(&self, expected: &str) -> &Self {
+        assert_eq!(self.stdout, expected, "stdout of kcache {:?}; stderr: {}", self.args, self.stderr);
+        self
+    }
+    #[track_caller]
+    pub fn stderr_has(&self, needle: &str) -> &Self {
+        assert!(self.stderr.contains(needle), "stderr of kcache {:?} lacks {needle:?}:\n{}", self.args, self.stderr);
+        self
+    }
+    /// Asserts SPEC's error format: exactly one `kcache: error:` line (plus an optional hint).
+    #[track_caller]
+    pub fn one_error_line(&self) -> &Self {
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.starts_with("kcache: hint:")).collect();
+        assert_eq!(lines.len(), 1, "expected one error line from kcache {:?}:\n{}", self.args, self.stderr);
+        assert!(lines[0].starts_with("kcache: error: "), "{}", self.stderr);
+        self
+    }
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A name unique within this test run (for prefixes and databases).
+pub fn unique(stem: &str) -> String {
+    format!("{stem}{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Env { dir, vars: Vec::new() }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The default sqlite file of this environment.
+    pub fn default_db(&self) -> PathBuf {
+        self.path("cache/kcache/cache.sqlite3")
+    }
+
+    /// Adds an environment variable to every later run.
+    pub fn var(mut self, k: &str, v: &str) -> Env {
+        self.vars.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// Writes a file in this environment's folder and returns its path.
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.path("config"))
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .current_dir(self.dir.path());
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_stdin(args, None)
+    }
+
+    pub fn run_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Out {
+        run_command(self.command(), args, stdin)
+    }
+}
+
+/// Runs `cmd` with `args`, feeding `stdin` from a thread, and checks the run never panicked.
+pub fn run_command(mut cmd: Command, args: &[&str], stdin: Option<&[u8]>) -> Out {
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("spawn kcache");
+    let feeder = stdin.map(|bytes| {
+        let bytes = bytes.to_vec();
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let out = child.wait_with_output().expect("wait kcache");
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    let o = Out {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+    };
+    for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
+        assert!(!o.stderr.contains(bad), "kcache {args:?} panicked:\n{}", o.stderr);
+    }
+    o
+}
+
+/// Opens an sqlite file for inspection.
+pub fn db(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).expect("open sqlite file")
+}
+
+/// Row count of the cache table (0 when the file or table does not exist).
+pub fn rows(path: &Path) -> i64 {
+    if !path.exists() {
+        return 0;
+    }
+    db(path).query_row("SELECT count(*) FROM cache", [], |r| r.get(0)).unwrap_or(0)
+}
