@@ -5,6 +5,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 const AFTER_HELP: &str = "\
+Examples:
+  kcache set greeting hello 60 && kcache get greeting
+  kcache -c /etc/kinto/kinto.ini migrate --dry-run
+  kcache --prefix myapp: flush
+
 Exit status: 0 done, 1 key not found, 2 bad usage or input (nothing was sent),
 3 backend unavailable (worth retrying), 4 backend refused the operation.
 
@@ -35,8 +40,8 @@ pub struct Cli {
 /// Options accepted before or after any command.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Config file: TOML with a [cache] table, or a Kinto INI with [app:main]
-    #[arg(short, long, global = true, value_name = "PATH", env = "KCACHE_CONFIG")]
+    /// Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]
+    #[arg(short, long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path
     #[arg(short, long, global = true, value_name = "NAME")]

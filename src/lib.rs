@@ -52,6 +52,23 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Parses the process's arguments and runs them: the whole of `main`.
+pub fn main() -> ExitCode {
+    use clap::{CommandFactory, Parser};
+    match Cli::try_parse() {
+        // clap checks `conflicts_with` only among options given on the same side of the
+        // subcommand; `kcache -q get k -v` must be refused too.
+        Ok(cli) if cli.global.verbose && cli.global.quiet => {
+            report_clap(&Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "the argument '--verbose' cannot be used with '--quiet'",
+            ))
+        }
+        Ok(cli) => run(cli),
+        Err(e) => report_clap(&e),
+    }
+}
+
 /// Prints clap's own message (help and version on stdout, usage errors on stderr) and returns
 /// its status: 0 for help and version, 2 for usage errors.
 pub fn report_clap(e: &clap::Error) -> ExitCode {

@@ -126,6 +126,13 @@ impl Sqlite {
             )
             .map_err(classify)?;
             conn.busy_timeout(self.busy_timeout).map_err(classify)?;
+            // In WAL mode, NORMAL keeps the file consistent after a crash and skips the fsync of
+            // every commit; a cache can lose its last writes on power loss, not its integrity.
+            conn.pragma_update(None, "synchronous", "NORMAL").map_err(classify)?;
+            // The last connection to close would checkpoint the WAL and fsync: with one process per
+            // command that is every command. SQLite's automatic checkpoint (every 1000 pages)
+            // still keeps the WAL bounded.
+            conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(classify)?;
             self.schema_ready = false;
             return Ok(self.conn.insert(conn));
         }

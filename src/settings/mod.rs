@@ -456,11 +456,15 @@ pub fn cli_layer(g: &crate::cli::Global) -> Layer {
     l
 }
 
-/// Which config file to read: `--config` / `$KCACHE_CONFIG` (must exist), else
-/// `$XDG_CONFIG_HOME/kcache/config.toml` or `~/.config/kcache/config.toml` (if it exists).
+/// Which config file to read: `--config`, else `$KCACHE_CONFIG` (an empty one counts as unset),
+/// both of which must exist; else `$XDG_CONFIG_HOME/kcache/config.toml` or
+/// `~/.config/kcache/config.toml` if it exists. The flag is `true` for an explicit file.
 pub fn locate(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Option<(PathBuf, bool)> {
     if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
         return Some((p.to_path_buf(), true));
+    }
+    if let Some(p) = env("KCACHE_CONFIG").filter(|p| !p.is_empty()) {
+        return Some((PathBuf::from(p), true));
     }
     let config_home = env("XDG_CONFIG_HOME")
         .filter(|s| !s.is_empty())
@@ -510,18 +514,21 @@ pub fn file_layer(path: &Path, warn: &mut dyn FnMut(String)) -> Result<Layer> {
     match format_of(path, &text) {
         Format::Toml => toml::layer(&text, &shown.to_string(), base),
         Format::Ini => {
-            let pairs =
-                ini::cache_settings(&text, &abs).map_err(|e| Error::input(format!("config file {shown}: {e:#}")))?;
+            let found = ini::cache_settings_with_keys(&text, &abs)
+                .map_err(|e| Error::input(format!("config file {shown}: {e:#}")))?;
             let mut layer = Layer::default();
-            for (name, value) in pairs {
+            for (name, key, value) in found {
                 match canonical(&name) {
-                    Some(c) => {
-                        layer.set(c, Raw::native(&value), format!("config file {shown} (cache_{name})"), base.clone())
-                    }
+                    Some(c) => layer.set(
+                        c,
+                        Raw::native(&value),
+                        format!("config file {shown} ([app:main] {key})"),
+                        base.clone(),
+                    ),
                     // Accepted and ignored, as SPEC says (`poolclass`), or irrelevant to a cache
                     // client (`max_fetch_size` is on Kinto's own ignore list).
                     None if name == "poolclass" || name == "max_fetch_size" => {}
-                    None => warn(format!("{shown}: ignoring unknown setting cache_{name}")),
+                    None => warn(format!("{shown}: ignoring unknown setting {key} in [app:main]")),
                 }
             }
             Ok(layer)

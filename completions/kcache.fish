@@ -1,0 +1,143 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_kcache_global_optspecs
+    string join \n c/config= b/backend= url= hosts= prefix= v/verbose q/quiet h/help V/version
+end
+
+function __fish_kcache_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_kcache_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_kcache_using_subcommand
+    set -l cmd (__fish_kcache_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c kcache -n "__fish_kcache_needs_command" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_needs_command" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_needs_command" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_needs_command" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_needs_command" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_needs_command" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_needs_command" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_needs_command" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "migrate" -d 'Create what the backend needs (tables, index, function); idempotent'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "get" -d 'Print the value of KEY (status 1 if there is none)'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "set" -d 'Store VALUE under KEY for TTL'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "ttl" -d 'Print the seconds KEY has left (-1: no expiry; -2 and status 1: no such key)'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "expire" -d 'Give an existing entry a new TTL (status 1 if there is none)'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "delete" -d 'Remove KEY and print the value it had (status 1 if there was none)'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "flush" -d 'Remove every entry (with a prefix: only the entries under it, where the backend can)'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "ping" -d 'Check that the backend answers (write, read and delete a heartbeat key)'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "purge" -d 'Remove expired entries now (SQL backends; elsewhere there is nothing to do)'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "completions" -d 'Print a shell completion script'
+complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand migrate" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand migrate" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand migrate" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand migrate" -l dry-run -d 'Print what would be done (the SQL, or that the schema is up to date); change nothing'
+complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand get" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand get" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand get" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand get" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand get" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand get" -l json -d 'Print the value as a JSON document, even when it is a string'
+complete -c kcache -n "__fish_kcache_using_subcommand get" -s n -l no-newline -d 'Do not print the trailing newline'
+complete -c kcache -n "__fish_kcache_using_subcommand get" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand get" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand get" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand get" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand set" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand set" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand set" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand set" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand set" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand set" -l json -d 'Parse VALUE as JSON instead of storing it as a string'
+complete -c kcache -n "__fish_kcache_using_subcommand set" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand set" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand set" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand set" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand ttl" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand ttl" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand ttl" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand ttl" -l ms -d 'Print milliseconds instead of seconds'
+complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand expire" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand expire" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand expire" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand expire" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand expire" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand expire" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand expire" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand expire" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand expire" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -l json -d 'Print the value as a JSON document, even when it is a string'
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -s n -l no-newline -d 'Do not print the trailing newline'
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -l all -d 'Remove everything, whatever the prefix'
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand ping" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand ping" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand ping" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand ping" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand ping" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand ping" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand ping" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand ping" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand ping" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand purge" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand purge" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand purge" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand purge" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand purge" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand purge" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand purge" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand purge" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand purge" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand completions" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand completions" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand completions" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand completions" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand completions" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand completions" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand completions" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand completions" -s V -l version -d 'Print version'
