@@ -9,8 +9,13 @@ use crate::ttl::{self, Remaining, Ttl};
 use crate::value::{self, Shown};
 use crate::{Log, Outcome, output};
 
-pub fn dispatch(command: Command, settings: Settings, log: &Log) -> Result<Outcome> {
-    let mut cache = backend::open(&settings)?;
+pub fn dispatch(
+    command: Command,
+    settings: Settings,
+    env: &dyn Fn(&str) -> Option<String>,
+    log: &Log,
+) -> Result<Outcome> {
+    let mut cache = backend::open_with(&settings, env, 1)?;
     log.note(&format!("backend {} at {}", cache.backend_name(), cache.location()));
     match command {
         Command::Migrate { dry_run } => migrate(&mut cache, dry_run, log),
@@ -44,7 +49,9 @@ fn migrate(cache: &mut Cache, dry_run: bool, log: &Log) -> Result<Outcome> {
         log.note("the schema is up to date");
     } else {
         for s in &m.statements {
-            log.note(&format!("ran: {s}"));
+            // One line per statement: its first line is enough to say what was created.
+            let first = s.lines().next().unwrap_or_default().trim_end_matches(['(', ' ']);
+            log.note(&format!("ran: {first} ..."));
         }
     }
     Ok(Outcome::Done)

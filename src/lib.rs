@@ -106,7 +106,7 @@ fn app(cli: Cli) -> Result<Outcome> {
     let log = Log { verbose: cli.global.verbose, quiet: cli.global.quiet };
     let env = |k: &str| std::env::var(k).ok();
     let settings = load_settings(&cli.global, &env, &log)?;
-    commands::dispatch(cli.command, settings, &log)
+    commands::dispatch(cli.command, settings, &env, &log)
 }
 
 /// Resolves the settings from every layer, logging where each one came from with `-v`.

@@ -16,7 +16,8 @@ pub struct Fixture {
     pub cache: Cache,
     /// Whether this fixture's storage belongs to this test alone (then `flush --all` is safe).
     pub isolated: bool,
-    _dir: Option<tempfile::TempDir>,
+    /// Whatever must outlive the cache (a temp folder, a database dropped on drop).
+    _guard: Option<Box<dyn std::any::Any>>,
 }
 
 impl Fixture {
@@ -42,7 +43,7 @@ pub fn open(kind: &str) -> Option<Fixture> {
     match kind {
         "memory" => {
             let s = settings(vec![("backend", Raw::Str("memory".into())), ("prefix", Raw::Str(prefix))]);
-            Some(Fixture { cache: kcache::backend::open(&s).expect("open"), isolated: true, _dir: None })
+            Some(Fixture { cache: kcache::backend::open(&s).expect("open"), isolated: true, _guard: None })
         }
         "sqlite" => {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -52,9 +53,52 @@ pub fn open(kind: &str) -> Option<Fixture> {
                 ("path", Raw::Str(path.display().to_string())),
                 ("prefix", Raw::Str(prefix)),
             ]);
-            Some(Fixture { cache: kcache::backend::open(&s).expect("open"), isolated: true, _dir: Some(dir) })
+            Some(Fixture {
+                cache: kcache::backend::open(&s).expect("open"),
+                isolated: true,
+                _guard: Some(Box::new(dir)),
+            })
+        }
+        "postgresql" => {
+            let admin = crate::rig::server("KCACHE_TEST_PG_URL")?;
+            let db = TempDatabase::new(&admin);
+            let s = settings(vec![
+                ("backend", Raw::Str("postgresql".into())),
+                ("url", Raw::Str(db.url.clone())),
+                ("prefix", Raw::Str(prefix)),
+                ("pool_timeout", Raw::Int(10)),
+            ]);
+            let mut cache = kcache::backend::open(&s).expect("open");
+            cache.migrate(false).expect("migrate");
+            Some(Fixture { cache, isolated: true, _guard: Some(Box::new(db)) })
         }
         other => panic!("no fixture for backend {other}"),
+    }
+}
+
+/// A PostgreSQL database of one test's own, dropped afterwards.
+pub struct TempDatabase {
+    admin: String,
+    name: String,
+    /// The new database's URL (the admin URL with its name).
+    pub url: String,
+}
+
+impl TempDatabase {
+    pub fn new(admin: &str) -> TempDatabase {
+        let name = crate::util::unique("kc_");
+        let mut client = postgres::Client::connect(admin, postgres::NoTls).expect("connect to the test server");
+        client.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
+        let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+        TempDatabase { admin: admin.to_string(), url: format!("{base}/{name}"), name }
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
     }
 }
 
@@ -310,4 +354,4 @@ macro_rules! for_backends {
     };
 }
 
-for_backends!(memory, sqlite);
+for_backends!(memory, sqlite, postgresql);

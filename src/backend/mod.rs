@@ -2,6 +2,8 @@
 //! prefixed and checked, TTL 0 is given its meaning, and errors get their context.
 
 mod memory;
+#[cfg(feature = "postgresql")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -198,14 +200,26 @@ impl Cache {
     }
 }
 
-/// Builds the configured backend. No I/O happens here.
+/// Builds the configured backend for one worker, reading libpq's variables from the process
+/// environment. No I/O happens here.
 pub fn open(settings: &Settings) -> Result<Cache> {
+    open_with(settings, &|k| std::env::var(k).ok(), 1)
+}
+
+/// Builds the configured backend; `env` reads environment variables, `workers` is how many
+/// threads will use it at once (pools never open more connections than that).
+pub fn open_with(settings: &Settings, env: &dyn Fn(&str) -> Option<String>, workers: u32) -> Result<Cache> {
+    #[cfg(not(feature = "postgresql"))]
+    let _ = (env, workers);
     let inner: Box<dyn Backend> = match settings.backend {
         BackendKind::Memory => Box::new(memory::Memory::new(settings.max_size_bytes)),
         #[cfg(feature = "sqlite")]
         BackendKind::Sqlite => Box::new(sqlite::Sqlite::new(settings)?),
         #[cfg(not(feature = "sqlite"))]
         BackendKind::Sqlite => return Err(not_built("sqlite")),
+        #[cfg(feature = "postgresql")]
+        BackendKind::Postgresql => Box::new(postgres::Postgres::new(settings, env, workers)?),
+        #[cfg(not(feature = "postgresql"))]
         BackendKind::Postgresql => return Err(not_built("postgresql")),
         BackendKind::Memcached => return Err(not_built("memcached")),
         BackendKind::Redis => return Err(not_built("redis")),
@@ -221,7 +235,7 @@ fn not_built(name: &str) -> Error {
 pub const COMPILED: &[(&str, bool)] = &[
     ("sqlite", cfg!(feature = "sqlite")),
     ("memory", true),
-    ("postgresql", false),
+    ("postgresql", cfg!(feature = "postgresql")),
     ("memcached", false),
     ("redis", false),
 ];

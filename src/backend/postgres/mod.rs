@@ -1,0 +1,399 @@
+//! The `postgresql` backend: Kinto's cache table, shared live with a running Kinto.
+//!
+//! The wire format is Kinto's (reference §2): `cache(key, value, ttl)` from `schema.sql`,
+//! values as Kinto's JSON text, keys with the prefix, and the expiry computed by the server with
+//! `sec2ttl()` and `now()` in the session's own time zone, so that both tools agree on it.
+//! What Kinto gets wrong, kcache does right (reference §11, items 1-13): `ttl` reports the whole
+//! duration (`EXTRACT(EPOCH ...)`, not `EXTRACT(SECOND ...)`); a NULL ttl is an entry without
+//! expiry; expired rows are invisible to `get`, `ttl`, `expire` and `delete`; `get` never writes;
+//! `set` purges a bounded batch; `flush` honours the prefix; `migrate` looks in the connection's
+//! own schema and checks all three objects.
+//!
+//! Every statement is sent with its parameter types (`query_typed`): one round trip each, no
+//! prepare.
+
+mod connect;
+mod pool;
+
+pub use pool::{Pool, PoolSettings};
+
+use super::{Backend, FlushScope, Migration};
+use crate::error::{Error, Result};
+use crate::settings::Settings;
+use crate::ttl::{Remaining, Ttl};
+use postgres::error::SqlState;
+use postgres::types::Type;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Kinto's `key VARCHAR(256)`, prefix included.
+pub const MAX_KEY_CHARS: usize = 256;
+
+/// Kinto's `pool_timeout` default (SQLAlchemy's).
+pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many expired rows one `set` removes on its way.
+const SET_PURGE_BATCH: i64 = 100;
+
+/// `sec2ttl()` turns its float into text and parses it as an interval; PostgreSQL writes
+/// floats under 1e-4 in exponent notation, which that parse rejects (reference §2.4). A TTL that
+/// small is sent as 0.1 ms: an entry that short-lived is gone before any reader could see it.
+const MIN_SEC2TTL: f64 = 0.0001;
+
+/// The advisory lock `migrate` holds, so that several hosts may run it at once ("kcache").
+const MIGRATE_LOCK: i64 = 0x6b_63_61_63_68_65;
+
+/// The schema, as DBAs can apply it by hand; `migrate` runs its statements one by one.
+pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
+
+/// A handle on the pool. Each operation checks a connection out and gives it back, so handles
+/// on one pool (forks, siblings with another prefix) never wait for each other when used in turn,
+/// and a one-shot command reuses its one connection.
+pub struct Postgres {
+    pool: Arc<Pool>,
+    lock_timeout: Duration,
+}
+
+impl Postgres {
+    /// Resolves the connection target and builds the pool; opens nothing.
+    pub fn new(settings: &Settings, env: &dyn Fn(&str) -> Option<String>, workers: u32) -> Result<Postgres> {
+        let target = connect::resolve(settings.url.as_deref(), env)?;
+        let timeout = settings.pool_timeout.unwrap_or(DEFAULT_POOL_TIMEOUT);
+        let pool = Pool::new(
+            target,
+            PoolSettings {
+                pool_size: settings.pool_size,
+                max_overflow: settings.max_overflow,
+                max_backlog: settings.max_backlog,
+                timeout,
+                recycle: settings.pool_recycle,
+                workers,
+            },
+        );
+        Ok(Postgres { pool: Arc::new(pool), lock_timeout: timeout })
+    }
+
+    /// The pool this backend draws from (shared with its forks).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Runs one statement with typed parameters; errors are classified. A connection that broke
+    /// is not given back to the pool (r2d2 checks `is_closed` on return).
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[(&(dyn postgres::types::ToSql + Sync), Type)],
+    ) -> Result<Vec<postgres::Row>> {
+        let mut conn = self.pool.get()?;
+        conn.query_typed(sql, params).map_err(classify)
+    }
+
+    /// What the schema still needs, in the connection's own schema (`current_schema()`).
+    fn missing(conn: &mut impl postgres::GenericClient) -> Result<(String, Vec<SchemaObject>)> {
+        let row = conn
+            .query_one(
+                "SELECT current_schema()::text, \
+                   EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                           WHERE n.nspname = current_schema() AND c.relname = 'cache' AND c.relkind IN ('r', 'p')), \
+                   EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                           WHERE n.nspname = current_schema() AND c.relname = 'idx_cache_ttl' AND c.relkind IN ('i', 'I')), \
+                   EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                           WHERE n.nspname = current_schema() AND p.proname = 'sec2ttl')",
+                &[],
+            )
+            .map_err(classify)?;
+        let schema: Option<String> = row.get(0);
+        let Some(schema) = schema else {
+            return Err(Error::backend(
+                "find the schema to migrate",
+                anyhow::anyhow!("no schema of the search_path exists (current_schema() is NULL)"),
+            ));
+        };
+        let present = [row.get::<_, bool>(1), row.get::<_, bool>(2), row.get::<_, bool>(3)];
+        let missing = SchemaObject::ALL.into_iter().zip(present).filter(|(_, p)| !p).map(|(o, _)| o).collect();
+        Ok((schema, missing))
+    }
+}
+
+/// The three objects of `schema.sql`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaObject {
+    Table,
+    Index,
+    Function,
+}
+
+impl SchemaObject {
+    const ALL: [SchemaObject; 3] = [SchemaObject::Table, SchemaObject::Index, SchemaObject::Function];
+
+    /// This object's statement in `schema.sql`.
+    pub fn statement(self) -> &'static str {
+        let marker = match self {
+            SchemaObject::Table => "CREATE TABLE",
+            SchemaObject::Index => "CREATE INDEX",
+            SchemaObject::Function => "CREATE OR REPLACE FUNCTION",
+        };
+        schema_statements().into_iter().find(|s| s.starts_with(marker)).unwrap_or("")
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            SchemaObject::Table => "the table cache",
+            SchemaObject::Index => "the index idx_cache_ttl",
+            SchemaObject::Function => "the function sec2ttl",
+        }
+    }
+}
+
+/// The statements of `schema.sql`, comments removed, each ending with its `;`. A `;` inside a
+/// `$$ ... $$` body does not end a statement.
+pub fn schema_statements() -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut in_body = false;
+    let mut offset = 0;
+    for line in SCHEMA_SQL.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if start.is_none() && (trimmed.is_empty() || trimmed.starts_with("--")) {
+            offset += line.len();
+            continue;
+        }
+        let begin = *start.get_or_insert(offset);
+        if line.matches("$$").count() % 2 == 1 {
+            in_body = !in_body;
+        }
+        offset += line.len();
+        if !in_body && trimmed.ends_with(';') {
+            out.push(SCHEMA_SQL[begin..offset].trim());
+            start = None;
+        }
+    }
+    out
+}
+
+/// Sorts a PostgreSQL failure into SPEC's statuses, in one place:
+/// - 3 (unavailable, worth retrying): connection failures, timeouts (statement or lock),
+///   too many connections, a server shutting down or starting;
+/// - 4 (refused): everything the server answered with an error, among them permissions,
+///   authentication, a missing table or function (with the `migrate` hint), a read-only
+///   transaction, and values it would not store.
+pub fn classify(e: postgres::Error) -> Error {
+    let Some(db) = e.as_db_error() else {
+        return Error::unavailable("lost the connection to postgresql", e);
+    };
+    let code = db.code().clone();
+    let text = db.message().to_string();
+    let unavailable = code == SqlState::QUERY_CANCELED
+        || code == SqlState::LOCK_NOT_AVAILABLE
+        || code == SqlState::TOO_MANY_CONNECTIONS
+        || code == SqlState::ADMIN_SHUTDOWN
+        || code == SqlState::CRASH_SHUTDOWN
+        || code == SqlState::CANNOT_CONNECT_NOW
+        || code == SqlState::T_R_SERIALIZATION_FAILURE
+        || code == SqlState::T_R_DEADLOCK_DETECTED
+        || code.code().starts_with("08");
+    let what = format!("postgresql refused the operation ({})", code.code());
+    if unavailable {
+        return Error::unavailable(format!("postgresql could not do it now ({})", code.code()), anyhow::anyhow!(text));
+    }
+    let err = Error::backend(what, anyhow::anyhow!(text));
+    if code == SqlState::UNDEFINED_TABLE || code == SqlState::UNDEFINED_FUNCTION {
+        err.with_hint("run 'kcache migrate' first")
+    } else if code == SqlState::INSUFFICIENT_PRIVILEGE {
+        err.with_hint("grant the role the privilege named above, or have a DBA apply schema.sql")
+    } else {
+        err
+    }
+}
+
+/// A failure to connect: authentication and unknown databases are refusals (4), the rest is
+/// unavailability (3).
+fn classify_connect(e: postgres::Error, location: &str) -> Error {
+    let what = format!("cannot connect to postgresql at {location}");
+    match e.as_db_error().map(|d| d.code().clone()) {
+        Some(c) if c == SqlState::TOO_MANY_CONNECTIONS || c == SqlState::CANNOT_CONNECT_NOW => {
+            Error::unavailable(what, e)
+        }
+        Some(c) if c == SqlState::INVALID_PASSWORD || c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+            Error::backend(what, e).with_hint("check the user and password (URL, PGPASSWORD or ~/.pgpass)")
+        }
+        Some(_) => Error::backend(what, e),
+        None if e.to_string().contains("password missing") => Error::backend(what, e)
+            .with_hint("the server wants a password: give it in the URL, PGPASSWORD or ~/.pgpass (mode 0600)"),
+        None => Error::unavailable(what, e),
+    }
+}
+
+/// Seconds for `sec2ttl()` (see [`MIN_SEC2TTL`]).
+fn seconds(ttl: Ttl) -> f64 {
+    ttl.as_secs_f64().max(MIN_SEC2TTL)
+}
+
+impl Backend for Postgres {
+    fn name(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn location(&self) -> String {
+        self.pool.location().to_string()
+    }
+
+    fn fork(&self) -> Result<Box<dyn Backend>> {
+        Ok(Box::new(Postgres { pool: Arc::clone(&self.pool), lock_timeout: self.lock_timeout }))
+    }
+
+    fn check_key(&self, key: &str) -> Result<()> {
+        let n = key.chars().count();
+        if n > MAX_KEY_CHARS {
+            return Err(Error::input(format!(
+                "the key is {n} characters long with its prefix; PostgreSQL's cache table holds at most {MAX_KEY_CHARS}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn migrate(&mut self, dry_run: bool) -> Result<Migration> {
+        let mut conn = self.pool.get()?;
+        if dry_run {
+            let (_, missing) = Self::missing(&mut *conn)?;
+            return Ok(Migration {
+                statements: missing.iter().map(|o| o.statement().to_string()).collect(),
+                note: None,
+            });
+        }
+        let mut tx = conn.transaction().map_err(classify)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK]).map_err(classify)?;
+        let (schema, missing) = Self::missing(&mut tx)?;
+        let mut ran = Vec::new();
+        for object in missing {
+            tx.batch_execute(object.statement()).map_err(|e| {
+                let refused = e.as_db_error().is_some_and(|d| *d.code() == SqlState::INSUFFICIENT_PRIVILEGE);
+                let err = classify(e).context(format!("create {} in schema {schema}", object.describe()));
+                if refused {
+                    err.with_hint(format!(
+                        "the role needs the CREATE privilege on schema {schema} (GRANT CREATE ON SCHEMA {schema} TO ...), or a DBA can apply schema.sql"
+                    ))
+                } else {
+                    err
+                }
+            })?;
+            ran.push(object.statement().to_string());
+        }
+        tx.commit().map_err(classify)?;
+        Ok(Migration { statements: ran, note: None })
+    }
+
+    fn get(&mut self, key: &str) -> Result<Option<String>> {
+        let rows = self
+            .query("SELECT value FROM cache WHERE key = $1 AND (ttl IS NULL OR ttl > now())", &[(&key, Type::TEXT)])?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn set(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<()> {
+        // One statement, one round trip: a bounded purge of expired rows (never the row being
+        // written: one statement cannot both delete and upsert it), then Kinto's upsert.
+        self.query(
+            "WITH purged AS (DELETE FROM cache WHERE key IN \
+               (SELECT key FROM cache WHERE ttl < now() AND key <> $1 ORDER BY ttl LIMIT $4 FOR UPDATE SKIP LOCKED)) \
+             INSERT INTO cache (key, value, ttl) VALUES ($1, $2, sec2ttl($3)) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, ttl = EXCLUDED.ttl",
+            &[(&key, Type::TEXT), (&value, Type::TEXT), (&seconds(ttl), Type::FLOAT8), (&SET_PURGE_BATCH, Type::INT8)],
+        )?;
+        Ok(())
+    }
+
+    fn ttl(&mut self, key: &str) -> Result<Remaining> {
+        let rows = self.query(
+            "SELECT EXTRACT(EPOCH FROM (ttl - now()))::float8 FROM cache \
+             WHERE key = $1 AND (ttl IS NULL OR ttl > now())",
+            &[(&key, Type::TEXT)],
+        )?;
+        Ok(match rows.first().map(|r| r.get::<_, Option<f64>>(0)) {
+            None => Remaining::Missing,
+            Some(None) => Remaining::NoExpiry,
+            Some(Some(secs)) => match Duration::try_from_secs_f64(secs) {
+                Ok(d) if !d.is_zero() => Remaining::Left(d),
+                _ => Remaining::Missing,
+            },
+        })
+    }
+
+    fn expire(&mut self, key: &str, ttl: Ttl) -> Result<bool> {
+        let rows = self.query(
+            "UPDATE cache SET ttl = sec2ttl($2) WHERE key = $1 AND (ttl IS NULL OR ttl > now()) RETURNING 1",
+            &[(&key, Type::TEXT), (&seconds(ttl), Type::FLOAT8)],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    fn delete(&mut self, key: &str) -> Result<Option<String>> {
+        let rows = self.query(
+            "DELETE FROM cache WHERE key = $1 RETURNING value, (ttl IS NULL OR ttl > now())",
+            &[(&key, Type::TEXT)],
+        )?;
+        Ok(rows.first().and_then(|r| r.get::<_, bool>(1).then(|| r.get(0))))
+    }
+
+    fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
+        match scope {
+            FlushScope::Prefix(p) => {
+                // left()/char_length() compare characters: `%`, `_` and `\` are plain here.
+                self.query("DELETE FROM cache WHERE left(key, char_length($1)) = $1", &[(&p, Type::TEXT)])?;
+            }
+            FlushScope::All => {
+                // TRUNCATE empties a million rows at once where DELETE would take minutes; it
+                // needs its own privilege and an exclusive lock, so wait for that lock no
+                // longer than pool_timeout, and fall back to DELETE for a role without it.
+                let lock_ms = self.lock_timeout.as_millis().max(1);
+                let mut conn = self.pool.get()?;
+                let mut tx = conn.transaction().map_err(classify)?;
+                tx.batch_execute(&format!("SET LOCAL lock_timeout = {lock_ms}")).map_err(classify)?;
+                match tx.batch_execute("TRUNCATE cache") {
+                    Ok(()) => tx.commit().map_err(classify)?,
+                    Err(e) if e.as_db_error().is_some_and(|d| *d.code() == SqlState::INSUFFICIENT_PRIVILEGE) => {
+                        drop(tx);
+                        drop(conn);
+                        self.query("DELETE FROM cache", &[])?;
+                    }
+                    Err(e) => return Err(classify(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn purge(&mut self) -> Result<u64> {
+        let rows = self.query("DELETE FROM cache WHERE ttl < now() RETURNING 1", &[])?;
+        Ok(rows.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_sql_holds_the_three_statements() {
+        let statements = schema_statements();
+        assert_eq!(statements.len(), 3, "{statements:#?}");
+        assert!(SchemaObject::Table.statement().starts_with("CREATE TABLE IF NOT EXISTS cache ("));
+        assert!(SchemaObject::Table.statement().contains("key VARCHAR(256) PRIMARY KEY"));
+        assert!(SchemaObject::Index.statement().contains("idx_cache_ttl ON cache(ttl)"));
+        let f = SchemaObject::Function.statement();
+        assert!(f.starts_with("CREATE OR REPLACE FUNCTION sec2ttl(seconds FLOAT)"), "{f}");
+        assert!(f.ends_with("$$ LANGUAGE plpgsql;"), "{f}");
+        assert!(f.contains("RETURN NULL;"), "a ; inside the body does not split the statement");
+    }
+
+    #[test]
+    fn keys_over_256_characters_are_refused() {
+        assert_eq!(MAX_KEY_CHARS, 256);
+    }
+
+    #[test]
+    fn tiny_ttls_avoid_exponent_notation() {
+        assert_eq!(seconds(Ttl::from_duration(Duration::from_nanos(1))), 0.0001);
+        assert_eq!(seconds(Ttl::from_duration(Duration::from_millis(250))), 0.25);
+    }
+}

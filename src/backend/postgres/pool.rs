@@ -1,0 +1,161 @@
+//! The connection pool: r2d2 + r2d2_postgres, with Kinto's pool settings.
+//!
+//! - `pool_size + max_overflow` connections at most (SQLAlchemy's QueuePool), but never more
+//!   than there are workers: a one-shot command has one worker and opens exactly one connection.
+//! - No connection is opened before it is needed (`min_idle = 0`) and none is tested on
+//!   checkout (r2d2's default would add a round trip to every command).
+//! - `pool_timeout` bounds the wait for a connection, and the connect itself. A connection that
+//!   is refused fails at once (r2d2 alone would retry until the timeout): the pool's error
+//!   handler records the failure and [`Pool::get`] returns it.
+//! - `max_backlog`, as Kinto's `QueuePoolWithMaxBacklog` (reference §8): at most that many
+//!   callers wait for a connection; the next one fails at once with status 3.
+//! - `pool_recycle` closes connections older than that (r2d2's `max_lifetime`).
+
+use super::connect::{Target, Tls};
+use crate::error::{Error, Result};
+use r2d2_postgres::PostgresConnectionManager;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub type Connection = r2d2::PooledConnection<PostgresConnectionManager<Tls>>;
+
+/// How often a waiting caller checks whether the connection attempt it waits for has failed.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The last connection failure, with when it happened.
+type LastError = Arc<Mutex<Option<(Instant, postgres::Error)>>>;
+
+#[derive(Debug)]
+struct Recorder(LastError);
+
+impl r2d2::HandleError<postgres::Error> for Recorder {
+    fn handle_error(&self, error: postgres::Error) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some((Instant::now(), error));
+        }
+    }
+}
+
+/// Settings of the pool, from Kinto's `cache_pool_*` settings.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSettings {
+    pub pool_size: u32,
+    pub max_overflow: u32,
+    /// `None`: unlimited (Kinto's -1).
+    pub max_backlog: Option<u32>,
+    pub timeout: Duration,
+    /// `None`: never (Kinto's -1).
+    pub recycle: Option<Duration>,
+    /// How many threads will use the pool at once (1 for a one-shot command).
+    pub workers: u32,
+}
+
+pub struct Pool {
+    pool: r2d2::Pool<PostgresConnectionManager<Tls>>,
+    settings: PoolSettings,
+    /// Callers inside [`Pool::get`] right now, as Kinto's backlog counts them.
+    in_get: AtomicUsize,
+    last_error: LastError,
+    location: String,
+}
+
+impl Pool {
+    /// Builds the pool. No connection is opened.
+    pub fn new(target: Target, settings: PoolSettings) -> Pool {
+        let Target { mut config, tls, location } = target;
+        // The connect itself must not outlast the pool timeout (a blackholed host would
+        // otherwise hold an r2d2 worker for the system's SYN timeout).
+        let timeout = settings.timeout.max(Duration::from_secs(1));
+        match config.get_connect_timeout() {
+            Some(t) if *t <= timeout => {}
+            _ => {
+                config.connect_timeout(timeout);
+            }
+        }
+        let max_size = (settings.pool_size + settings.max_overflow).clamp(1, settings.workers.max(1));
+        let last_error = LastError::default();
+        let pool = r2d2::Pool::builder()
+            .max_size(max_size)
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(settings.timeout)
+            .max_lifetime(settings.recycle)
+            .idle_timeout(None)
+            .error_handler(Box::new(Recorder(Arc::clone(&last_error))))
+            .build_unchecked(PostgresConnectionManager::new(config, tls));
+        Pool { pool, settings, in_get: AtomicUsize::new(0), last_error, location }
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// A connection, within `pool_timeout`; see the module doc for the rules.
+    pub fn get(&self) -> Result<Connection> {
+        let start = Instant::now();
+        let waiting = self.in_get.fetch_add(1, Ordering::SeqCst) + 1;
+        let _leave = Leave(&self.in_get);
+        if let Some(max) = self.settings.max_backlog
+            && waiting > max as usize
+        {
+            // Over the backlog: only a connection available right now will do.
+            if let Some(c) = self.pool.try_get() {
+                return Ok(c);
+            }
+            let state = self.pool.state();
+            if state.connections >= self.pool.max_size() {
+                return Err(Error::unavailable(
+                    format!("no connection to postgresql at {}", self.location),
+                    anyhow::anyhow!(
+                        "the connection pool is exhausted: {} connections in use and max_backlog ({max}) callers already waiting",
+                        state.connections
+                    ),
+                ));
+            }
+        }
+        let deadline = start + self.settings.timeout;
+        loop {
+            let now = Instant::now();
+            let wait = deadline.saturating_duration_since(now).min(POLL);
+            match self.pool.get_timeout(wait.max(Duration::from_millis(1))) {
+                Ok(c) => return Ok(c),
+                Err(timed_out) => {
+                    if let Some(e) = self.take_error_since(start) {
+                        return Err(super::classify_connect(e, &self.location));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::unavailable(
+                            format!("no connection to postgresql at {}", self.location),
+                            anyhow::anyhow!(
+                                "timed out after {:.1} s (pool_timeout) waiting for a connection: {timed_out}",
+                                self.settings.timeout.as_secs_f64()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_error_since(&self, start: Instant) -> Option<postgres::Error> {
+        let mut last = self.last_error.lock().ok()?;
+        match last.take() {
+            Some((at, e)) if at >= start => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Connections open now (for tests).
+    pub fn open_connections(&self) -> u32 {
+        self.pool.state().connections
+    }
+}
+
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
