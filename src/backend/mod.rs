@@ -1,9 +1,15 @@
 //! The backend trait every cache implements, and [`Cache`], the one place where keys are
 //! prefixed and checked, TTL 0 is given its meaning, and errors get their context.
 
+#[cfg(feature = "memcached")]
+pub mod memcached;
 mod memory;
+#[cfg(any(feature = "postgresql", feature = "memcached", feature = "redis"))]
+pub mod pool;
 #[cfg(feature = "postgresql")]
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -209,7 +215,7 @@ pub fn open(settings: &Settings) -> Result<Cache> {
 /// Builds the configured backend; `env` reads environment variables, `workers` is how many
 /// threads will use it at once (pools never open more connections than that).
 pub fn open_with(settings: &Settings, env: &dyn Fn(&str) -> Option<String>, workers: u32) -> Result<Cache> {
-    #[cfg(not(feature = "postgresql"))]
+    #[cfg(not(any(feature = "postgresql", feature = "memcached", feature = "redis")))]
     let _ = (env, workers);
     let inner: Box<dyn Backend> = match settings.backend {
         BackendKind::Memory => Box::new(memory::Memory::new(settings.max_size_bytes)),
@@ -221,12 +227,19 @@ pub fn open_with(settings: &Settings, env: &dyn Fn(&str) -> Option<String>, work
         BackendKind::Postgresql => Box::new(postgres::Postgres::new(settings, env, workers)?),
         #[cfg(not(feature = "postgresql"))]
         BackendKind::Postgresql => return Err(not_built("postgresql")),
+        #[cfg(feature = "memcached")]
+        BackendKind::Memcached => memcached::open(settings, env, workers)?,
+        #[cfg(not(feature = "memcached"))]
         BackendKind::Memcached => return Err(not_built("memcached")),
+        #[cfg(feature = "redis")]
+        BackendKind::Redis => redis::open(settings, env, workers)?,
+        #[cfg(not(feature = "redis"))]
         BackendKind::Redis => return Err(not_built("redis")),
     };
     Ok(Cache::new(inner, settings.prefix.clone()))
 }
 
+#[cfg_attr(all(feature = "sqlite", feature = "postgresql", feature = "memcached", feature = "redis"), allow(dead_code))]
 fn not_built(name: &str) -> Error {
     Error::input(format!("this kcache was built without the {name} backend (see kcache --version)"))
 }
@@ -236,8 +249,8 @@ pub const COMPILED: &[(&str, bool)] = &[
     ("sqlite", cfg!(feature = "sqlite")),
     ("memory", true),
     ("postgresql", cfg!(feature = "postgresql")),
-    ("memcached", false),
-    ("redis", false),
+    ("memcached", cfg!(feature = "memcached")),
+    ("redis", cfg!(feature = "redis")),
 ];
 
 #[cfg(test)]

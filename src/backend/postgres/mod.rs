@@ -13,9 +13,10 @@
 //! prepare.
 
 mod connect;
-mod pool;
 
-pub use pool::{Pool, PoolSettings};
+use super::pool::{Pool, PoolSettings};
+use connect::Tls;
+use r2d2_postgres::PostgresConnectionManager;
 
 use super::{Backend, FlushScope, Migration};
 use crate::error::{Error, Result};
@@ -50,17 +51,23 @@ pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
 /// on one pool (forks, siblings with another prefix) never wait for each other when used in turn,
 /// and a one-shot command reuses its one connection.
 pub struct Postgres {
-    pool: Arc<Pool>,
+    pool: Arc<Pool<PostgresConnectionManager<Tls>>>,
     lock_timeout: Duration,
 }
 
 impl Postgres {
     /// Resolves the connection target and builds the pool; opens nothing.
     pub fn new(settings: &Settings, env: &dyn Fn(&str) -> Option<String>, workers: u32) -> Result<Postgres> {
-        let target = connect::resolve(settings.url.as_deref(), env)?;
+        let connect::Target { mut config, tls, location } = connect::resolve(settings.url.as_deref(), env)?;
         let timeout = settings.pool_timeout.unwrap_or(DEFAULT_POOL_TIMEOUT);
+        // The connect itself must not outlast the pool timeout (a blackholed host would
+        // otherwise hold a pool worker for the system's SYN timeout).
+        let connect_timeout = timeout.max(Duration::from_secs(1));
+        if config.get_connect_timeout().is_none_or(|t| *t > connect_timeout) {
+            config.connect_timeout(connect_timeout);
+        }
         let pool = Pool::new(
-            target,
+            PostgresConnectionManager::new(config, tls),
             PoolSettings {
                 pool_size: settings.pool_size,
                 max_overflow: settings.max_overflow,
@@ -69,12 +76,15 @@ impl Postgres {
                 recycle: settings.pool_recycle,
                 workers,
             },
+            "postgresql",
+            location,
+            classify_connect,
         );
         Ok(Postgres { pool: Arc::new(pool), lock_timeout: timeout })
     }
 
     /// The pool this backend draws from (shared with its forks).
-    pub fn pool(&self) -> &Arc<Pool> {
+    pub fn pool(&self) -> &Arc<Pool<PostgresConnectionManager<Tls>>> {
         &self.pool
     }
 

@@ -1,4 +1,5 @@
-//! The connection pool: r2d2 + r2d2_postgres, with Kinto's pool settings.
+//! The connection pool every networked backend uses: r2d2 with Kinto's pool settings, and the
+//! behaviour a command-line tool needs.
 //!
 //! - `pool_size + max_overflow` connections at most (SQLAlchemy's QueuePool), but never more
 //!   than there are workers: a one-shot command has one worker and opens exactly one connection.
@@ -11,31 +12,38 @@
 //!   callers wait for a connection; the next one fails at once with status 3.
 //! - `pool_recycle` closes connections older than that (r2d2's `max_lifetime`).
 
-use super::connect::{Target, Tls};
 use crate::error::{Error, Result};
-use r2d2_postgres::PostgresConnectionManager;
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub type Connection = r2d2::PooledConnection<PostgresConnectionManager<Tls>>;
+pub type Connection<M> = r2d2::PooledConnection<M>;
 
 /// How often a waiting caller checks whether the connection attempt it waits for has failed.
 const POLL: Duration = Duration::from_millis(20);
 
 /// The last connection failure, with when it happened.
-type LastError = Arc<Mutex<Option<(Instant, postgres::Error)>>>;
+type LastError<E> = Arc<Mutex<Option<(Instant, E)>>>;
 
-#[derive(Debug)]
-struct Recorder(LastError);
+struct Recorder<E>(LastError<E>);
 
-impl r2d2::HandleError<postgres::Error> for Recorder {
-    fn handle_error(&self, error: postgres::Error) {
+impl<E> fmt::Debug for Recorder<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Recorder")
+    }
+}
+
+impl<E: Send + 'static> r2d2::HandleError<E> for Recorder<E> {
+    fn handle_error(&self, error: E) {
         if let Ok(mut last) = self.0.lock() {
             *last = Some((Instant::now(), error));
         }
     }
 }
+
+/// Turns a connection failure into an error; gets the failure and the pool's location.
+pub type ClassifyConnect<E> = fn(E, &str) -> Error;
 
 /// Settings of the pool, from Kinto's `cache_pool_*` settings.
 #[derive(Clone, Copy, Debug)]
@@ -51,28 +59,30 @@ pub struct PoolSettings {
     pub workers: u32,
 }
 
-pub struct Pool {
-    pool: r2d2::Pool<PostgresConnectionManager<Tls>>,
+pub struct Pool<M: r2d2::ManageConnection> {
+    pool: r2d2::Pool<M>,
     settings: PoolSettings,
     /// Callers inside [`Pool::get`] right now, as Kinto's backlog counts them.
     in_get: AtomicUsize,
-    last_error: LastError,
+    last_error: LastError<M::Error>,
+    classify_connect: ClassifyConnect<M::Error>,
+    name: &'static str,
     location: String,
 }
 
-impl Pool {
-    /// Builds the pool. No connection is opened.
-    pub fn new(target: Target, settings: PoolSettings) -> Pool {
-        let Target { mut config, tls, location } = target;
-        // The connect itself must not outlast the pool timeout (a blackholed host would
-        // otherwise hold an r2d2 worker for the system's SYN timeout).
-        let timeout = settings.timeout.max(Duration::from_secs(1));
-        match config.get_connect_timeout() {
-            Some(t) if *t <= timeout => {}
-            _ => {
-                config.connect_timeout(timeout);
-            }
-        }
+impl<M: r2d2::ManageConnection> Pool<M>
+where
+    M::Error: Send + 'static,
+{
+    /// Builds the pool over `manager`. No connection is opened. `name` and `location` are for
+    /// messages (`location` must hold no password); `classify_connect` sorts connect failures.
+    pub fn new(
+        manager: M,
+        settings: PoolSettings,
+        name: &'static str,
+        location: String,
+        classify_connect: ClassifyConnect<M::Error>,
+    ) -> Pool<M> {
         let max_size = (settings.pool_size + settings.max_overflow).clamp(1, settings.workers.max(1));
         let last_error = LastError::default();
         let pool = r2d2::Pool::builder()
@@ -83,8 +93,8 @@ impl Pool {
             .max_lifetime(settings.recycle)
             .idle_timeout(None)
             .error_handler(Box::new(Recorder(Arc::clone(&last_error))))
-            .build_unchecked(PostgresConnectionManager::new(config, tls));
-        Pool { pool, settings, in_get: AtomicUsize::new(0), last_error, location }
+            .build_unchecked(manager);
+        Pool { pool, settings, in_get: AtomicUsize::new(0), last_error, classify_connect, name, location }
     }
 
     pub fn location(&self) -> &str {
@@ -92,7 +102,7 @@ impl Pool {
     }
 
     /// A connection, within `pool_timeout`; see the module doc for the rules.
-    pub fn get(&self) -> Result<Connection> {
+    pub fn get(&self) -> Result<Connection<M>> {
         let start = Instant::now();
         let waiting = self.in_get.fetch_add(1, Ordering::SeqCst) + 1;
         let _leave = Leave(&self.in_get);
@@ -106,7 +116,7 @@ impl Pool {
             let state = self.pool.state();
             if state.connections >= self.pool.max_size() {
                 return Err(Error::unavailable(
-                    format!("no connection to postgresql at {}", self.location),
+                    format!("no connection to {} at {}", self.name, self.location),
                     anyhow::anyhow!(
                         "the connection pool is exhausted: {} connections in use and max_backlog ({max}) callers already waiting",
                         state.connections
@@ -122,11 +132,11 @@ impl Pool {
                 Ok(c) => return Ok(c),
                 Err(timed_out) => {
                     if let Some(e) = self.take_error_since(start) {
-                        return Err(super::classify_connect(e, &self.location));
+                        return Err((self.classify_connect)(e, &self.location));
                     }
                     if Instant::now() >= deadline {
                         return Err(Error::unavailable(
-                            format!("no connection to postgresql at {}", self.location),
+                            format!("no connection to {} at {}", self.name, self.location),
                             anyhow::anyhow!(
                                 "timed out after {:.1} s (pool_timeout) waiting for a connection: {timed_out}",
                                 self.settings.timeout.as_secs_f64()
@@ -138,7 +148,7 @@ impl Pool {
         }
     }
 
-    fn take_error_since(&self, start: Instant) -> Option<postgres::Error> {
+    fn take_error_since(&self, start: Instant) -> Option<M::Error> {
         let mut last = self.last_error.lock().ok()?;
         match last.take() {
             Some((at, e)) if at >= start => Some(e),
