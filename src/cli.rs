@@ -147,6 +147,23 @@ pub enum Command {
     /// Example (cron):
     ///   */10 * * * *  kcache purge
     Purge,
+    /// Run many commands from standard input over one set of connections
+    ///
+    /// One command per line (get, set, ttl, expire, delete, flush, purge, ping, with their
+    /// flags), words split as a POSIX shell splits them; blank lines and # lines are skipped.
+    /// One JSON object per command comes out, in input order:
+    /// {"line": N, "status": S, "value": V, "error": "..."}. Without --keep-going the batch
+    /// stops after the first command whose status is 2 or more. Exit status: 0 when every
+    /// command's status was 0 or 1, else the highest status seen. Example:
+    ///   printf 'set a 1 60\nget a\n' | kcache batch
+    Batch {
+        /// Run on up to N connections at once (commands on one key keep their order)
+        #[arg(long, short = 'j', value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        jobs: u32,
+        /// Go on after a command whose status is 2 or more
+        #[arg(long, short = 'k')]
+        keep_going: bool,
+    },
     /// Print a shell completion script
     ///
     /// Example:

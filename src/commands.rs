@@ -15,8 +15,12 @@ pub fn dispatch(
     env: &dyn Fn(&str) -> Option<String>,
     log: &Log,
 ) -> Result<Outcome> {
-    let mut cache = backend::open_with(&settings, env, 1)?;
+    let workers = if let Command::Batch { jobs, .. } = &command { *jobs } else { 1 };
+    let mut cache = backend::open_with(&settings, env, workers)?;
     log.note(&format!("backend {} at {}", cache.backend_name(), cache.location()));
+    for w in cache.warnings() {
+        log.warn(&w);
+    }
     match command {
         Command::Migrate { dry_run } => migrate(&mut cache, dry_run, log),
         Command::Get(args) => get(&mut cache, &args),
@@ -27,6 +31,7 @@ pub fn dispatch(
         Command::Flush { all } => flush(&mut cache, all, log),
         Command::Ping => ping(&mut cache),
         Command::Purge => purge(&mut cache, log),
+        Command::Batch { jobs, keep_going } => batch(cache, jobs, keep_going),
         Command::Completions { .. } => unreachable!("handled before settings are loaded"),
     }
 }
@@ -123,4 +128,12 @@ fn purge(cache: &mut Cache, log: &Log) -> Result<Outcome> {
     let n = cache.purge()?;
     log.note(&format!("removed {n} expired entries"));
     Ok(Outcome::Done)
+}
+
+fn batch(cache: Cache, jobs: u32, keep_going: bool) -> Result<Outcome> {
+    let stdin = std::io::stdin();
+    // `Stdout` (not its lock) can move to the writer thread; the buffer keeps writes few.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+    let status = crate::batch::run(cache, stdin.lock(), &mut out, jobs as usize, keep_going)?;
+    Ok(if status == 0 { Outcome::Done } else { Outcome::Status(status) })
 }

@@ -4,6 +4,7 @@
 //! backend is built (no I/O), the command runs, and its outcome becomes the exit status.
 
 pub mod backend;
+pub mod batch;
 pub mod cli;
 mod commands;
 pub mod error;
@@ -33,6 +34,8 @@ pub enum Outcome {
     Done,
     /// Status 1: the key does not exist.
     Missing,
+    /// Another status, already reported (a batch's highest line status).
+    Status(u8),
 }
 
 /// Runs a parsed command line and returns its exit status.
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match app(cli) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Missing) => ExitCode::from(1),
+        Ok(Outcome::Status(n)) => ExitCode::from(n),
         Err(e) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             let mut err = std::io::stderr().lock();

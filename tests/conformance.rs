@@ -72,6 +72,25 @@ pub fn open(kind: &str) -> Option<Fixture> {
             cache.migrate(false).expect("migrate");
             Some(Fixture { cache, isolated: true, _guard: Some(Box::new(db)) })
         }
+        "redis" => {
+            let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
+            let s = settings(vec![
+                ("backend", Raw::Str("redis".into())),
+                ("url", Raw::Str(url)),
+                ("prefix", Raw::Str(prefix)),
+                ("pool_timeout", Raw::Int(10)),
+            ]);
+            Some(Fixture { cache: kcache::backend::open(&s).expect("open"), isolated: false, _guard: None })
+        }
+        "memcached" => {
+            let hosts = crate::rig::server("KCACHE_TEST_MEMCACHED")?;
+            let s = settings(vec![
+                ("backend", Raw::Str("memcached".into())),
+                ("hosts", Raw::Str(hosts)),
+                ("prefix", Raw::Str(prefix)),
+            ]);
+            Some(Fixture { cache: kcache::backend::open(&s).expect("open"), isolated: false, _guard: None })
+        }
         other => panic!("no fixture for backend {other}"),
     }
 }
@@ -354,4 +373,4 @@ macro_rules! for_backends {
     };
 }
 
-for_backends!(memory, sqlite, postgresql);
+for_backends!(memory, sqlite, postgresql, redis, memcached);

@@ -1,11 +1,15 @@
 //! The one integration test binary. Every file of tests/ is a module here; a test below checks
 //! that none was forgotten.
 
+mod batch;
 mod cli_config;
 mod cli_ops;
 mod cli_usage;
 mod concurrency;
 mod conformance;
+mod memcached;
+mod postgresql;
+mod redis;
 mod rig;
 mod util;
 

@@ -45,7 +45,7 @@ pub enum FlushScope<'a> {
 /// - TTLs given to `set` and `expire` are greater than zero ([`Cache`] handles 0);
 /// - building a backend does no I/O: the first operation connects;
 /// - a failure is an error (status 3 or 4), never a silent miss.
-pub trait Backend {
+pub trait Backend: Send {
     /// The name accepted by `--backend`.
     fn name(&self) -> &'static str;
     /// Where the backend points, without any password; used in messages.
@@ -53,6 +53,11 @@ pub trait Backend {
     /// Another handle on the same storage (a new connection, sharing any pool), for a second
     /// prefix or a second worker. No I/O.
     fn fork(&self) -> Result<Box<dyn Backend>>;
+    /// Warnings found while building the backend (an insecure password file...), for the
+    /// command to print. Default: none.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Refuses a full key this backend cannot store. Called before any I/O.
     fn check_key(&self, _key: &str) -> Result<()> {
         Ok(())
@@ -93,9 +98,19 @@ impl Cache {
         Cache { inner, prefix }
     }
 
+    /// Another cache on the same storage and prefix (for a second worker).
+    pub fn sibling_same_prefix(&self) -> Result<Cache> {
+        self.sibling(&self.prefix)
+    }
+
     /// A cache on the same storage with another prefix.
     pub fn sibling(&self, prefix: &str) -> Result<Cache> {
         Ok(Cache::new(self.inner.fork()?, prefix.to_string()))
+    }
+
+    /// See [`Backend::warnings`].
+    pub fn warnings(&self) -> Vec<String> {
+        self.inner.warnings()
     }
 
     pub fn backend_name(&self) -> &'static str {

@@ -243,30 +243,29 @@ pub fn split_hosts(s: &str) -> Vec<String> {
     s.split(|c: char| c.is_whitespace() || c == ',').filter(|h| !h.is_empty()).map(str::to_string).collect()
 }
 
+/// Splits `scheme://user:password@rest` into (scheme, user, password, rest). The user
+/// information ends at the LAST `@`: a password with an unencoded `/`, `?`, `#` or `@` (a common
+/// mistake) must still be recognised as one, so that it is never shown.
+fn url_password(url: &str) -> Option<(&str, &str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (userinfo, host) = rest.rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    Some((scheme, user, password, host))
+}
+
 /// `scheme://user:password@host/...` with the password replaced by `***`.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        if let Some((userinfo, host)) = authority.rsplit_once('@')
-            && let Some((user, _password)) = userinfo.split_once(':')
-        {
-            return format!("{scheme}://{user}:***@{host}{tail}");
-        }
+    match url_password(url) {
+        Some((scheme, user, _, host)) => format!("{scheme}://{user}:***@{host}"),
+        None => crate::error::redact(url),
     }
-    crate::error::redact(url)
 }
 
 /// Registers the password of a URL (raw and percent-decoded) as a secret.
 fn register_url_secret(url: &str) {
-    if let Some((_, rest)) = url.split_once("://") {
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        if let Some((userinfo, _)) = rest[..authority_end].rsplit_once('@')
-            && let Some((_, password)) = userinfo.split_once(':')
-        {
-            register_secret(password);
-            register_secret(&percent_decode(password));
-        }
+    if let Some((_, _, password, _)) = url_password(url) {
+        register_secret(password);
+        register_secret(&percent_decode(password));
     }
     // libpq-style `password=...` query parameters.
     for pair in url.split(['?', '&', ' ']) {
@@ -615,6 +614,7 @@ mod tests {
         assert_eq!(redact_url("redis://:pw@h/0"), "redis://:***@h/0");
         assert_eq!(redact_url("redis://h/0"), "redis://h/0");
         assert_eq!(redact_url("postgresql://u:p@ss@h/db"), "postgresql://u:***@h/db");
+        assert_eq!(redact_url("redis://:pa/ss?w#d@h/0"), "redis://:***@h/0");
     }
 
     #[test]

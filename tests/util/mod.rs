@@ -54,7 +54,11 @@ impl Out {
     /// Asserts SPEC's error format: exactly one `kcache: error:` line (plus an optional hint).
     #[track_caller]
     pub fn one_error_line(&self) -> &Self {
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.starts_with("kcache: hint:")).collect();
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("kcache: hint:") && !l.starts_with("kcache: warning:"))
+            .collect();
         assert_eq!(lines.len(), 1, "expected one error line from kcache {:?}:\n{}", self.args, self.stderr);
         assert!(lines[0].starts_with("kcache: error: "), "{}", self.stderr);
         self

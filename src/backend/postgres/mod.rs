@@ -53,12 +53,14 @@ pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
 pub struct Postgres {
     pool: Arc<Pool<PostgresConnectionManager<Tls>>>,
     lock_timeout: Duration,
+    /// What libpq would warn about (an insecure ~/.pgpass...), printed by the command.
+    warnings: Vec<String>,
 }
 
 impl Postgres {
     /// Resolves the connection target and builds the pool; opens nothing.
     pub fn new(settings: &Settings, env: &dyn Fn(&str) -> Option<String>, workers: u32) -> Result<Postgres> {
-        let connect::Target { mut config, tls, location } = connect::resolve(settings.url.as_deref(), env)?;
+        let connect::Target { mut config, tls, location, warnings } = connect::resolve(settings.url.as_deref(), env)?;
         let timeout = settings.pool_timeout.unwrap_or(DEFAULT_POOL_TIMEOUT);
         // The connect itself must not outlast the pool timeout (a blackholed host would
         // otherwise hold a pool worker for the system's SYN timeout).
@@ -80,7 +82,7 @@ impl Postgres {
             location,
             classify_connect,
         );
-        Ok(Postgres { pool: Arc::new(pool), lock_timeout: timeout })
+        Ok(Postgres { pool: Arc::new(pool), lock_timeout: timeout, warnings })
     }
 
     /// The pool this backend draws from (shared with its forks).
@@ -229,8 +231,13 @@ fn classify_connect(e: postgres::Error, location: &str) -> Error {
             Error::backend(what, e).with_hint("check the user and password (URL, PGPASSWORD or ~/.pgpass)")
         }
         Some(_) => Error::backend(what, e),
-        None if e.to_string().contains("password missing") => Error::backend(what, e)
-            .with_hint("the server wants a password: give it in the URL, PGPASSWORD or ~/.pgpass (mode 0600)"),
+        // postgres::Error's Display shows only its kind; the reason is in its source chain.
+        None if std::iter::successors(std::error::Error::source(&e), |c| c.source())
+            .any(|c| c.to_string().contains("password missing")) =>
+        {
+            Error::backend(what, e)
+                .with_hint("the server wants a password: give it in the URL, PGPASSWORD or ~/.pgpass (mode 0600)")
+        }
         None => Error::unavailable(what, e),
     }
 }
@@ -250,7 +257,11 @@ impl Backend for Postgres {
     }
 
     fn fork(&self) -> Result<Box<dyn Backend>> {
-        Ok(Box::new(Postgres { pool: Arc::clone(&self.pool), lock_timeout: self.lock_timeout }))
+        Ok(Box::new(Postgres { pool: Arc::clone(&self.pool), lock_timeout: self.lock_timeout, warnings: Vec::new() }))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
     }
 
     fn check_key(&self, key: &str) -> Result<()> {

@@ -1,0 +1,551 @@
+//! The `redis` backend: Kinto's Redis cache, shared live with a running Kinto.
+//!
+//! The wire format is Kinto's (reference §5.2, recorded in `tests/data/kinto/redis.json`): each
+//! entry is one Redis string under `prefix + key` holding the JSON text itself, with no
+//! envelope, written with `PSETEX key <milliseconds> <json>`. `get` is `GET`, `ttl` is `PTTL`
+//! (-2: missing, -1: no expiry; the command layer rounds it up to whole seconds), `expire` is
+//! `PEXPIRE`. `migrate` and `purge` have nothing to do: Redis expires keys itself.
+//!
+//! What Kinto 26.5 gets wrong, kcache does right (reference §11, items 31-35):
+//! - TTLs: Kinto sends `int(ttl * 1000)` ms, so a TTL under 1 ms (0.0005 s) is refused by Redis,
+//!   0 is an error, and negative ones too. kcache rounds up to the next whole millisecond (at
+//!   least 1 ms: a 0.0005 s entry lives 1 ms), and TTL 0 deletes the key ([`super::Cache`]).
+//! - URLs (see [`url`]): a trailing `/` (Kinto crashes at startup), `rediss://` (Kinto silently
+//!   connects without TLS), the username (Kinto ignores it; kcache sends `AUTH user password` to
+//!   Redis 6 ACLs), percent-encoded passwords (Kinto sends them still encoded), unix sockets
+//!   (Kinto cannot use them) all work.
+//! - `delete` is atomic: `GETDEL` (Redis ≥ 6.2), or `MULTI GET DEL EXEC` on older servers (an
+//!   "unknown command" reply switches to it once per process). Kinto's `GET` then `DEL` lets two
+//!   concurrent deletes of a one-time nonce both succeed.
+//! - `flush` honours the prefix: with one, `SCAN MATCH <prefix>* COUNT 1000` (the prefix's glob
+//!   characters escaped, so that `a*` matches only keys starting with `a*`) and `UNLINK` of what
+//!   it finds (`DEL` before Redis 4.0); only an empty prefix or `--all` runs Kinto's `FLUSHDB`,
+//!   which empties the whole logical database.
+//! - Errors are never silent and never show the password; they are sorted in [`classify`].
+//!
+//! Connections come from the shared pool ([`super::pool`]), with Kinto's settings: at most
+//! `pool_size` connections (Kinto's `BlockingConnectionPool(max_connections=pool_size)`; Redis
+//! has no `max_overflow`, so it is ignored, as Kinto does), `pool_timeout` (default
+//! [`DEFAULT_POOL_TIMEOUT`], Kinto's), `max_backlog` and `pool_recycle` as for PostgreSQL. The
+//! connect (with its `AUTH`, `SELECT` or `PING`: see [`Manager`]) is bounded by
+//! [`CONNECT_TIMEOUT`] and every command by [`COMMAND_TIMEOUT`], so that a dead or frozen server
+//! costs seconds (`pool_timeout` caps both); redis-py, as Kinto configures it, waits for the
+//! system's TCP timeouts (minutes).
+
+pub mod url;
+
+use super::pool::{Pool, PoolSettings};
+use super::{Backend, FlushScope};
+use crate::error::{Error, Result};
+use crate::settings::Settings;
+use crate::ttl::{Remaining, Ttl};
+use redis::{ConnectionLike, ErrorKind, RedisError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Kinto's `cache_pool_timeout` default for Redis: redis-py's `BlockingConnectionPool` waits
+/// 20 s for a free connection (reference §5.1; Kinto's docstring says 30, wrongly: §11.38).
+///
+/// Kept although a CLI might want less: this bounds only the wait for a *free* connection, which
+/// happens only when `batch --jobs N` runs more jobs than `pool_size`. An unreachable server
+/// does not wait for it: a refused connect fails at once, and a connect or command that hangs
+/// is cut by [`CONNECT_TIMEOUT`] and [`COMMAND_TIMEOUT`]. Set `pool_timeout` to cap everything.
+pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The longest a connect (TCP, then `AUTH`, `SELECT` or `PING`) may take; `pool_timeout` when
+/// that is shorter. Kinto sets none (the system's TCP timeout: about two minutes). The TLS
+/// handshake runs inside the redis crate without a socket timeout, so a server that accepts a
+/// TLS connection and then never answers is cut by `pool_timeout` alone.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest one command may wait for its reply (read and write timeouts of the socket), so
+/// that a server that stops answering fails the command with status 3. Ten seconds is ample
+/// for a value of Redis's 512 MB maximum on a local network.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `FLUSHDB` runs in the server before it answers: millions of keys take seconds.
+pub const FLUSHDB_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Keys per `SCAN` step of a prefixed flush (each step's keys are unlinked at once).
+const SCAN_COUNT: u32 = 1000;
+
+/// A connection of the pool, and whether it must not be reused.
+pub struct Conn {
+    inner: redis::Connection,
+    /// Set after an I/O error or timeout: a late reply could otherwise answer the next command.
+    broken: bool,
+}
+
+impl Conn {
+    /// Runs `f` on the connection; an I/O failure marks it broken (r2d2 then drops it).
+    fn run<T>(&mut self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> redis::RedisResult<T> {
+        let r = f(&mut self.inner);
+        if let Err(e) = &r
+            && (e.is_io_error() || e.is_unrecoverable_error())
+        {
+            self.broken = true;
+        }
+        r
+    }
+
+    fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        self.run(|c| cmd.query(c))
+    }
+}
+
+/// Opens connections: the TCP (and TLS) connect through the redis crate, with a timeout (its
+/// own r2d2 manager has none), then kcache's own handshake, `AUTH` and `SELECT`, or a `PING`
+/// when there are neither, all within the connect timeout in total. (The crate's
+/// handshake waits its timeout once per reply, so a frozen server would cost several times
+/// the timeout; and it reports a refused `AUTH` without the server's own words.) A server that
+/// accepts the connection but does not answer, frozen or overloaded, thus fails the connect.
+pub struct Manager {
+    /// A client without user, password or database: its connect does no round trip.
+    client: redis::Client,
+    username: Option<String>,
+    password: Option<String>,
+    db: u32,
+    connect_timeout: Duration,
+}
+
+impl Manager {
+    /// Sends one handshake command within what is left of the connect timeout.
+    fn step(&self, conn: &mut Conn, started: Instant, cmd: &redis::Cmd) -> redis::RedisResult<()> {
+        let left = self.connect_timeout.checked_sub(started.elapsed()).filter(|d| !d.is_zero());
+        let timed_out = || {
+            let secs = self.connect_timeout.as_secs_f64();
+            RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the server did not answer within {secs:.1} s (connect timeout)"),
+            ))
+        };
+        let left = left.ok_or_else(timed_out)?;
+        conn.inner.set_read_timeout(Some(left))?;
+        conn.inner.set_write_timeout(Some(left))?;
+        conn.query::<()>(cmd).map_err(|e| if e.is_timeout() { timed_out() } else { e })
+    }
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = RedisError;
+
+    fn connect(&self) -> std::result::Result<Conn, RedisError> {
+        let started = Instant::now();
+        let inner = self.client.get_connection_with_timeout(self.connect_timeout)?;
+        let mut conn = Conn { inner, broken: false };
+        if let Some(password) = &self.password {
+            let mut auth = redis::cmd("AUTH");
+            auth.arg(self.username.as_deref()).arg(password);
+            match self.step(&mut conn, started, &auth) {
+                // Redis < 6 has no users: `AUTH password`, as redis-py and the redis crate do.
+                Err(e)
+                    if self.username.is_some()
+                        && e.detail().is_some_and(|d| d.contains("wrong number of arguments")) =>
+                {
+                    self.step(&mut conn, started, redis::cmd("AUTH").arg(password))?
+                }
+                r => r?,
+            }
+        }
+        if self.db != 0 {
+            self.step(&mut conn, started, redis::cmd("SELECT").arg(self.db))?;
+        }
+        if self.password.is_none() && self.db == 0 {
+            self.step(&mut conn, started, &redis::cmd("PING"))?;
+        }
+        conn.inner.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+        conn.inner.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+        Ok(conn)
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), RedisError> {
+        conn.query::<()>(&redis::cmd("PING"))
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken || !conn.inner.is_open()
+    }
+}
+
+/// What the server turned out not to support, learnt once for every handle on the pool.
+#[derive(Default)]
+struct Missing {
+    /// `GETDEL` (Redis < 6.2): `delete` uses `MULTI GET DEL EXEC`.
+    getdel: AtomicBool,
+    /// `UNLINK` (Redis < 4.0): a prefixed flush uses `DEL`.
+    unlink: AtomicBool,
+}
+
+/// A handle on the pool; forks share the pool and what was learnt about the server.
+pub struct Redis {
+    pool: Arc<Pool<Manager>>,
+    missing: Arc<Missing>,
+}
+
+/// Builds the redis backend (no I/O, except reading `ssl_ca_certs` when the URL names one).
+pub fn open(settings: &Settings, _env: &dyn Fn(&str) -> Option<String>, workers: u32) -> Result<Box<dyn Backend>> {
+    Ok(Box::new(Redis::new(settings, workers)?))
+}
+
+impl Redis {
+    pub fn new(settings: &Settings, workers: u32) -> Result<Redis> {
+        let target = url::parse(settings.url.as_deref())?;
+        let client = client(&target)?;
+        let timeout = settings.pool_timeout.unwrap_or(DEFAULT_POOL_TIMEOUT);
+        let manager = Manager {
+            client,
+            username: target.username.clone(),
+            password: target.password.clone(),
+            db: target.db,
+            connect_timeout: timeout.min(CONNECT_TIMEOUT),
+        };
+        let pool = Pool::new(
+            manager,
+            PoolSettings {
+                pool_size: settings.pool_size,
+                max_overflow: 0,
+                max_backlog: settings.max_backlog,
+                timeout,
+                recycle: settings.pool_recycle,
+                workers,
+            },
+            "redis",
+            target.location,
+            classify_connect,
+        );
+        Ok(Redis { pool: Arc::new(pool), missing: Arc::default() })
+    }
+
+    /// The pool this backend draws from (shared with its forks).
+    pub fn pool(&self) -> &Arc<Pool<Manager>> {
+        &self.pool
+    }
+
+    /// Runs `f` on a pooled connection; errors are classified.
+    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> redis::RedisResult<T>) -> Result<T> {
+        let mut conn = self.pool.get()?;
+        f(&mut conn).map_err(classify)
+    }
+
+    /// `UNLINK` (or `DEL` on servers without it) of `keys`.
+    fn unlink(&self, conn: &mut Conn, keys: &[Vec<u8>]) -> redis::RedisResult<()> {
+        if !self.missing.unlink.load(Ordering::Relaxed) {
+            match conn.query::<i64>(redis::cmd("UNLINK").arg(keys)) {
+                Err(e) if is_unknown_command(&e) => self.missing.unlink.store(true, Ordering::Relaxed),
+                r => return r.map(drop),
+            }
+        }
+        conn.query::<i64>(redis::cmd("DEL").arg(keys)).map(drop)
+    }
+}
+
+/// The redis client for a parsed URL.
+fn client(target: &url::Target) -> Result<redis::Client> {
+    use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+    // No user, password or database here, and no `CLIENT SETINFO`: see [`Manager`].
+    let redis_info = RedisConnectionInfo::default().set_skip_set_lib_name();
+    let (addr, ca_file) = match &target.addr {
+        url::Addr::Tcp { host, port, tls: None } => (ConnectionAddr::Tcp(host.clone(), *port), None),
+        url::Addr::Tcp { host, port, tls: Some(tls) } => {
+            if !cfg!(feature = "tls") {
+                return Err(Error::input(format!(
+                    "{} needs TLS, and this kcache was built without the tls feature (see kcache --version)",
+                    target.location
+                )));
+            }
+            let addr =
+                ConnectionAddr::TcpTls { host: host.clone(), port: *port, insecure: tls.insecure, tls_params: None };
+            (addr, tls.ca_file.as_ref())
+        }
+        url::Addr::Unix(path) => (ConnectionAddr::Unix(path.clone()), None),
+    };
+    let bad = |e: RedisError| Error::input(format!("bad redis URL {}: {e}", target.location));
+    let info = addr
+        .into_connection_info()
+        .map_err(bad)?
+        .set_redis_settings(redis_info)
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    match ca_file {
+        None => redis::Client::open(info).map_err(bad),
+        #[cfg(feature = "tls")]
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::input(format!("cannot read ssl_ca_certs {} of {}: {e}", path.display(), target.location))
+            })?;
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+            redis::Client::build_with_tls(info, certs)
+                .map_err(|e| Error::input(format!("bad ssl_ca_certs {} of {}: {e}", path.display(), target.location)))
+        }
+        #[cfg(not(feature = "tls"))]
+        Some(_) => unreachable!("refused above without the tls feature"),
+    }
+}
+
+/// Whether the server answered that it does not know the command (older Redis, or a command
+/// renamed away with `rename-command`).
+fn is_unknown_command(e: &RedisError) -> bool {
+    e.code() == Some("ERR") && e.detail().is_some_and(|d| d.to_ascii_lowercase().starts_with("unknown command"))
+}
+
+/// A TLS handshake that failed on the certificate: a setting to fix, not worth retrying.
+fn is_untrusted_certificate(e: &RedisError) -> bool {
+    let shown = e.to_string();
+    shown.contains("SSL Handshake error") && shown.contains("certificate")
+}
+
+/// The error codes that mean "not now": worth retrying.
+const UNAVAILABLE_CODES: &[&str] = &["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS"];
+
+/// Sorts a Redis failure into SPEC's statuses, in one place:
+/// - 3 (unavailable, worth retrying): I/O errors (refused, reset, timed out, TLS handshake),
+///   a server loading its data (`LOADING`), busy with a script (`BUSY`), a replica without its
+///   primary (`MASTERDOWN`), cluster hiccups, and "max number of clients reached";
+/// - 4 (refused): every other reply of the server: authentication (`NOAUTH`, `WRONGPASS`,
+///   a failed `AUTH`), permissions (`NOPERM`), a read-only replica (`READONLY`), memory full
+///   (`OOM`), a key of another type (`WRONGTYPE`), a failing disk (`MISCONF`), a database number
+///   out of range, and replies kcache cannot read.
+///
+/// The cause names the server's own code and text (`NOAUTH Authentication required.`); where
+/// a fix is known, a hint says it.
+pub fn classify(e: RedisError) -> Error {
+    let code = e.code().map(str::to_string);
+    let detail = e.detail().unwrap_or_default().to_string();
+    let max_clients = detail.contains("max number of clients reached");
+    if is_untrusted_certificate(&e) {
+        return Error::backend("the TLS handshake with redis failed", cause(&e)).with_hint(
+            "the server's certificate is not trusted: add ?ssl_ca_certs=/path/to/ca.pem to the URL \
+             (or set SSL_CERT_FILE), or #insecure to skip the check",
+        );
+    }
+    if e.is_io_error() || code.as_deref().is_some_and(|c| UNAVAILABLE_CODES.contains(&c)) || max_clients {
+        let what = match &code {
+            Some(c) => format!("redis cannot do it now ({c})"),
+            None => "lost the connection to redis".to_string(),
+        };
+        return Error::unavailable(what, cause(&e));
+    }
+    let what = match &code {
+        Some(c) => format!("redis refused the operation ({c})"),
+        None => "redis refused the operation".to_string(),
+    };
+    let err = Error::backend(what, cause(&e));
+    let auth = e.kind() == ErrorKind::AuthenticationFailed
+        || detail.contains("Authentication required")
+        || detail.starts_with("AUTH ");
+    match code.as_deref() {
+        Some("NOAUTH") => err.with_hint("the server wants a password: give it in the URL (redis://:password@host/0)"),
+        Some("WRONGPASS") => {
+            err.with_hint("check the user and password of the URL (percent-encode special characters)")
+        }
+        _ if auth => err
+            .with_hint("check the user and password of the URL (redis://user:password@host:port/db, percent-encoded)"),
+        Some("READONLY") => err.with_hint("this server is a read-only replica; point the URL at the primary"),
+        Some("OOM") => err.with_hint("the server reached its maxmemory; free memory or raise maxmemory"),
+        Some("WRONGTYPE") => err.with_hint("another application stores a non-string value under this key"),
+        _ if detail.contains("DB index is out of range") => {
+            err.with_hint("the server has fewer databases (its 'databases' setting; 16 by default)")
+        }
+        _ => err,
+    }
+}
+
+/// The root cause as one readable line: the server's reply as it sent it (`NOAUTH
+/// Authentication required.`), or the I/O error, without the redis crate's decorations.
+fn cause(e: &RedisError) -> anyhow::Error {
+    let shown = e.to_string();
+    if e.is_timeout() && shown.contains("os error") {
+        let secs = COMMAND_TIMEOUT.as_secs();
+        return anyhow::anyhow!("the server did not answer in time (read timeout: {secs} s; FLUSHDB: longer)");
+    }
+    if e.kind() == ErrorKind::AuthenticationFailed {
+        return anyhow::anyhow!("authentication failed: the server refused the user or password");
+    }
+    if shown.contains("refused to switch database") {
+        let why = e.detail().unwrap_or("refused");
+        return anyhow::anyhow!("the server refused to select the database: {why}");
+    }
+    match (e.kind(), e.code(), e.detail()) {
+        (ErrorKind::Server(_) | ErrorKind::Extension, Some(code), Some(detail)) => anyhow::anyhow!("{code} {detail}"),
+        (ErrorKind::Server(_) | ErrorKind::Extension, Some(code), None) => anyhow::anyhow!("{code}"),
+        // The crate writes its own errors as "what - Kind: detail".
+        (kind, _, _) => anyhow::anyhow!("{}", shown.replacen(&format!(" - {kind:?}"), "", 1)),
+    }
+}
+
+/// A failure to connect, from the pool: sorted by [`classify`], naming the server.
+fn classify_connect(e: RedisError, location: &str) -> Error {
+    let what = format!("cannot connect to redis at {location}");
+    if e.is_io_error() && !is_untrusted_certificate(&e) {
+        return Error::unavailable(what, cause(&e));
+    }
+    classify(e).context(what)
+}
+
+/// Escapes Redis glob characters (`*`, `?`, `[`, `]`, `\`) so that the pattern matches `s`
+/// literally.
+pub fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Milliseconds for `PSETEX`/`PEXPIRE`: rounded up, at least 1 (Kinto truncates, and fails
+/// under 1 ms: reference §11.31).
+fn millis(ttl: Ttl) -> u64 {
+    u64::try_from(crate::ttl::whole_millis_up(ttl.duration())).unwrap_or(u64::MAX).max(1)
+}
+
+/// A stored value: Kinto's JSON text. An empty string is a miss, as in Kinto (`if not value`).
+fn text(value: Option<Vec<u8>>) -> Result<Option<String>> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => String::from_utf8(v).map(Some).map_err(|_| {
+            Error::backend(
+                "read the value",
+                anyhow::anyhow!("the stored value is not UTF-8 text, so not JSON that Kinto or kcache wrote"),
+            )
+        }),
+    }
+}
+
+impl Backend for Redis {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn location(&self) -> String {
+        self.pool.location().to_string()
+    }
+
+    fn fork(&self) -> Result<Box<dyn Backend>> {
+        Ok(Box::new(Redis { pool: Arc::clone(&self.pool), missing: Arc::clone(&self.missing) }))
+    }
+
+    fn get(&mut self, key: &str) -> Result<Option<String>> {
+        text(self.with(|c| c.query(redis::cmd("GET").arg(key)))?)
+    }
+
+    fn set(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<()> {
+        self.with(|c| c.query(redis::cmd("PSETEX").arg(key).arg(millis(ttl)).arg(value)))
+    }
+
+    fn ttl(&mut self, key: &str) -> Result<Remaining> {
+        let ms: i64 = self.with(|c| c.query(redis::cmd("PTTL").arg(key)))?;
+        Ok(match ms {
+            -1 => Remaining::NoExpiry,
+            ms if ms > 0 => Remaining::Left(Duration::from_millis(ms as u64)),
+            // -2, or 0: expiring this very millisecond.
+            _ => Remaining::Missing,
+        })
+    }
+
+    fn expire(&mut self, key: &str, ttl: Ttl) -> Result<bool> {
+        let set: i64 = self.with(|c| c.query(redis::cmd("PEXPIRE").arg(key).arg(millis(ttl))))?;
+        Ok(set == 1)
+    }
+
+    fn delete(&mut self, key: &str) -> Result<Option<String>> {
+        let missing = Arc::clone(&self.missing);
+        let value = self.with(|c| {
+            if !missing.getdel.load(Ordering::Relaxed) {
+                match c.query::<Option<Vec<u8>>>(redis::cmd("GETDEL").arg(key)) {
+                    Err(e) if is_unknown_command(&e) => missing.getdel.store(true, Ordering::Relaxed),
+                    r => return r,
+                }
+            }
+            // Redis < 6.2: the same, atomic, in a transaction.
+            let (value,): (Option<Vec<u8>>,) =
+                c.run(|inner| redis::pipe().atomic().cmd("GET").arg(key).cmd("DEL").arg(key).ignore().query(inner))?;
+            Ok(value)
+        })?;
+        text(value)
+    }
+
+    fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
+        match scope {
+            FlushScope::All => self.with(|c| {
+                c.inner.set_read_timeout(Some(FLUSHDB_TIMEOUT))?;
+                c.query::<()>(&redis::cmd("FLUSHDB"))?;
+                c.inner.set_read_timeout(Some(COMMAND_TIMEOUT))
+            }),
+            FlushScope::Prefix(prefix) => {
+                let pattern = format!("{}*", glob_escape(prefix));
+                let mut conn = self.pool.get()?;
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, mut keys): (u64, Vec<Vec<u8>>) = conn
+                        .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT))
+                        .map_err(classify)?;
+                    // The escaped pattern matches only these; checked again all the same.
+                    keys.retain(|k| k.starts_with(prefix.as_bytes()));
+                    if !keys.is_empty() {
+                        self.unlink(&mut conn, &keys).map_err(classify)?;
+                    }
+                    if next == 0 {
+                        return Ok(());
+                    }
+                    cursor = next;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::ServerErrorKind;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("plain:"), "plain:");
+        assert_eq!(glob_escape(r"a*b?c[d]e\f"), r"a\*b\?c\[d\]e\\f");
+        assert_eq!(glob_escape("é^-:"), "é^-:");
+    }
+
+    #[test]
+    fn ttls_round_up_to_whole_milliseconds() {
+        let ms = |s: &str| millis(s.parse().unwrap());
+        assert_eq!(ms("0.0005"), 1, "Kinto sends 0 and fails");
+        assert_eq!(ms("0.000000001"), 1);
+        assert_eq!(ms("0.0015"), 2);
+        assert_eq!(ms("1.9"), 1900);
+        assert_eq!(ms("40d"), 3_456_000_000);
+        assert_eq!(ms("36500d"), 3_153_600_000_000);
+    }
+
+    #[test]
+    fn errors_are_sorted() {
+        use crate::error::ErrorKind as K;
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(classify(io).kind(), K::Unavailable);
+        let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert_eq!(classify(timeout).kind(), K::Unavailable);
+        let auth = RedisError::from((ErrorKind::AuthenticationFailed, "Password authentication failed"));
+        let e = classify(auth);
+        assert_eq!(e.kind(), K::Backend);
+        assert!(e.hint().unwrap().contains("password"));
+        let loading = RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "loading"));
+        assert_eq!(classify(loading).kind(), K::Unavailable);
+        let ro = RedisError::from((ErrorKind::Server(ServerErrorKind::ReadOnly), "read only"));
+        assert_eq!(classify(ro).kind(), K::Backend);
+        let client = RedisError::from((ErrorKind::UnexpectedReturnType, "odd reply"));
+        assert_eq!(classify(client).kind(), K::Backend);
+    }
+
+    #[test]
+    fn empty_values_are_misses_as_in_kinto() {
+        assert_eq!(text(Some(Vec::new())).unwrap(), None);
+        assert_eq!(text(None).unwrap(), None);
+        assert_eq!(text(Some(b"\"v\"".to_vec())).unwrap().as_deref(), Some("\"v\""));
+        assert_eq!(text(Some(vec![0xff])).unwrap_err().kind(), crate::error::ErrorKind::Backend);
+    }
+}

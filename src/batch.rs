@@ -1,0 +1,602 @@
+//! `kcache batch`: many commands from standard input over one set of connections.
+//!
+//! Protocol (SPEC, section Batch): one command per line, words split as a POSIX shell splits
+//! them (quotes and backslashes, no expansion); blank lines and `#` lines are skipped. One JSON
+//! object per command comes out, in input order:
+//! `{"line": N, "status": S, "value": V, "error": "..."}`. Streaming: a line is read, run and
+//! written without holding the rest of the input, and output is flushed whenever kcache is about
+//! to wait for more input, so a coprocess sees each answer in time.
+//!
+//! With `--jobs N`, commands run on N workers, each with its own connection from the shared
+//! pool. A command goes to the worker its key hashes to, so commands on one key keep their input
+//! order; `flush`, `purge` and `ping` wait for everything before them and run alone. Results
+//! are put back in input order before they are written; at most [`WINDOW`] commands are in
+//! flight, so memory stays flat whatever the input size.
+
+use crate::backend::Cache;
+use crate::error::{Error, ErrorKind};
+use crate::ttl::{self, Remaining, Ttl};
+use crate::value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+
+/// Commands in flight at most with `--jobs` (bounded memory).
+pub const WINDOW: usize = 4096;
+
+/// One parsed batch command. Values are already encoded (Kinto's JSON text).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Get { key: String },
+    Set { key: String, value: String, ttl: Ttl },
+    Ttl { key: String, ms: bool },
+    Expire { key: String, ttl: Ttl },
+    Delete { key: String },
+    Flush { all: bool },
+    Purge,
+    Ping,
+}
+
+impl Op {
+    /// The key this command touches; `None` for the commands that act on everything.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Op::Get { key }
+            | Op::Set { key, .. }
+            | Op::Ttl { key, .. }
+            | Op::Expire { key, .. }
+            | Op::Delete { key } => Some(key),
+            Op::Flush { .. } | Op::Purge | Op::Ping => None,
+        }
+    }
+}
+
+/// What one command gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub line: u64,
+    pub status: u8,
+    /// JSON text of `value`.
+    pub value: Option<String>,
+    pub error: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl Reply {
+    fn ok(line: u64, value: Option<String>) -> Reply {
+        Reply { line, status: 0, value, error: None, hint: None }
+    }
+    fn missing(line: u64, value: Option<String>) -> Reply {
+        Reply { line, status: 1, value, error: None, hint: None }
+    }
+    fn failed(line: u64, e: &Error) -> Reply {
+        let chain = e.chain();
+        let what = chain.first().cloned().unwrap_or_default();
+        let message = match chain.last() {
+            Some(root) if chain.len() > 1 => format!("{what}: {root}"),
+            _ => what,
+        };
+        Reply {
+            line,
+            status: e.kind().status().max(2),
+            value: None,
+            error: Some(crate::error::redact(&message)),
+            hint: e.hint().map(str::to_string),
+        }
+    }
+
+    /// The output line, without its newline.
+    pub fn to_json(&self) -> String {
+        let mut out = format!("{{\"line\":{},\"status\":{}", self.line, self.status);
+        if let Some(v) = &self.value {
+            out.push_str(",\"value\":");
+            out.push_str(v);
+        }
+        if let Some(e) = &self.error {
+            out.push_str(",\"error\":");
+            out.push_str(&serde_json::Value::String(e.clone()).to_string());
+        }
+        if let Some(h) = &self.hint {
+            out.push_str(",\"hint\":");
+            out.push_str(&serde_json::Value::String(h.clone()).to_string());
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// Parses one input line: `Ok(None)` for a blank or comment line.
+pub fn parse_line(line: &str) -> Result<Option<Op>, String> {
+    let trimmed = line.trim();
+    if trimmed.is_empty() || trimmed.starts_with('#') {
+        return Ok(None);
+    }
+    let words = shlex::split(trimmed).ok_or("unbalanced quotes or a trailing backslash")?;
+    let Some((command, rest)) = words.split_first() else { return Ok(None) };
+    let mut json = false;
+    let mut ms = false;
+    let mut all = false;
+    let mut args: Vec<&str> = Vec::new();
+    let mut only_args = false;
+    for w in rest {
+        match w.as_str() {
+            "--" if !only_args => only_args = true,
+            "--json" if !only_args => json = true,
+            "--ms" if !only_args => ms = true,
+            "--all" if !only_args => all = true,
+            "-n" | "--no-newline" if !only_args => {}
+            flag if !only_args && flag.starts_with("--") => {
+                return Err(format!("unknown option '{flag}' for {command}"));
+            }
+            arg => args.push(arg),
+        }
+    }
+    let allowed: &[&str] = match command.as_str() {
+        "get" | "delete" => &["--json", "-n", "--no-newline"],
+        "set" => &["--json"],
+        "ttl" => &["--ms"],
+        "flush" => &["--all"],
+        _ => &[],
+    };
+    for (flag, on) in [("--json", json), ("--ms", ms), ("--all", all)] {
+        if on && !allowed.contains(&flag) {
+            return Err(format!("unknown option '{flag}' for {command}"));
+        }
+    }
+    let want = |n: usize, usage: &str| -> Result<(), String> {
+        if args.len() == n { Ok(()) } else { Err(format!("usage: {usage}")) }
+    };
+    let ttl_arg = |s: &str| s.parse::<Ttl>().map_err(|e| format!("bad TTL: {e}"));
+    Ok(Some(match command.as_str() {
+        "get" => {
+            want(1, "get KEY")?;
+            Op::Get { key: args[0].to_string() }
+        }
+        "set" => {
+            want(3, "set [--json] KEY VALUE TTL")?;
+            if args[1] == "-" {
+                return Err("set KEY - TTL (standard input) is not allowed in a batch".into());
+            }
+            let value = if json {
+                value::encode_json(args[1])
+                    .map_err(|e| format!("VALUE is not a JSON document kcache can store: {e}"))?
+            } else {
+                value::encode_string(args[1])
+            };
+            Op::Set { key: args[0].to_string(), value, ttl: ttl_arg(args[2])? }
+        }
+        "ttl" => {
+            want(1, "ttl [--ms] KEY")?;
+            Op::Ttl { key: args[0].to_string(), ms }
+        }
+        "expire" => {
+            want(2, "expire KEY TTL")?;
+            Op::Expire { key: args[0].to_string(), ttl: ttl_arg(args[1])? }
+        }
+        "delete" => {
+            want(1, "delete KEY")?;
+            Op::Delete { key: args[0].to_string() }
+        }
+        "flush" => {
+            want(0, "flush [--all]")?;
+            Op::Flush { all }
+        }
+        "purge" => {
+            want(0, "purge")?;
+            Op::Purge
+        }
+        "ping" => {
+            want(0, "ping")?;
+            Op::Ping
+        }
+        other => {
+            return Err(format!(
+                "unknown command '{other}' (a batch runs get, set, ttl, expire, delete, flush, purge, ping)"
+            ));
+        }
+    }))
+}
+
+/// A stored value as the `value` of a reply: the JSON document (checked, compact).
+fn document(stored: &str) -> Result<String, Error> {
+    let doc = value::parse_stored(stored).map_err(|e| Error::backend("read the stored value", anyhow::anyhow!(e)))?;
+    Ok(doc.to_string())
+}
+
+/// Runs one command on `cache`.
+pub fn execute(cache: &mut Cache, line: u64, op: &Op) -> Reply {
+    let result = (|| -> Result<Reply, Error> {
+        Ok(match op {
+            Op::Get { key } => match cache.get(key)? {
+                Some(v) => Reply::ok(line, Some(document(&v)?)),
+                None => Reply::missing(line, None),
+            },
+            Op::Set { key, value, ttl } => {
+                cache.set(key, value, *ttl)?;
+                Reply::ok(line, None)
+            }
+            Op::Ttl { key, ms } => match cache.ttl(key)? {
+                Remaining::Missing => Reply::missing(line, Some("-2".into())),
+                Remaining::NoExpiry => Reply::ok(line, Some("-1".into())),
+                Remaining::Left(d) if *ms => Reply::ok(line, Some(ttl::whole_millis_up(d).to_string())),
+                Remaining::Left(d) => Reply::ok(line, Some(ttl::whole_seconds_up(d).to_string())),
+            },
+            Op::Expire { key, ttl } => {
+                if cache.expire(key, *ttl)? {
+                    Reply::ok(line, None)
+                } else {
+                    Reply::missing(line, None)
+                }
+            }
+            Op::Delete { key } => match cache.delete(key)? {
+                Some(v) => Reply::ok(line, Some(document(&v)?)),
+                None => Reply::missing(line, None),
+            },
+            Op::Flush { all } => {
+                cache.flush(*all)?;
+                Reply::ok(line, None)
+            }
+            Op::Purge => {
+                cache.purge()?;
+                Reply::ok(line, None)
+            }
+            Op::Ping => {
+                cache.ping()?;
+                Reply::ok(line, None)
+            }
+        })
+    })();
+    result.unwrap_or_else(|e| Reply::failed(line, &e))
+}
+
+/// How a batch ended: the exit status SPEC gives it.
+#[derive(Debug, Default)]
+struct Tally {
+    worst: u8,
+}
+
+impl Tally {
+    /// Records a reply; `true` when the batch must stop here.
+    fn record(&mut self, r: &Reply, keep_going: bool) -> bool {
+        if r.status >= 2 {
+            self.worst = self.worst.max(r.status);
+            return !keep_going;
+        }
+        false
+    }
+}
+
+fn write_reply(out: &mut impl Write, r: &Reply) -> Result<(), Error> {
+    let mut line = r.to_json();
+    line.push('\n');
+    out.write_all(line.as_bytes()).map_err(output_error)
+}
+
+fn output_error(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Error::broken_pipe()
+    } else {
+        Error::new(ErrorKind::Input, anyhow::Error::new(e).context("cannot write to standard output"))
+    }
+}
+
+/// Reads lines from `input`, numbering them from 1; `Err` for a line that is not UTF-8.
+struct Lines<R> {
+    input: BufReader<R>,
+    number: u64,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> Lines<R> {
+    fn new(input: R) -> Self {
+        Lines { input: BufReader::with_capacity(64 * 1024, input), number: 0, buf: Vec::new() }
+    }
+
+    /// Whether the next read may block (no whole line buffered): the moment to flush output,
+    /// so that a coprocess gets every answer before it sends the next command.
+    fn would_wait(&self) -> bool {
+        !self.input.buffer().contains(&b'\n')
+    }
+
+    fn next_line(&mut self) -> Option<(u64, Result<String, String>)> {
+        self.buf.clear();
+        match self.input.read_until(b'\n', &mut self.buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                self.number += 1;
+                while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
+                    self.buf.pop();
+                }
+                let text = String::from_utf8(std::mem::take(&mut self.buf))
+                    .map_err(|e| format!("the line is not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to()));
+                Some((self.number, text))
+            }
+            Err(e) => {
+                self.number += 1;
+                Some((self.number, Err(format!("cannot read standard input: {e}"))))
+            }
+        }
+    }
+}
+
+/// Runs a batch; returns the exit status SPEC gives it (0 when every command's status was 0 or
+/// 1, else the highest status seen).
+pub fn run<W: Write + Send>(
+    cache: Cache,
+    input: impl Read,
+    out: &mut W,
+    jobs: usize,
+    keep_going: bool,
+) -> Result<u8, Error> {
+    if jobs <= 1 {
+        run_serial(cache, input, out, keep_going)
+    } else {
+        run_parallel(cache, input, out, jobs, keep_going)
+    }
+}
+
+fn parse_reply(line: u64, text: Result<String, String>) -> Result<Option<Op>, Reply> {
+    let failed =
+        |m: String| Reply { line, status: 2, value: None, error: Some(format!("line {line}: {m}")), hint: None };
+    match text {
+        Ok(t) => parse_line(&t).map_err(failed),
+        Err(m) => Err(failed(m)),
+    }
+}
+
+fn run_serial(mut cache: Cache, input: impl Read, out: &mut impl Write, keep_going: bool) -> Result<u8, Error> {
+    let mut lines = Lines::new(input);
+    let mut tally = Tally::default();
+    loop {
+        if lines.would_wait() {
+            out.flush().map_err(output_error)?;
+        }
+        let Some((n, text)) = lines.next_line() else { break };
+        let reply = match parse_reply(n, text) {
+            Ok(None) => continue,
+            Ok(Some(op)) => execute(&mut cache, n, &op),
+            Err(reply) => reply,
+        };
+        write_reply(out, &reply)?;
+        if tally.record(&reply, keep_going) {
+            break;
+        }
+    }
+    out.flush().map_err(output_error)?;
+    Ok(tally.worst)
+}
+
+/// A counter others can wait on: commands finished by the workers (for barriers), replies
+/// written (for the in-flight window). Waiting ends early once the batch stops.
+struct Progress {
+    done: Mutex<u64>,
+    changed: Condvar,
+    stop: Arc<AtomicBool>,
+}
+
+impl Progress {
+    fn new(stop: &Arc<AtomicBool>) -> Arc<Progress> {
+        Arc::new(Progress { done: Mutex::new(0), changed: Condvar::new(), stop: Arc::clone(stop) })
+    }
+    fn add_one(&self) {
+        if let Ok(mut d) = self.done.lock() {
+            *d += 1;
+        }
+        self.changed.notify_all();
+    }
+    /// Wakes every waiter (after `stop` was set).
+    fn wake(&self) {
+        let _guard = self.done.lock();
+        self.changed.notify_all();
+    }
+    fn wait_for(&self, n: u64) {
+        let Ok(mut d) = self.done.lock() else { return };
+        while *d < n && !self.stop.load(Ordering::SeqCst) {
+            d = match self.changed.wait(d) {
+                Ok(d) => d,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+fn worker_for(key: &str, jobs: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % jobs as u64) as usize
+}
+
+fn run_parallel<W: Write + Send>(
+    mut cache: Cache,
+    input: impl Read,
+    out: &mut W,
+    jobs: usize,
+    keep_going: bool,
+) -> Result<u8, Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Progress::new(&stop);
+    let written = Progress::new(&stop);
+    let (reply_tx, reply_rx) = mpsc::channel::<Reply>();
+    let mut siblings = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        siblings.push(cache.sibling_same_prefix()?);
+    }
+    std::thread::scope(|scope| -> Result<u8, Error> {
+        let mut workers = Vec::with_capacity(jobs);
+        let mut senders = Vec::with_capacity(jobs);
+        for mut sibling in siblings {
+            let (tx, rx) = mpsc::sync_channel::<(u64, Op)>(WINDOW / jobs + 1);
+            senders.push(tx);
+            let reply_tx = reply_tx.clone();
+            let progress = Arc::clone(&progress);
+            let stop = Arc::clone(&stop);
+            workers.push(scope.spawn(move || {
+                for (n, op) in rx {
+                    let reply = if stop.load(Ordering::SeqCst) { None } else { Some(execute(&mut sibling, n, &op)) };
+                    if let Some(r) = reply {
+                        let _ = reply_tx.send(r);
+                    }
+                    progress.add_one();
+                }
+            }));
+        }
+
+        // The writer: puts replies back in input order. Lines that produced no reply (blank,
+        // comments) are reported to it as `None` so it can move past them.
+        let (order_tx, order_rx) = mpsc::channel::<u64>();
+        let writer_stop = Arc::clone(&stop);
+        let writer_written = Arc::clone(&written);
+        let writer = scope.spawn(move || -> Result<u8, Error> {
+            let w = out;
+            // The next line number to write; before blocking for it, flush what was written.
+            let next_line = |w: &mut W| -> Result<Option<u64>, Error> {
+                match order_rx.try_recv() {
+                    Ok(n) => Ok(Some(n)),
+                    Err(mpsc::TryRecvError::Disconnected) => Ok(None),
+                    Err(mpsc::TryRecvError::Empty) => {
+                        w.flush().map_err(output_error)?;
+                        Ok(order_rx.recv().ok())
+                    }
+                }
+            };
+            let mut pending: BTreeMap<u64, Reply> = BTreeMap::new();
+            let mut tally = Tally::default();
+            let mut next = next_line(w)?;
+            let result = (|| -> Result<u8, Error> {
+                for reply in reply_rx {
+                    pending.insert(reply.line, reply);
+                    while let Some(n) = next {
+                        let Some(r) = pending.remove(&n) else { break };
+                        write_reply(w, &r)?;
+                        writer_written.add_one();
+                        if tally.record(&r, keep_going) {
+                            return Ok(tally.worst);
+                        }
+                        next = next_line(w)?;
+                    }
+                    if pending.is_empty() {
+                        w.flush().map_err(output_error)?;
+                    }
+                }
+                Ok(tally.worst)
+            })();
+            // However the writer ends, nothing more is run or waited for.
+            writer_stop.store(true, Ordering::SeqCst);
+            writer_written.wake();
+            let flushed = w.flush().map_err(output_error);
+            let status = result?;
+            flushed?;
+            Ok(status)
+        });
+
+        let mut lines = Lines::new(input);
+        let mut dispatched: u64 = 0;
+        let mut replies_due: u64 = 0;
+        while let Some((n, text)) = lines.next_line() {
+            // Bounded memory: at most WINDOW replies between reading and writing.
+            written.wait_for(replies_due.saturating_sub(WINDOW as u64));
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let op = match parse_reply(n, text) {
+                Ok(None) => continue,
+                Ok(Some(op)) => op,
+                Err(reply) => {
+                    replies_due += 1;
+                    let _ = order_tx.send(n);
+                    let _ = reply_tx.send(reply);
+                    continue;
+                }
+            };
+            replies_due += 1;
+            let _ = order_tx.send(n);
+            match op.key() {
+                Some(key) => {
+                    let w = worker_for(key, jobs);
+                    dispatched += 1;
+                    if senders[w].send((n, op)).is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    // A barrier: everything before it first, then it alone.
+                    progress.wait_for(dispatched);
+                    let reply = execute(&mut cache, n, &op);
+                    let _ = reply_tx.send(reply);
+                }
+            }
+        }
+        drop(senders);
+        drop(order_tx);
+        for w in workers {
+            let _ = w.join();
+        }
+        drop(reply_tx);
+        writer.join().unwrap_or_else(|_| Err(Error::input("the batch writer failed")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(line: &str) -> Op {
+        parse_line(line).unwrap_or_else(|e| panic!("{line}: {e}")).unwrap_or_else(|| panic!("{line}: skipped"))
+    }
+
+    #[test]
+    fn words_split_as_a_shell_does() {
+        assert_eq!(
+            op(r#"set k "hello world" 60"#),
+            Op::Set { key: "k".into(), value: value::encode_string("hello world"), ttl: "60".parse().unwrap() }
+        );
+        assert_eq!(
+            op(r#"set 'a b' it\'s 1m"#),
+            Op::Set { key: "a b".into(), value: value::encode_string("it's"), ttl: "1m".parse().unwrap() }
+        );
+        assert_eq!(
+            op(r#"set --json k '"l1\nl2 é"' 5"#),
+            Op::Set { key: "k".into(), value: r#""l1\nl2 \u00E9""#.into(), ttl: "5".parse().unwrap() }
+        );
+        assert_eq!(op("ttl --ms k"), Op::Ttl { key: "k".into(), ms: true });
+        assert_eq!(op("flush --all"), Op::Flush { all: true });
+        assert_eq!(op("get -- --json"), Op::Get { key: "--json".into() });
+    }
+
+    #[test]
+    fn blank_and_comment_lines_are_skipped() {
+        for l in ["", "   ", "# set k v 1", "  # x"] {
+            assert_eq!(parse_line(l), Ok(None));
+        }
+    }
+
+    #[test]
+    fn bad_lines_say_why() {
+        for (l, needle) in [
+            ("set k - 60", "not allowed"),
+            ("set k v", "usage"),
+            ("set k v 10x", "bad TTL"),
+            ("set k v -1", "bad TTL"),
+            ("set --json k {x 60", "JSON"),
+            ("frobnicate k", "unknown command"),
+            ("get --ms k", "unknown option"),
+            ("get --frob k", "unknown option"),
+            ("set k 'unterminated 60", "quotes"),
+            ("migrate", "unknown command"),
+        ] {
+            let e = parse_line(l).unwrap_err();
+            assert!(e.contains(needle), "{l}: {e}");
+        }
+    }
+
+    #[test]
+    fn replies_are_json() {
+        let r = Reply { line: 3, status: 0, value: Some("{\"a\":1}".into()), error: None, hint: None };
+        assert_eq!(r.to_json(), r#"{"line":3,"status":0,"value":{"a":1}}"#);
+        let r = Reply { line: 4, status: 2, value: None, error: Some("bad \"x\"".into()), hint: None };
+        let parsed: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(parsed["error"], "bad \"x\"");
+    }
+}

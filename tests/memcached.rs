@@ -1,0 +1,697 @@
+//! The memcached backend against real servers: the two the rig starts (`KCACHE_TEST_MEMCACHED`),
+//! shared by every test and so only used with unique prefixes and never flushed, and servers a
+//! test starts for itself ([`OwnServer`]) when it stops one, flushes one or counts connections.
+//!
+//! What Kinto writes comes from `tests/data/kinto/memcached.json` (Kinto 26.5 with
+//! python-memcached 1.62); the tests read and write servers with raw ASCII commands ([`Raw`]).
+
+use crate::util::{Env, unique};
+use kcache::backend::Cache;
+use kcache::backend::memcached::hosts;
+use kcache::error::ErrorKind;
+use kcache::settings::{Layer, Raw as RawSetting, Settings};
+use kcache::ttl::{Remaining, Ttl};
+use kcache::value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+// ---- fixtures --------------------------------------------------------------------------------
+
+/// The rig's two servers, or `None` (skipped, loudly) outside CI.
+fn rig() -> Option<Vec<String>> {
+    let hosts = crate::rig::server("KCACHE_TEST_MEMCACHED")?;
+    Some(hosts.split(',').map(|h| h.trim().to_string()).collect())
+}
+
+/// A memcached of this test's own on a free loopback port, killed on drop.
+struct OwnServer {
+    child: Child,
+    host: String,
+}
+
+impl OwnServer {
+    /// On a free loopback port.
+    fn start() -> OwnServer {
+        let port = free_port();
+        let server = OwnServer::spawn(&["-l", "127.0.0.1", "-p", &port.to_string()], format!("127.0.0.1:{port}"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(&server.host).is_err() {
+            assert!(Instant::now() < deadline, "memcached did not start on {}", server.host);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    /// On a unix socket (memcached then listens on nothing else).
+    fn unix(socket: &std::path::Path) -> OwnServer {
+        let path = socket.to_str().expect("utf-8 path");
+        let server = OwnServer::spawn(&["-s", path, "-a", "0766"], format!("unix:{path}"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(Instant::now() < deadline, "memcached did not start on {path}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    fn spawn(listen: &[&str], host: String) -> OwnServer {
+        let mut cmd = Command::new("memcached");
+        cmd.args(listen).args(["-U", "0", "-m", "64"]);
+        if is_root() {
+            cmd.args(["-u", "nobody"]);
+        }
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("memcached");
+        OwnServer { child, host }
+    }
+
+    /// Stops the server now (and waits until it is gone).
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A loopback port nobody listens on (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Raw ASCII commands to one server, as python-memcached sends them.
+struct Raw {
+    reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    fn to(host: &str) -> Raw {
+        let stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Raw { reader: BufReader::new(stream) }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("write");
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read");
+        line
+    }
+
+    /// `get`: the flags and bytes stored under `key`.
+    fn get(&mut self, key: &str) -> Option<(u32, Vec<u8>)> {
+        self.send(format!("get {key}\r\n").as_bytes());
+        let header = self.line();
+        if header == "END\r\n" {
+            return None;
+        }
+        let parts: Vec<&str> = header.trim_end().split(' ').collect();
+        assert_eq!(parts[..2], ["VALUE", key], "{header:?}");
+        let flags = parts[2].parse().unwrap();
+        let len: usize = parts[3].parse().unwrap();
+        let mut data = vec![0; len + 2];
+        self.reader.read_exact(&mut data).unwrap();
+        data.truncate(len);
+        assert_eq!(self.line(), "END\r\n");
+        Some((flags, data))
+    }
+
+    /// `set`, with python-memcached's trailing space.
+    fn set(&mut self, key: &str, flags: u32, exptime: u32, data: &[u8]) {
+        self.send(format!("set {key} {flags} {exptime} {} \r\n", data.len()).as_bytes());
+        self.send(data);
+        self.send(b"\r\n");
+        assert_eq!(self.line(), "STORED\r\n");
+    }
+
+    /// The server's own seconds left for `key` (meta get): -1 for never, `None` if missing.
+    fn server_ttl(&mut self, key: &str) -> Option<i64> {
+        self.send(format!("mg {key} t\r\n").as_bytes());
+        let reply = self.line();
+        if reply.starts_with("EN") {
+            return None;
+        }
+        let t = reply.trim_end().split(' ').find_map(|f| f.strip_prefix('t')).expect("t flag");
+        Some(t.parse().unwrap())
+    }
+
+    fn stat(&mut self, name: &str) -> u64 {
+        self.send(b"stats\r\n");
+        let mut found = None;
+        loop {
+            let line = self.line();
+            if line == "END\r\n" {
+                break;
+            }
+            let parts: Vec<&str> = line.trim_end().split(' ').collect();
+            if parts[1] == name {
+                found = Some(parts[2].parse().unwrap());
+            }
+        }
+        found.unwrap_or_else(|| panic!("no stat {name}"))
+    }
+}
+
+fn settings(hosts: &str, prefix: &str, extra: &[(&'static str, RawSetting)]) -> Settings {
+    let mut layer = Layer::default();
+    layer.set("backend", RawSetting::Str("memcached".into()), "test", None);
+    layer.set("hosts", RawSetting::Str(hosts.into()), "test", None);
+    layer.set("prefix", RawSetting::Str(prefix.into()), "test", None);
+    for (k, v) in extra {
+        layer.set(k, v.clone(), "test", None);
+    }
+    Settings::from_layer(&layer).expect("settings")
+}
+
+fn cache(hosts: &[String], prefix: &str) -> Cache {
+    kcache::backend::open(&settings(&hosts.join(","), prefix, &[])).expect("open")
+}
+
+/// The binary with a memcached configuration, as Kinto's environment variables give it.
+fn env(hosts: &[String], prefix: &str) -> Env {
+    Env::new()
+        .var("KINTO_CACHE_BACKEND", "memcached")
+        .var("KINTO_CACHE_HOSTS", &hosts.join(","))
+        .var("KINTO_CACHE_PREFIX", prefix)
+}
+
+fn secs(s: &str) -> Ttl {
+    s.parse().expect("ttl")
+}
+
+fn string(s: &str) -> String {
+    value::encode_string(s)
+}
+
+fn left(r: Remaining) -> Duration {
+    match r {
+        Remaining::Left(d) => d,
+        other => panic!("expected a remaining TTL, got {other:?}"),
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// The recorded Kinto data.
+fn kinto_recording() -> serde_json::Value {
+    serde_json::from_str(include_str!("data/kinto/memcached.json")).expect("memcached.json")
+}
+
+/// `{"value":V,"ttl":N}` split into V and N, checking the envelope's exact shape.
+fn split_envelope(bytes: &[u8]) -> (String, f64) {
+    let text = std::str::from_utf8(bytes).expect("utf-8");
+    let rest = text.strip_prefix("{\"value\":").unwrap_or_else(|| panic!("not an envelope: {text}"));
+    let (value, time) = rest.rsplit_once(",\"ttl\":").unwrap_or_else(|| panic!("not an envelope: {text}"));
+    let time = time.strip_suffix('}').unwrap_or_else(|| panic!("not an envelope: {text}"));
+    (value.to_string(), time.parse().unwrap_or_else(|_| panic!("bad time in {text}")))
+}
+
+/// Which of `hosts` holds `key` (by raw `get` on each); panics if several do.
+fn holder(hosts: &[String], key: &str) -> Option<usize> {
+    let holding: Vec<usize> = (0..hosts.len()).filter(|&i| Raw::to(&hosts[i]).get(key).is_some()).collect();
+    assert!(holding.len() <= 1, "{key:?} is on several servers: {holding:?}");
+    holding.first().copied()
+}
+
+// ---- placement -------------------------------------------------------------------------------
+
+/// Writes every recorded key through kcache and finds it, with raw gets, on the server
+/// python-memcached put it on.
+fn check_placement(hosts: &[String], field: &str) {
+    let mut c = cache(hosts, "");
+    let tag = string(&unique("placed"));
+    for p in kinto_recording()["placement"].as_array().unwrap() {
+        let key = p["key"].as_str().unwrap();
+        let expected = p[field].as_u64().unwrap() as usize;
+        c.set(key, &tag, secs("60")).unwrap();
+        let on = holder(hosts, key);
+        assert_eq!(on, Some(expected), "{key:?} (python-memcached hash {})", p["cmemcache_hash"]);
+        assert_eq!(c.get(key).unwrap(), Some(tag.clone()), "{key:?}");
+        c.delete(key).unwrap();
+    }
+}
+
+#[test]
+fn keys_land_on_the_server_python_memcached_picks_of_two() {
+    let Some(hosts) = rig() else { return };
+    check_placement(&hosts, "server_index_2");
+}
+
+#[test]
+fn keys_land_on_the_server_python_memcached_picks_of_three() {
+    let servers = [OwnServer::start(), OwnServer::start(), OwnServer::start()];
+    let hosts: Vec<String> = servers.iter().map(|s| s.host.clone()).collect();
+    check_placement(&hosts, "server_index_3");
+}
+
+#[test]
+fn the_prefixed_key_decides_the_server() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("route"));
+    let mut c = cache(&hosts, &prefix);
+    for i in 0..20 {
+        let key = format!("k{i}");
+        c.set(&key, &string("v"), secs("60")).unwrap();
+        let full = format!("{prefix}{key}");
+        assert_eq!(holder(&hosts, &full), Some(hosts::bucket(&full, 2)), "{full}");
+    }
+}
+
+// ---- Kinto's records, both ways --------------------------------------------------------------
+
+/// The recorded writes Kinto made that stayed on the server, with a TTL of a second or more.
+fn kinto_writes() -> Vec<serde_json::Value> {
+    let all = kinto_recording()["writes"].as_array().unwrap().clone();
+    let kept: Vec<_> =
+        all.into_iter().filter(|w| w["stored"] == true && w["set_ttl_seconds"].as_f64().unwrap() >= 1.0).collect();
+    assert!(kept.len() >= 5, "the recording has the writes this test reads");
+    kept
+}
+
+#[test]
+fn reads_entries_as_kinto_writes_them() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("fromkinto"));
+    let mut c = cache(&hosts, &prefix);
+    for w in kinto_writes() {
+        let ttl = w["set_ttl_seconds"].as_f64().unwrap();
+        let (recorded_value, recorded_time) = split_envelope(w["wire_payload"].as_str().unwrap().as_bytes());
+        assert_eq!(recorded_time, (w["client_time"].as_f64().unwrap() + ttl).ceil());
+        // Kinto's bytes, with the time moved to now as Kinto would compute it.
+        let payload = format!("{{\"value\":{recorded_value},\"ttl\":{}}}", (now() + ttl).ceil() as u64);
+        let key = format!("{prefix}{}", w["key"].as_str().unwrap());
+        let exptime = w["wire_command_line"].as_str().unwrap().split(' ').nth(3).unwrap().parse().unwrap();
+        for flags in [16, 0] {
+            Raw::to(&hosts[hosts::bucket(&key, 2)]).set(&key, flags, exptime, payload.as_bytes());
+            let short = w["key"].as_str().unwrap();
+            assert_eq!(c.get(short).unwrap().as_deref(), Some(recorded_value.as_str()), "{short} flags {flags}");
+            let d = left(c.ttl(short).unwrap()).as_secs_f64();
+            assert!(d <= ttl + 1.0 && d > ttl - 1.0, "{short}: ttl {d} for {ttl}");
+        }
+    }
+}
+
+#[test]
+fn writes_entries_as_kinto_writes_them() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("askinto"));
+    let mut c = cache(&hosts, &prefix);
+    for w in kinto_writes() {
+        let ttl = w["set_ttl_seconds"].as_f64().unwrap();
+        let short = w["key"].as_str().unwrap();
+        let key = format!("{prefix}{short}");
+        let text = serde_json::to_string(&w["value_json"]).unwrap();
+        let before = now();
+        c.set(short, &value::encode_json(&text).unwrap(), secs(&ttl.to_string())).unwrap();
+        let mut raw = Raw::to(&hosts[hosts::bucket(&key, 2)]);
+        let (flags, bytes) = raw.get(&key).unwrap_or_else(|| panic!("{key} was not stored"));
+        assert_eq!(flags, 16, "python-memcached's text flag");
+        let (value, time) = split_envelope(&bytes);
+        let (kinto_value, _) = split_envelope(w["wire_payload"].as_str().unwrap().as_bytes());
+        assert_eq!(value, kinto_value, "{short}: the value bytes are Kinto's");
+        assert!(time >= before + ttl && time <= now() + ttl + 0.001, "{short}: time {time}");
+        // The server keeps it at least as long (whole seconds, rounded up, plus one; over 30
+        // days a unix time, which memcached's own clock, a second or two behind, reads as a
+        // little more).
+        let server = raw.server_ttl(&key).unwrap();
+        assert!(server >= ttl.ceil() as i64 && server <= ttl.ceil() as i64 + 4, "{short}: server ttl {server}");
+    }
+}
+
+#[test]
+fn entries_that_are_not_kintos_are_refused_with_status_4() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("foreign"));
+    let mut c = cache(&hosts, &prefix);
+    for (flags, data) in [(1u32, &b"\x80\x04K\x01."[..]), (16, b"plain text"), (16, br#"{"value":1}"#)] {
+        let key = format!("{prefix}k{flags}{}", data.len());
+        Raw::to(&hosts[hosts::bucket(&key, 2)]).set(&key, flags, 60, data);
+        let e = c.get(&key[prefix.len()..]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Backend, "{data:?}");
+        assert!(e.to_string().contains("cannot be read as a Kinto cache entry"), "{e}");
+    }
+}
+
+// ---- expiry ----------------------------------------------------------------------------------
+
+#[test]
+fn a_sub_second_ttl_expires_on_time_although_the_server_keeps_it_longer() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("short"));
+    let mut c = cache(&hosts, &prefix);
+    let key = format!("{prefix}k");
+    let mut raw = Raw::to(&hosts[hosts::bucket(&key, 2)]);
+    c.set("k", &string("v"), secs("0.3")).unwrap();
+    assert_eq!(c.get("k").unwrap(), Some(string("v")));
+    assert!(left(c.ttl("k").unwrap()) <= Duration::from_millis(300));
+    let server = raw.server_ttl(&key).expect("stored");
+    assert!(server > 0, "never 0 (= never expires): {server}");
+    std::thread::sleep(Duration::from_millis(320));
+    assert!(raw.get(&key).is_some(), "the server still has it");
+    assert_eq!(c.get("k").unwrap(), None, "but the envelope says it expired");
+    assert_eq!(c.ttl("k").unwrap(), Remaining::Missing);
+}
+
+#[test]
+fn a_forty_day_ttl_is_sent_as_a_unix_time() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("long"));
+    let mut c = cache(&hosts, &prefix);
+    c.set("k", &string("forty days"), secs("40d")).unwrap();
+    assert_eq!(c.get("k").unwrap(), Some(string("forty days")));
+    let d = left(c.ttl("k").unwrap());
+    assert_eq!(kcache::ttl::whole_seconds_up(d), 3_456_000);
+    let key = format!("{prefix}k");
+    let server = Raw::to(&hosts[hosts::bucket(&key, 2)]).server_ttl(&key).unwrap();
+    assert!((3_456_000..=3_456_004).contains(&server), "server ttl {server}");
+    // Exactly 30 days: the largest relative exptime would be 30 days, so with the margin it is
+    // sent as a unix time too, and the item stays.
+    c.set("edge", &string("thirty days"), secs("30d")).unwrap();
+    assert_eq!(kcache::ttl::whole_seconds_up(left(c.ttl("edge").unwrap())), 2_592_000);
+}
+
+#[test]
+fn expire_on_a_missing_or_expired_key_writes_nothing() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("ghost"));
+    let mut c = cache(&hosts, &prefix);
+    assert!(!c.expire("ghost", secs("10")).unwrap());
+    let ghost = format!("{prefix}ghost");
+    assert_eq!(holder(&hosts, &ghost), None, "Kinto would have created {{\"value\":null}} here");
+
+    c.set("gone", &string("v"), secs("0.05")).unwrap();
+    let gone = format!("{prefix}gone");
+    let mut raw = Raw::to(&hosts[hosts::bucket(&gone, 2)]);
+    std::thread::sleep(Duration::from_millis(80));
+    let before = raw.get(&gone).expect("the server still holds it");
+    assert!(!c.expire("gone", secs("60")).unwrap());
+    assert_eq!(raw.get(&gone), Some(before), "an expired entry is not brought back");
+    assert_eq!(c.get("gone").unwrap(), None);
+}
+
+#[test]
+fn expire_rewrites_the_envelope_and_the_server_exptime() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("exp"));
+    let mut c = cache(&hosts, &prefix);
+    c.set("k", &value::encode_json(r#"{"é":[1,2.5]}"#).unwrap(), secs("5")).unwrap();
+    assert!(c.expire("k", secs("2h")).unwrap());
+    let key = format!("{prefix}k");
+    let mut raw = Raw::to(&hosts[hosts::bucket(&key, 2)]);
+    let (flags, bytes) = raw.get(&key).unwrap();
+    let (v, time) = split_envelope(&bytes);
+    assert_eq!((flags, v.as_str()), (16, r#"{"\u00E9":[1,2.5]}"#));
+    assert!((time - now() - 7200.0).abs() < 2.0, "{time}");
+    assert!(raw.server_ttl(&key).unwrap() > 7000);
+}
+
+// ---- delete ----------------------------------------------------------------------------------
+
+#[test]
+fn concurrent_deletes_of_one_entry_give_its_value_once() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("nonce"));
+    let mut c = cache(&hosts, &prefix);
+    for round in 0..10 {
+        let key = format!("nonce{round}");
+        c.set(&key, &string("token"), secs("60")).unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let winners: usize = (0..6)
+            .map(|_| {
+                let (barrier, key, hosts, prefix) = (barrier.clone(), key.clone(), hosts.clone(), prefix.clone());
+                std::thread::spawn(move || {
+                    let mut mine = cache(&hosts, &prefix);
+                    mine.get("warm-up").unwrap(); // connected before the race
+                    barrier.wait();
+                    mine.delete(&key).unwrap().is_some() as usize
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(winners, 1, "round {round}: exactly one delete gets the value");
+        assert_eq!(holder(&hosts, &format!("{prefix}{key}")), None);
+    }
+}
+
+#[test]
+fn delete_of_an_expired_entry_removes_it_and_returns_nothing() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("del"));
+    let mut c = cache(&hosts, &prefix);
+    c.set("k", &string("v"), secs("0.05")).unwrap();
+    std::thread::sleep(Duration::from_millis(80));
+    let key = format!("{prefix}k");
+    assert!(holder(&hosts, &key).is_some());
+    assert_eq!(c.delete("k").unwrap(), None);
+    assert_eq!(holder(&hosts, &key), None);
+}
+
+// ---- limits ----------------------------------------------------------------------------------
+
+#[test]
+fn a_value_over_the_item_size_limit_is_status_4_and_one_under_it_is_stored() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("big"));
+    let mut c = cache(&hosts, &prefix);
+    let fits = "x".repeat(1024 * 1024 - 1024);
+    c.set("fits", &string(&fits), secs("60")).unwrap();
+    assert_eq!(c.get("fits").unwrap().map(|v| v.len()), Some(fits.len() + 2));
+    c.delete("fits").unwrap();
+
+    let e = c.set("big", &string(&"x".repeat(1024 * 1024)), secs("60")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Backend);
+    let server = &hosts[hosts::bucket(&format!("{prefix}big"), 2)];
+    let line = &e.render(false)[0];
+    assert!(line.contains("over the item size limit") && line.contains(server.as_str()), "{line}");
+    assert!(e.hint().unwrap().contains("-I"));
+    // The connection is still usable afterwards (a new one, if need be).
+    c.set("after", &string("ok"), secs("60")).unwrap();
+    assert_eq!(c.get("after").unwrap(), Some(string("ok")));
+
+    // Through the binary: one error line and its hint, status 4.
+    let big = "y".repeat(1024 * 1024 + 10);
+    let out = env(&hosts, &prefix).run_stdin(&["set", "big", "-", "60"], Some(big.as_bytes()));
+    out.code(4).stderr_has("over the item size limit").stderr_has("kcache: hint:").one_error_line();
+}
+
+#[test]
+fn bad_keys_never_reach_a_server() {
+    let mut server = OwnServer::start();
+    let hosts = vec![server.host.clone()];
+    let mut raw = Raw::to(&server.host);
+    raw.set("victim", 16, 60, br#"{"value":"still here","ttl":9999999999}"#);
+    let connections = raw.stat("total_connections");
+    let e = env(&hosts, "");
+    let long = "k".repeat(251);
+    for args in [
+        vec!["get", "x\r\ndelete victim"],
+        vec!["delete", "x\r\ndelete victim"],
+        vec!["set", "x\r\ndelete victim", "v", "10"],
+        vec!["get", "x delete victim"],
+        vec!["ttl", "a b"],
+        vec!["expire", "tab\there", "10"],
+        vec!["get", "del\u{7f}"],
+        vec!["get", &long],
+        vec!["get", ""],
+    ] {
+        e.run(&args).code(2).one_error_line();
+    }
+    // A prefix with a space is refused the same way; one with CR LF is refused by the settings.
+    env(&hosts, "a b").run(&["get", "k"]).code(2).stderr_has("a space");
+    env(&hosts, "x\r\ndelete victim ").run(&["get", "k"]).code(2);
+    assert_eq!(raw.stat("total_connections"), connections, "kcache never connected");
+    assert_eq!(raw.stat("cmd_get"), 0);
+    assert!(raw.get("victim").is_some());
+    e.run(&["get", "victim"]).ok().stdout_is("still here\n");
+    server.stop();
+}
+
+// ---- unavailable servers and flush -----------------------------------------------------------
+
+#[test]
+fn a_stopped_server_is_status_3_naming_it_quickly() {
+    let mut server = OwnServer::start();
+    let hosts = vec![server.host.clone()];
+    let e = env(&hosts, "p:").var("KINTO_CACHE_POOL_TIMEOUT", "1");
+    e.run(&["set", "k", "v", "60"]).ok();
+    server.stop();
+    for args in [&["get", "k"][..], &["set", "k", "v", "60"], &["delete", "k"], &["ping"]] {
+        let start = Instant::now();
+        let out = e.run(args);
+        out.code(3).one_error_line().stderr_has(&server.host);
+        assert!(start.elapsed() < Duration::from_secs(4), "{args:?} took {:?}", start.elapsed());
+    }
+}
+
+#[test]
+fn no_failover_a_key_whose_server_is_down_is_an_error() {
+    let live = OwnServer::start();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let hosts = [live.host.clone(), dead.clone()];
+    let mut c =
+        kcache::backend::open(&settings(&hosts.join(","), "", &[("pool_timeout", RawSetting::Int(1))])).unwrap();
+    let on = |want: usize| (0..).map(|i| format!("key{i}")).find(|k| hosts::bucket(k, 2) == want).unwrap();
+    let (k_live, k_dead) = (on(0), on(1));
+    c.set(&k_live, &string("v"), secs("60")).unwrap();
+    assert_eq!(c.get(&k_live).unwrap(), Some(string("v")));
+    for e in [c.set(&k_dead, &string("v"), secs("60")).unwrap_err(), c.get(&k_dead).unwrap_err()] {
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(e.render(false)[0].contains(&format!("cannot connect to memcached at {dead}")), "{e}");
+    }
+    assert!(Raw::to(&live.host).get(&k_dead).is_none(), "python-memcached would have rehashed it here");
+}
+
+#[test]
+fn flush_is_refused_with_a_prefix_and_flush_all_empties_every_server() {
+    let servers = [OwnServer::start(), OwnServer::start()];
+    let hosts: Vec<String> = servers.iter().map(|s| s.host.clone()).collect();
+    let e = env(&hosts, "app:");
+    for i in 0..10 {
+        e.run(&["set", &format!("k{i}"), "v", "60"]).ok();
+    }
+    Raw::to(&hosts[0]).set("other-app", 0, 0, b"x");
+    let out = e.run(&["flush"]);
+    out.code(2).stderr_has("cannot flush only the keys under the prefix 'app:'").stderr_has("--all");
+    assert!(Raw::to(&hosts[0]).get("other-app").is_some(), "nothing was flushed");
+    assert!(hosts.iter().all(|h| Raw::to(h).stat("curr_items") > 0));
+
+    e.run(&["flush", "--all"]).ok().stdout_is("");
+    assert!(Raw::to(&hosts[0]).get("other-app").is_none());
+    for i in 0..10 {
+        e.run(&["get", &format!("k{i}")]).code(1);
+    }
+    // With an empty prefix, flush means everything, as in Kinto.
+    let bare = env(&hosts, "");
+    bare.run(&["set", "k", "v", "60"]).ok();
+    bare.run(&["flush"]).ok();
+    bare.run(&["get", "k"]).code(1);
+}
+
+#[test]
+fn flush_all_flushes_the_servers_it_reaches_then_names_the_others() {
+    let live = OwnServer::start();
+    let dead = format!("127.0.0.1:{}", free_port());
+    Raw::to(&live.host).set("x", 0, 0, b"x");
+    let e = env(&[dead.clone(), live.host.clone()], "").var("KINTO_CACHE_POOL_TIMEOUT", "1");
+    let out = e.run(&["flush", "--all"]);
+    out.code(3).one_error_line().stderr_has(&format!("could not flush 1 of 2 memcached servers ({dead}"));
+    assert!(Raw::to(&live.host).get("x").is_none(), "the live server was flushed");
+}
+
+// ---- connections -----------------------------------------------------------------------------
+
+#[test]
+fn a_command_connects_only_to_the_server_its_key_needs_and_reuses_the_connection() {
+    let servers = [OwnServer::start(), OwnServer::start()];
+    let hosts: Vec<String> = servers.iter().map(|s| s.host.clone()).collect();
+    let mut raw: Vec<Raw> = hosts.iter().map(|h| Raw::to(h)).collect();
+    let mut connections = || [raw[0].stat("total_connections"), raw[1].stat("total_connections")];
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| hosts::bucket(k, 2) == 1 && hosts::bucket(&format!("other:{k}"), 2) == 1)
+        .unwrap();
+    let before = connections();
+    env(&hosts, "").run(&["get", &key]).code(1);
+    let after = connections();
+    // On the key's server: a probe (opened and closed at once), then the connection.
+    assert_eq!([after[0] - before[0], after[1] - before[1]], [0, 2]);
+
+    let mut c = cache(&hosts, "");
+    for i in 0..20 {
+        c.set(&key, &string(&i.to_string()), secs("60")).unwrap();
+        assert_eq!(c.get(&key).unwrap(), Some(string(&i.to_string())));
+    }
+    // A sibling with another prefix shares the pool.
+    c.sibling("other:").unwrap().get(&key).unwrap();
+    let last = connections();
+    assert_eq!([last[0] - after[0], last[1] - after[1]], [0, 2], "one connection for 41 commands");
+}
+
+// ---- configuration and the binary ------------------------------------------------------------
+
+#[test]
+fn the_binary_runs_every_command() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("bin"));
+    let e = env(&hosts, &prefix);
+    e.run(&["set", "k", "é☃", "60"]).ok().stdout_is("");
+    e.run(&["get", "k"]).ok().stdout_is("é☃\n");
+    e.run(&["get", "--json", "k"]).ok().stdout_is("\"é☃\"\n");
+    e.run(&["ttl", "k"]).ok().stdout_is("60\n");
+    e.run(&["expire", "k", "2h"]).ok();
+    e.run(&["ttl", "k"]).ok().stdout_is("7200\n");
+    e.run(&["set", "--json", "j", r#"{"a": [1, 2.0]}"#, "500ms"]).ok();
+    e.run(&["get", "j"]).ok().stdout_is("{\"a\":[1,2.0]}\n");
+    e.run(&["delete", "k"]).ok().stdout_is("é☃\n");
+    e.run(&["get", "k"]).code(1).stdout_is("");
+    e.run(&["ttl", "k"]).code(1);
+    e.run(&["expire", "k", "10"]).code(1);
+    e.run(&["delete", "k"]).code(1);
+    e.run(&["ping"]).ok();
+    e.run(&["migrate"]).ok();
+    e.run(&["purge"]).ok();
+}
+
+#[test]
+fn hosts_are_read_from_the_url_as_kinto_init_writes_them() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("url"));
+    let e = Env::new()
+        .var("KINTO_CACHE_BACKEND", "kinto.core.cache.memcached")
+        .var("KINTO_CACHE_URL", &hosts.join(" "))
+        .var("KINTO_CACHE_PREFIX", &prefix);
+    e.run(&["set", "k", "v", "60"]).ok();
+    let full = format!("{prefix}k");
+    assert_eq!(holder(&hosts, &full), Some(hosts::bucket(&full, 2)));
+    // And from a kinto.ini with multi-line hosts.
+    let ini = format!(
+        "[app:main]\nkinto.cache_backend = kinto.core.cache.memcached\nkinto.cache_prefix = {prefix}\n\
+         kinto.cache_hosts =\n    {}\n    {}\n",
+        hosts[0], hosts[1]
+    );
+    let e = Env::new();
+    let path = e.write("kinto.ini", &ini);
+    e.run(&["-c", path.to_str().unwrap(), "get", "k"]).ok().stdout_is("v\n");
+}
+
+#[test]
+fn no_hosts_and_bad_hosts_are_status_2() {
+    let e = Env::new().var("KINTO_CACHE_BACKEND", "memcached");
+    e.run(&["get", "k"]).code(2).stderr_has("no memcached host").stderr_has("kcache: hint:");
+    let e = e.var("KINTO_CACHE_HOSTS", "127.0.0.1:11211 127.0.0.1:port");
+    e.run(&["get", "k"]).code(2).one_error_line().stderr_has("'127.0.0.1:port'");
+}
+
+#[test]
+fn a_unix_socket_host_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("memcached.sock");
+    if is_root() {
+        // memcached drops to nobody, who must be able to create the socket.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let server = OwnServer::unix(&socket);
+    let e = env(std::slice::from_ref(&server.host), "u:");
+    e.run(&["set", "k", "over a socket", "60"]).ok();
+    e.run(&["get", "k"]).ok().stdout_is("over a socket\n");
+    e.run(&["-v", "ttl", "k"]).ok().stderr_has(&format!("memcached at {}", server.host));
+}

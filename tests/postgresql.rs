@@ -1,0 +1,1220 @@
+//! The postgresql backend through the real binary, against the server `scripts/test` starts
+//! (TLS from a throwaway CA, connections logged to `KCACHE_TEST_PG_LOG`).
+//!
+//! Every test creates a database of its own (`kc_<pid>_<n>`) and drops it when it ends, so the
+//! tests run in parallel and never touch anything they did not create. Roles a test creates are
+//! dropped with its database.
+//!
+//! Speed: a SCRAM login costs ~65 ms of CPU in a debug build, on both sides. So the tests' own
+//! sessions and most kcache runs use the rig's unix socket (trust); the tests about TCP,
+//! passwords, TLS and connection counts use TCP with the password.
+
+use crate::util::{Env, Out, unique};
+use postgres::{Client, NoTls};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+// ---- fixtures --------------------------------------------------------------------------------
+
+/// The rig's server, from `KCACHE_TEST_PG_URL` (a superuser URL).
+#[derive(Clone)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    /// The rig's unix socket folder (`KCACHE_TEST_PG_SOCKET_DIR`), where login is trusted.
+    pub socket_dir: Option<String>,
+}
+
+impl Server {
+    /// The rig's server, or `None` (skipped, loudly) outside CI.
+    pub fn get() -> Option<Server> {
+        let url = crate::rig::server("KCACHE_TEST_PG_URL")?;
+        let config: postgres::Config = url.parse().expect("KCACHE_TEST_PG_URL parses");
+        let host = match config.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            other => panic!("KCACHE_TEST_PG_URL must name a TCP host, not {other:?}"),
+        };
+        let host = std::env::var("KCACHE_TEST_PG_HOST").ok().filter(|h| !h.is_empty()).unwrap_or(host);
+        let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+        Some(Server {
+            host,
+            port: config.get_ports().first().copied().unwrap_or(5432),
+            user: config.get_user().unwrap_or("postgres").to_string(),
+            password,
+            socket_dir: std::env::var("KCACHE_TEST_PG_SOCKET_DIR").ok().filter(|d| !d.is_empty()),
+        })
+    }
+
+    /// A superuser session on `db` (through the socket when there is one).
+    pub fn try_connect(&self, db: &str) -> Result<Client, postgres::Error> {
+        let mut config = postgres::Config::new();
+        match &self.socket_dir {
+            Some(dir) => config.host_path(dir),
+            None => config.host(&self.host).password(&self.password),
+        };
+        config.port(self.port).user(&self.user).dbname(db).connect_timeout(Duration::from_secs(5)).connect(NoTls)
+    }
+
+    pub fn connect(&self, db: &str) -> Client {
+        self.try_connect(db).unwrap_or_else(|e| panic!("cannot connect to database {db}: {e:?}"))
+    }
+
+    /// `postgresql://<userinfo>@host:port/<db><query>`.
+    pub fn url(&self, userinfo: &str, db: &str, query: &str) -> String {
+        format!("postgresql://{userinfo}@{}:{}/{db}{query}", self.host, self.port)
+    }
+}
+
+/// A database of one test's own, dropped (with the roles the test made) when it goes.
+pub struct TestDb {
+    pub name: String,
+    pub server: Server,
+    /// The superuser URL of this database, through the socket when there is one (fast).
+    pub url: String,
+    /// The superuser URL of this database over TCP, with the password.
+    pub tcp_url: String,
+    client: Option<Client>,
+    roles: Vec<String>,
+}
+
+impl TestDb {
+    /// Creates a fresh, empty database, or `None` (skipped) outside CI without a server.
+    pub fn create() -> Option<TestDb> {
+        let server = Server::get()?;
+        let name = unique("kc_");
+        server.connect("postgres").batch_execute(&format!("CREATE DATABASE {name}")).expect("CREATE DATABASE");
+        let tcp_url = server.url(&format!("{}:{}", server.user, server.password), &name, "");
+        let url = match &server.socket_dir {
+            Some(dir) => format!("postgresql:///{name}?host={dir}&port={}&user={}", server.port, server.user),
+            None => tcp_url.clone(),
+        };
+        Some(TestDb { client: None, roles: Vec::new(), url, tcp_url, name, server })
+    }
+
+    /// A superuser session on this database, opened once (before any connection count).
+    pub fn sql(&mut self) -> &mut Client {
+        if self.client.is_none() {
+            self.client = Some(self.server.connect(&self.name));
+        }
+        self.client.as_mut().expect("client")
+    }
+
+    /// Closes the session of [`TestDb::sql`] (so that the next one sees database settings).
+    pub fn reconnect(&mut self) {
+        self.client = None;
+    }
+
+    /// An environment running kcache against this database as the superuser.
+    pub fn env(&self) -> Env {
+        env_for(&self.url)
+    }
+
+    /// Creates a login role with `password`, dropped with the database.
+    pub fn role(&mut self, password: &str) -> String {
+        let role = unique("kc_role_");
+        let quoted = password.replace('\'', "''");
+        self.server
+            .connect("postgres")
+            .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD '{quoted}'"))
+            .expect("CREATE ROLE");
+        self.roles.push(role.clone());
+        role
+    }
+
+    /// Runs `kcache migrate` as the superuser.
+    pub fn migrate(&self) {
+        self.env().run(&["migrate"]).ok();
+    }
+
+    /// How many of the table, the index and the function exist in `schema`.
+    pub fn objects(&mut self, schema: &str) -> (i64, i64, i64) {
+        let row = self
+            .sql()
+            .query_one(
+                "SELECT \
+                   (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                    WHERE n.nspname = $1 AND c.relname = 'cache' AND c.relkind = 'r'), \
+                   (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                    WHERE n.nspname = $1 AND c.relname = 'idx_cache_ttl' AND c.relkind = 'i'), \
+                   (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                    WHERE n.nspname = $1 AND p.proname = 'sec2ttl')",
+                &[&schema],
+            )
+            .expect("catalog query");
+        (row.get(0), row.get(1), row.get(2))
+    }
+
+    /// Every key of `cache`, sorted.
+    pub fn keys(&mut self) -> Vec<String> {
+        let rows = self.sql().query("SELECT key FROM cache ORDER BY key", &[]).expect("keys");
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    /// The `value` column of `key`.
+    pub fn stored(&mut self, key: &str) -> Option<String> {
+        let rows = self.sql().query("SELECT value FROM cache WHERE key = $1", &[&key]).expect("value");
+        rows.first().map(|r| r.get(0))
+    }
+
+    /// `count(*)` of the rows matching `condition`.
+    pub fn count(&mut self, condition: &str) -> i64 {
+        self.sql().query_one(&format!("SELECT count(*) FROM cache WHERE {condition}"), &[]).expect("count").get(0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        self.client = None;
+        // Best effort: a failure here must not hide the test's own failure.
+        let Ok(mut admin) = self.server.try_connect("postgres") else { return };
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        for role in &self.roles {
+            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}"));
+        }
+    }
+}
+
+/// An environment running kcache's postgresql backend at `url`.
+fn env_for(url: &str) -> Env {
+    Env::new()
+        .var("KINTO_CACHE_BACKEND", "postgresql")
+        .var("KINTO_CACHE_URL", url)
+        .var("KINTO_CACHE_POOL_TIMEOUT", "10")
+}
+
+/// The server log, or `None` (skipped, loudly) outside CI.
+fn server_log() -> Option<PathBuf> {
+    crate::rig::server("KCACHE_TEST_PG_LOG").map(PathBuf::from)
+}
+
+/// The `connection authorized` lines of the server log for database `db`.
+fn authorized(log: &PathBuf, db: &str) -> Vec<String> {
+    let bytes = std::fs::read(log).unwrap_or_else(|e| panic!("cannot read {}: {e}", log.display()));
+    let token = format!("database={db}");
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|l| l.contains("connection authorized:") && l.split_whitespace().any(|w| w == token))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `run` and returns the `connection authorized` lines it caused for database `db`. The
+/// server logs that line before the client can send a query, so it is there when `run` ends;
+/// tests wait a moment once at their end for connections a process might open in the background.
+fn connections_of(log: &PathBuf, db: &str, run: impl FnOnce()) -> Vec<String> {
+    let before = authorized(log, db).len();
+    run();
+    authorized(log, db).split_off(before)
+}
+
+/// Lets a connection opened in the background reach the log.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+/// Asserts that `secret` appears nowhere in what a run printed.
+#[track_caller]
+fn no_secret(out: &Out, secret: &str) {
+    assert!(
+        !out.stdout.contains(secret) && !out.stderr.contains(secret),
+        "kcache {:?} printed a password:\n--- stdout\n{}\n--- stderr\n{}",
+        out.args,
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// Asserts the status is one of `statuses`.
+#[track_caller]
+fn code_in(out: &Out, statuses: &[i32]) {
+    assert!(
+        statuses.contains(&out.status),
+        "kcache {:?}: status {} not in {statuses:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.args,
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// The whole seconds `ttl` printed.
+#[track_caller]
+fn seconds_left(out: &Out) -> i64 {
+    out.ok();
+    out.stdout.trim().parse().unwrap_or_else(|_| panic!("ttl printed {:?}", out.stdout))
+}
+
+/// How much a TTL may have run down between a write and a read: kcache runs are separate
+/// processes, and a loaded CI machine may take seconds between two of them.
+const SLACK: i64 = 5;
+
+/// Asserts `ttl` printed `set` seconds, less at most [`SLACK`] (never more: it rounds up).
+#[track_caller]
+fn assert_left(out: &Out, set: i64) {
+    let left = seconds_left(out);
+    assert!((set - SLACK..=set).contains(&left), "kcache {:?}: printed {left} for a TTL of {set}", out.args);
+}
+
+/// A loopback port nobody listens on (bound, then released).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Kinto 26.5's `schema.sql`, verbatim (reference §2.1).
+const KINTO_SCHEMA_SQL: &str = r#"--
+-- Automated script, we do not need NOTICE and WARNING
+--
+SET client_min_messages TO ERROR;
+
+CREATE TABLE IF NOT EXISTS cache (
+    key VARCHAR(256) PRIMARY KEY,
+    value TEXT NOT NULL,
+    ttl TIMESTAMP DEFAULT NULL
+);
+
+CREATE INDEX IF NOT EXISTS idx_cache_ttl ON cache(ttl);
+
+
+CREATE OR REPLACE FUNCTION sec2ttl(seconds FLOAT)
+RETURNS TIMESTAMP AS $$
+BEGIN
+    IF seconds IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN now() + (seconds || ' SECOND')::INTERVAL;
+END;
+$$ LANGUAGE plpgsql;
+"#;
+
+/// The recorded Kinto data (tests/data/kinto/postgresql.json).
+fn kinto_recording() -> serde_json::Value {
+    serde_json::from_str(include_str!("data/kinto/postgresql.json")).expect("postgresql.json")
+}
+
+/// Collapses runs of whitespace, to compare SQL bodies.
+fn squeeze(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+// ---- migrate ---------------------------------------------------------------------------------
+
+#[test]
+fn migrate_creates_kintos_three_objects_and_then_is_up_to_date() {
+    let Some(mut db) = TestDb::create() else { return };
+    let env = db.env();
+
+    let dry = env.run(&["migrate", "--dry-run"]);
+    dry.ok();
+    for needle in ["CREATE TABLE", "CREATE INDEX", "CREATE OR REPLACE FUNCTION"] {
+        assert!(dry.stdout.contains(needle), "dry-run on an empty database lacks {needle}:\n{}", dry.stdout);
+    }
+    assert_eq!(db.objects("public"), (0, 0, 0), "--dry-run changed nothing");
+
+    let ran = env.run(&["-v", "migrate"]);
+    ran.ok().stdout_is("");
+    for needle in ["CREATE TABLE", "CREATE INDEX", "FUNCTION"] {
+        assert!(ran.stderr.contains(needle), "-v migrate does not say it ran {needle}:\n{}", ran.stderr);
+    }
+    assert_eq!(db.objects("public"), (1, 1, 1));
+
+    // Exactly Kinto's columns (recorded from Kinto 26.5).
+    let recorded = kinto_recording();
+    let rows = db
+        .sql()
+        .query(
+            "SELECT column_name::text, data_type::text, character_maximum_length, column_default::text, \
+                    is_nullable::text \
+             FROM information_schema.columns WHERE table_schema = 'public' AND table_name = 'cache' \
+             ORDER BY ordinal_position",
+            &[],
+        )
+        .expect("columns");
+    let columns: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.get::<_, String>(0),
+                "data_type": r.get::<_, String>(1),
+                "character_maximum_length": r.get::<_, Option<i32>>(2),
+                "column_default": r.get::<_, Option<String>>(3),
+                "is_nullable": r.get::<_, String>(4),
+            })
+        })
+        .collect();
+    assert_eq!(serde_json::Value::Array(columns), recorded["table_columns"]);
+    let pk: String = db
+        .sql()
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'public.cache'::regclass AND contype = 'p'",
+            &[],
+        )
+        .expect("primary key")
+        .get(0);
+    assert_eq!(pk, "PRIMARY KEY (key)");
+    let index: String =
+        db.sql().query_one("SELECT pg_get_indexdef('public.idx_cache_ttl'::regclass)", &[]).expect("index").get(0);
+    assert!(index.ends_with("USING btree (ttl)"), "{index}");
+    let function: String = db
+        .sql()
+        .query_one("SELECT pg_get_functiondef('public.sec2ttl(double precision)'::regprocedure)", &[])
+        .expect("function")
+        .get(0);
+    let kinto_function = recorded["sec2ttl_definition"].as_str().expect("sec2ttl_definition");
+    assert_eq!(squeeze(&function), squeeze(kinto_function));
+
+    // Idempotent: nothing more to do, and said so.
+    let again = env.run(&["-v", "migrate"]);
+    again.ok().stdout_is("");
+    assert!(again.stderr.contains("up to date"), "{}", again.stderr);
+    assert!(!again.stderr.contains("CREATE"), "a second migrate ran something:\n{}", again.stderr);
+    env.run(&["migrate", "--dry-run"]).ok().stdout_is("-- the schema is up to date\n");
+    assert_eq!(db.objects("public"), (1, 1, 1));
+
+    env.run(&["set", "k", "v", "60"]).ok();
+    env.run(&["get", "k"]).ok().stdout_is("v\n");
+}
+
+#[test]
+fn migrate_accepts_a_schema_kinto_or_a_dba_created() {
+    for (what, sql) in
+        [("Kinto's schema.sql", KINTO_SCHEMA_SQL), ("the repository's schema.sql", include_str!("../schema.sql"))]
+    {
+        let Some(mut db) = TestDb::create() else { return };
+        db.sql().batch_execute(sql).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        db.reconnect();
+        db.sql().batch_execute("INSERT INTO cache VALUES ('kinto:k', '\"from kinto\"', sec2ttl(60))").expect("row");
+        let env = db.env();
+        env.run(&["migrate", "--dry-run"]).ok().stdout_is("-- the schema is up to date\n");
+        let out = env.run(&["-v", "migrate"]);
+        out.ok();
+        assert!(out.stderr.contains("up to date") && !out.stderr.contains("CREATE"), "{what}:\n{}", out.stderr);
+        assert_eq!(db.objects("public"), (1, 1, 1), "{what}");
+        env.run(&["--prefix", "kinto:", "get", "k"]).ok().stdout_is("from kinto\n");
+    }
+}
+
+#[test]
+fn migrate_completes_a_partial_schema() {
+    let Some(mut db) = TestDb::create() else { return };
+    db.sql()
+        .batch_execute(
+            "CREATE TABLE cache (key VARCHAR(256) PRIMARY KEY, value TEXT NOT NULL, ttl TIMESTAMP DEFAULT NULL)",
+        )
+        .expect("table");
+    db.sql().batch_execute("INSERT INTO cache VALUES ('kept', '\"still here\"', NULL)").expect("row");
+    let env = db.env();
+    let dry = env.run(&["migrate", "--dry-run"]);
+    dry.ok();
+    assert!(!dry.stdout.contains("CREATE TABLE"), "the table exists:\n{}", dry.stdout);
+    assert!(dry.stdout.contains("CREATE INDEX") && dry.stdout.contains("FUNCTION"), "{}", dry.stdout);
+    let out = env.run(&["-v", "migrate"]);
+    out.ok();
+    assert!(!out.stderr.contains("CREATE TABLE"), "{}", out.stderr);
+    assert!(out.stderr.contains("CREATE INDEX") && out.stderr.contains("FUNCTION"), "{}", out.stderr);
+    assert_eq!(db.objects("public"), (1, 1, 1));
+    env.run(&["get", "kept"]).ok().stdout_is("still here\n");
+
+    // Only the function missing: only the function is created.
+    db.sql().batch_execute("DROP FUNCTION sec2ttl(FLOAT)").expect("drop function");
+    let dry = env.run(&["migrate", "--dry-run"]);
+    dry.ok();
+    assert!(dry.stdout.contains("FUNCTION") && !dry.stdout.contains("CREATE TABLE"), "{}", dry.stdout);
+    assert!(!dry.stdout.contains("CREATE INDEX"), "{}", dry.stdout);
+    env.run(&["migrate"]).ok();
+    assert_eq!(db.objects("public"), (1, 1, 1));
+}
+
+#[test]
+fn migrate_looks_in_the_connections_own_schema() {
+    let Some(mut db) = TestDb::create() else { return };
+    // Kinto checks information_schema.tables for a `cache` of any schema and is fooled.
+    db.sql()
+        .batch_execute(
+            "CREATE SCHEMA other; CREATE TABLE other.cache (x int); \
+             CREATE INDEX idx_cache_ttl ON other.cache (x); \
+             CREATE FUNCTION other.sec2ttl(seconds FLOAT) RETURNS TIMESTAMP AS 'SELECT now()::timestamp' LANGUAGE sql",
+        )
+        .expect("stray schema");
+    let env = db.env();
+    let dry = env.run(&["migrate", "--dry-run"]);
+    dry.ok();
+    assert!(dry.stdout.contains("CREATE TABLE"), "fooled by other.cache:\n{}", dry.stdout);
+    env.run(&["migrate"]).ok();
+    assert_eq!(db.objects("public"), (1, 1, 1));
+    assert_eq!(db.objects("other"), (1, 1, 1), "other.* untouched");
+    env.run(&["set", "k", "v", "60"]).ok();
+    env.run(&["get", "k"]).ok().stdout_is("v\n");
+
+    // A database whose search_path starts with another schema: migrate creates there.
+    let Some(mut db) = TestDb::create() else { return };
+    let name = db.name.clone();
+    db.sql()
+        .batch_execute(&format!("CREATE SCHEMA app; ALTER DATABASE {name} SET search_path = app, public"))
+        .expect("search_path");
+    db.migrate();
+    assert_eq!(db.objects("app"), (1, 1, 1));
+    assert_eq!(db.objects("public"), (0, 0, 0), "nothing in public");
+    db.env().run(&["set", "k", "in app", "60"]).ok();
+    let n: i64 = db.sql().query_one("SELECT count(*) FROM app.cache", &[]).expect("count").get(0);
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn concurrent_migrates_create_each_object_once() {
+    let Some(mut db) = TestDb::create() else { return };
+    let env = db.env();
+    let outs: Vec<Out> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8).map(|_| s.spawn(|| env.run(&["migrate"]))).collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    for out in &outs {
+        out.ok();
+    }
+    assert_eq!(db.objects("public"), (1, 1, 1));
+    env.run(&["migrate", "--dry-run"]).ok().stdout_is("-- the schema is up to date\n");
+}
+
+#[test]
+fn migrate_without_the_create_privilege_is_refused_with_status_4() {
+    let Some(mut db) = TestDb::create() else { return };
+    let password = format!("pw-{}", unique("nocreate"));
+    let role = db.role(&password);
+    // PostgreSQL 15 gives PUBLIC no CREATE on schema public; older servers do: take it away.
+    db.sql().batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC").expect("revoke");
+    let url = db.server.url(&format!("{role}:{password}"), &db.name, "");
+    let env = env_for(&url);
+
+    let out = env.run(&["migrate"]);
+    out.code(4).one_error_line();
+    let lower = out.stderr.to_lowercase();
+    assert!(lower.contains("permission") || lower.contains("privilege"), "{}", out.stderr);
+    assert!(out.stderr.contains("CREATE"), "the message names the missing privilege:\n{}", out.stderr);
+    no_secret(&out, &password);
+    assert_eq!(db.objects("public"), (0, 0, 0), "nothing half-created");
+    no_secret(&env.run(&["-v", "migrate"]), &password);
+
+    let dry = env.run(&["migrate", "--dry-run"]);
+    dry.ok();
+    assert!(dry.stdout.contains("CREATE TABLE"), "{}", dry.stdout);
+    assert_eq!(db.objects("public"), (0, 0, 0));
+}
+
+// ---- TTLs ------------------------------------------------------------------------------------
+
+#[test]
+fn ttls_follow_the_sessions_time_zone_as_kinto_does() {
+    let Some(mut db) = TestDb::create() else { return };
+    db.migrate();
+    let name = db.name.clone();
+    db.sql().batch_execute(&format!("ALTER DATABASE {name} SET timezone = 'America/New_York'")).expect("tz");
+    db.reconnect();
+    let zone: String = db.sql().query_one("SHOW timezone", &[]).expect("tz").get(0);
+    assert_eq!(zone, "America/New_York");
+    let env = db.env();
+
+    env.run(&["set", "k", "v", "3600"]).ok();
+    assert_left(&env.run(&["ttl", "k"]), 3600);
+    env.run(&["get", "k"]).ok().stdout_is("v\n");
+    // The stored timestamp is New York local time, as sec2ttl() writes it in this database.
+    let offset: f64 = db
+        .sql()
+        .query_one(
+            "SELECT EXTRACT(EPOCH FROM ttl - (now() AT TIME ZONE 'America/New_York'))::float8 FROM cache WHERE key = 'k'",
+            &[],
+        )
+        .expect("ttl")
+        .get(0);
+    assert!((3600.0 - SLACK as f64..=3600.0).contains(&offset), "ttl is not New York time + 3600 s: {offset}");
+
+    // Rows written the Kinto way from a New York session are read consistently.
+    db.sql().batch_execute("INSERT INTO cache VALUES ('kinto:ny', '\"from sec2ttl\"', sec2ttl(120))").expect("row");
+    assert_left(&env.run(&["--prefix", "kinto:", "ttl", "ny"]), 120);
+    env.run(&["--prefix", "kinto:", "get", "ny"]).ok().stdout_is("from sec2ttl\n");
+    let recorded = kinto_recording();
+    let row = &recorded["rows_other_session_timezone"][0];
+    assert_eq!(row["session_timezone"], "America/New_York");
+    let full_key = row["full_key"].as_str().expect("full_key");
+    let value = row["value"].as_str().expect("value");
+    let secs: f64 = row["ttl_minus_now_epoch_seconds"].as_str().expect("secs").parse().expect("number");
+    db.sql()
+        .execute(
+            "INSERT INTO cache VALUES ($1, $2, (now() AT TIME ZONE 'America/New_York') + make_interval(secs => $3))",
+            &[&full_key, &value, &secs],
+        )
+        .expect("recorded row");
+    let key = row["key"].as_str().expect("key");
+    assert_left(&env.run(&["--prefix", "kinto:", "ttl", key]), 3600);
+    env.run(&["--prefix", "kinto:", "get", key]).ok().stdout_is("from new york\n");
+}
+
+#[test]
+fn ttls_are_whole_durations_and_expiry_is_exact() {
+    let Some(mut db) = TestDb::create() else { return };
+    db.migrate();
+    let env = db.env();
+    // Up to 100 years: sec2ttl() gets a number PostgreSQL prints without an exponent.
+    for (ttl, expected) in
+        [("61", 61), ("3600", 3600), ("40d", 3_456_000), ("3456000", 3_456_000), ("36500d", 3_153_600_000)]
+    {
+        env.run(&["set", "k", "v", ttl]).ok();
+        assert_left(&env.run(&["ttl", "k"]), expected);
+    }
+    let ms: u64 = env.run(&["ttl", "--ms", "k"]).ok().stdout.trim().parse().expect("ms");
+    assert!((3_153_600_000_000 - 1000 * SLACK as u64..=3_153_600_000_000).contains(&ms), "{ms}");
+
+    // Sub-second: visible, then gone on time; the row stays until purge (get never writes).
+    env.run(&["set", "short", "v", "0.25"]).ok();
+    let start = Instant::now();
+    let out = env.run(&["ttl", "--ms", "short"]);
+    if start.elapsed() < Duration::from_millis(200) {
+        let ms: u64 = out.ok().stdout.trim().parse().expect("ms");
+        assert!(ms <= 250, "{ms}");
+    }
+    std::thread::sleep(Duration::from_millis(350));
+    env.run(&["get", "short"]).code(1).stdout_is("");
+    env.run(&["ttl", "short"]).code(1).stdout_is("-2\n");
+    assert_eq!(db.count("key = 'short'"), 1, "get and ttl never write");
+    env.run(&["expire", "short", "60"]).code(1);
+    env.run(&["get", "short"]).code(1);
+    assert_eq!(db.count("key = 'short' AND ttl < now()"), 1, "expire never brings an entry back");
+    env.run(&["delete", "short"]).code(1).stdout_is("");
+
+    // Under sec2ttl()'s 0.1 ms (PostgreSQL would print 5e-05 and fail to parse it): stored,
+    // already gone.
+    env.run(&["set", "tiny", "v", "0.00005"]).ok();
+    env.run(&["get", "tiny"]).code(1);
+
+    // A NULL ttl (Kinto's set(ttl=None)) is an entry without expiry.
+    db.sql().batch_execute("INSERT INTO cache VALUES ('forever', '\"no expiry\"', NULL)").expect("row");
+    env.run(&["ttl", "forever"]).ok().stdout_is("-1\n");
+    env.run(&["get", "forever"]).ok().stdout_is("no expiry\n");
+    env.run(&["expire", "forever", "60"]).ok();
+    assert_left(&env.run(&["ttl", "forever"]), 60);
+    env.run(&["delete", "forever"]).ok().stdout_is("no expiry\n");
+}
+
+#[test]
+fn set_purges_a_bounded_batch_and_purge_removes_every_expired_row() {
+    let Some(mut db) = TestDb::create() else { return };
+    db.migrate();
+    db.sql()
+        .batch_execute(
+            "INSERT INTO cache SELECT 'dead' || i, '\"x\"', localtimestamp - interval '1 hour' FROM generate_series(1, 150) i; \
+             INSERT INTO cache SELECT 'live' || i, '\"x\"', localtimestamp + interval '1 hour' FROM generate_series(1, 5) i; \
+             INSERT INTO cache VALUES ('forever', '\"x\"', NULL)",
+        )
+        .expect("rows");
+    let env = db.env();
+    env.run(&["set", "new", "v", "60"]).ok();
+    assert_eq!(db.count("ttl < now()"), 50, "set removes 100 expired rows");
+    assert_eq!(db.count("ttl > now() OR ttl IS NULL"), 7, "and nothing live");
+    env.run(&["get", "dead1"]).code(1);
+    let out = env.run(&["-v", "purge"]);
+    out.ok().stdout_is("");
+    assert_eq!(db.count("ttl < now()"), 0);
+    assert_eq!(db.count("true"), 7, "purge keeps live rows and rows without expiry");
+    env.run(&["get", "forever"]).ok().stdout_is("x\n");
+}
+
+#[test]
+fn reads_work_on_a_read_only_database() {
+    let Some(mut db) = TestDb::create() else { return };
+    db.migrate();
+    let env = db.env();
+    env.run(&["set", "k", "v", "60"]).ok();
+    env.run(&["set", "gone", "v", "0.05"]).ok();
+    std::thread::sleep(Duration::from_millis(100));
+    let name = db.name.clone();
+    db.sql().batch_execute(&format!("ALTER DATABASE {name} SET default_transaction_read_only = on")).expect("ro");
+    // Kinto's get() purges the table and fails here; kcache's reads never write.
+    env.run(&["get", "k"]).ok().stdout_is("v\n");
+    env.run(&["get", "gone"]).code(1);
+    env.run(&["ttl", "gone"]).code(1);
+    assert_left(&env.run(&["ttl", "k"]), 60);
+    let out = env.run(&["set", "k", "w", "60"]);
+    out.code(4).one_error_line();
+}
+
+// ---- credentials and TLS ---------------------------------------------------------------------
+
+#[test]
+fn passwords_come_from_the_url_pgpassword_and_pgpass_and_are_never_printed() {
+    let Some(mut db) = TestDb::create() else { return };
+    db.migrate();
+    let password = format!("S3cret:{}@/%", unique("pw"));
+    let role = db.role(&password);
+    db.sql().batch_execute(&format!("GRANT SELECT, INSERT, UPDATE, DELETE ON cache TO {role}")).expect("grant");
+    let (host, port, name) = (db.server.host.clone(), db.server.port, db.name.clone());
+    let bare = db.server.url(&role, &name, "");
+
+    // Percent-encoded in the URL.
+    let encoded = password.replace('%', "%25").replace(':', "%3A").replace('@', "%40").replace('/', "%2F");
+    let out = env_for(&db.server.url(&format!("{role}:{encoded}"), &name, "")).run(&["-v", "ping"]);
+    out.ok().stdout_is("ok\n");
+    no_secret(&out, &password);
+    no_secret(&out, &encoded);
+
+    // PGPASSWORD.
+    let out = env_for(&bare).var("PGPASSWORD", &password).run(&["-v", "ping"]);
+    out.ok().stdout_is("ok\n");
+    no_secret(&out, &password);
+
+    // ~/.pgpass, mode 0600, with a comment, a non-matching line and an escaped password.
+    let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+    let pgpass = format!("# kcache test\notherhost:*:*:*:nope\n{host}:{port}:{name}:{role}:{escaped}\n");
+    let env = env_for(&bare);
+    let file = env.write(".pgpass", &pgpass);
+    set_mode(&file, 0o600);
+    let out = env.run(&["-v", "ping"]);
+    out.ok().stdout_is("ok\n");
+    no_secret(&out, &password);
+    // Wildcards.
+    let env = env_for(&bare);
+    set_mode(&env.write(".pgpass", &format!("*:*:*:{role}:{escaped}\n")), 0o600);
+    env.run(&["ping"]).ok().stdout_is("ok\n");
+    // PGPASSFILE.
+    let env = env_for(&bare);
+    let elsewhere = env.write("secrets/pass", &format!("{host}:{port}:*:{role}:{escaped}\n"));
+    set_mode(&elsewhere, 0o600);
+    env.var("PGPASSFILE", &elsewhere.display().to_string()).run(&["ping"]).ok().stdout_is("ok\n");
+
+    // A .pgpass readable by others is ignored, as libpq does.
+    let env = env_for(&bare);
+    set_mode(&env.write(".pgpass", &pgpass), 0o644);
+    let out = env.run(&["-v", "ping"]);
+    code_in(&out, &[3, 4]);
+    no_secret(&out, &password);
+    let out = env.run(&["ping"]);
+    out.code(4).one_error_line();
+
+    // A wrong password: refused, and printed nowhere, not even with -v.
+    let wrong = format!("Wr0ng-{}", unique("pw"));
+    let out = env_for(&db.server.url(&format!("{role}:{wrong}"), &name, "")).run(&["-v", "ping"]);
+    code_in(&out, &[3, 4]);
+    no_secret(&out, &wrong);
+    no_secret(&out, &password);
+    let out = env_for(&bare).var("PGPASSWORD", &wrong).run(&["-v", "get", "k"]);
+    code_in(&out, &[3, 4]);
+    no_secret(&out, &wrong);
+    let out = env_for(&bare).var("PGPASSWORD", &wrong).run(&["get", "k"]);
+    code_in(&out, &[3, 4]);
+    out.one_error_line();
+    no_secret(&out, &wrong);
+}
+
+#[test]
+fn no_password_for_a_server_that_wants_one_is_status_4_with_a_hint() {
+    let Some(mut db) = TestDb::create() else { return };
+    let role = db.role("unused-password");
+    // Not worth retrying: the server refuses until someone gives a password.
+    let out = env_for(&db.server.url(&role, &db.name, "")).run(&["ping"]);
+    out.code(4).one_error_line();
+    let hint = out.stderr.lines().find(|l| l.starts_with("kcache: hint: ")).unwrap_or_default();
+    assert!(hint.contains("password"), "no hint about the password:\n{}", out.stderr);
+}
+
+#[test]
+fn a_role_with_only_kintos_runtime_privileges_can_do_all_but_create() {
+    let Some(mut db) = TestDb::create() else { return };
+    let Some(log) = server_log() else { return };
+    db.migrate();
+    let password = format!("pw-{}", unique("dml"));
+    let role = db.role(&password);
+    // What Kinto's runtime needs (reference §2.2): DML on the table, EXECUTE on sec2ttl (PUBLIC).
+    db.sql()
+        .batch_execute(&format!(
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT SELECT, INSERT, UPDATE, DELETE ON cache TO {role}"
+        ))
+        .expect("grant");
+    let env = env_for(&db.server.url(&format!("{role}:{password}"), &db.name, ""));
+    // A deploy script runs migrate every time: up to date is not an error.
+    env.run(&["migrate"]).ok();
+    env.run(&["migrate", "--dry-run"]).ok().stdout_is("-- the schema is up to date\n");
+    env.run(&["set", "k", "v", "60"]).ok();
+    env.run(&["get", "k"]).ok().stdout_is("v\n");
+    assert_left(&env.run(&["ttl", "k"]), 60);
+    env.run(&["expire", "k", "120"]).ok();
+    env.run(&["ping"]).ok().stdout_is("ok\n");
+    env.run(&["purge"]).ok();
+    env.run(&["--prefix", "x", "flush"]).ok();
+    env.run(&["get", "k"]).ok();
+    // No TRUNCATE privilege: flush falls back to DELETE, on the same one connection.
+    db.sql();
+    let lines = connections_of(&log, &db.name, || {
+        env.run(&["flush"]).ok();
+    });
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(db.count("true"), 0);
+    env.run(&["set", "k", "v", "60"]).ok();
+    env.run(&["delete", "k"]).ok().stdout_is("v\n");
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[test]
+fn sslmodes_behave_as_in_libpq() {
+    let Some(db) = TestDb::create() else { return };
+    let Some(log) = server_log() else { return };
+    let Some(ca) = crate::rig::server("KCACHE_TEST_PG_CA") else { return };
+    db.migrate();
+    let userinfo = format!("{}:{}", db.server.user, db.server.password);
+    let on_localhost = |query: &str| format!("postgresql://{userinfo}@localhost:{}/{}{query}", db.server.port, db.name);
+    let ssl_of = |url: &str| -> (Out, Vec<String>) {
+        let mut out = None;
+        let lines = connections_of(&log, &db.name, || out = Some(env_for(url).run(&["ping"])));
+        (out.expect("ran"), lines)
+    };
+    let cases = [
+        ("sslmode=require on 127.0.0.1", db.server.url(&userinfo, &db.name, "?sslmode=require"), true),
+        ("default (prefer)", db.tcp_url.clone(), true),
+        ("sslmode=disable", db.server.url(&userinfo, &db.name, "?sslmode=disable"), false),
+        (
+            "verify-ca with the CA",
+            db.server.url(&userinfo, &db.name, &format!("?sslmode=verify-ca&sslrootcert={ca}")),
+            true,
+        ),
+        ("verify-full with the CA on localhost", on_localhost(&format!("?sslmode=verify-full&sslrootcert={ca}")), true),
+    ];
+    for (what, url, tls) in &cases {
+        let (out, lines) = ssl_of(url);
+        out.ok().stdout_is("ok\n");
+        assert_eq!(lines.len(), 1, "{what}: {lines:#?}");
+        assert_eq!(lines[0].contains("SSL enabled"), *tls, "{what}: {}", lines[0]);
+    }
+    // PGSSLMODE, when the URL says nothing.
+    let mut out = None;
+    let lines = connections_of(&log, &db.name, || {
+        out = Some(env_for(&db.tcp_url).var("PGSSLMODE", "disable").run(&["ping"]));
+    });
+    out.expect("ran").ok();
+    assert!(lines.len() == 1 && !lines[0].contains("SSL enabled"), "PGSSLMODE=disable: {lines:#?}");
+
+    // verify-full with the system's roots: they do not know our CA.
+    for url in [on_localhost("?sslmode=verify-full&sslrootcert=system"), on_localhost("?sslrootcert=system")] {
+        let (out, lines) = ssl_of(&url);
+        code_in(&out, &[3, 4]);
+        out.one_error_line();
+        assert!(out.stderr.to_lowercase().contains("certificate"), "{}", out.stderr);
+        no_secret(&out, &db.server.password);
+        assert!(lines.is_empty(), "{lines:#?}");
+    }
+    // verify-ca/verify-full without sslrootcert: libpq's ~/.postgresql/root.crt, which must exist.
+    for mode in ["verify-ca", "verify-full"] {
+        let url = on_localhost(&format!("?sslmode={mode}"));
+        let (out, lines) = ssl_of(&url);
+        out.code(2).one_error_line();
+        assert!(out.stderr.contains("root.crt"), "{}", out.stderr);
+        assert!(lines.is_empty(), "nothing is sent: {lines:#?}");
+        let env = env_for(&url);
+        let pem = std::fs::read_to_string(&ca).expect("CA file");
+        env.write(".postgresql/root.crt", &pem);
+        env.run(&["ping"]).ok().stdout_is("ok\n");
+    }
+    // sslmode=require with a root certificate verifies the chain, as libpq does.
+    let env = env_for(&on_localhost("?sslmode=require"));
+    env.write(".postgresql/root.crt", &std::fs::read_to_string(&ca).expect("CA file"));
+    env.run(&["ping"]).ok().stdout_is("ok\n");
+    // ... so a root certificate of another CA makes it fail (any CA of the system's bundle).
+    if let Some(other) = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt")
+        .ok()
+        .and_then(|bundle| bundle.split_inclusive("-----END CERTIFICATE-----\n").next().map(str::to_string))
+    {
+        let env = env_for(&on_localhost("?sslmode=require"));
+        env.write(".postgresql/root.crt", &other);
+        let out = env.run(&["ping"]);
+        code_in(&out, &[3, 4]);
+        assert!(out.stderr.to_lowercase().contains("certificate"), "{}", out.stderr);
+    }
+}
+
+// ---- pool ------------------------------------------------------------------------------------
+
+#[test]
+fn max_backlog_fails_the_next_waiter_at_once() {
+    use kcache::settings::{Layer, Raw, Settings};
+    let Some(db) = TestDb::create() else { return };
+    let mut layer = Layer::default();
+    for (k, v) in [
+        ("backend", Raw::Str("postgresql".into())),
+        ("url", Raw::Str(db.url.clone())),
+        ("pool_size", Raw::Int(1)),
+        ("max_overflow", Raw::Int(0)),
+        ("max_backlog", Raw::Int(1)),
+        ("pool_timeout", Raw::Int(10)),
+    ] {
+        layer.set(k, v, "test", None);
+    }
+    let settings = Settings::from_layer(&layer).expect("settings");
+    let backend = kcache::backend::postgres::Postgres::new(&settings, &|_| None, 3).expect("backend");
+    let pool = std::sync::Arc::clone(backend.pool());
+
+    let held = pool.get().expect("first connection");
+    std::thread::scope(|s| {
+        let (ready, waiting) = std::sync::mpsc::channel();
+        let pool_ref = &pool;
+        let waiter = s.spawn(move || {
+            ready.send(()).expect("signal");
+            let start = Instant::now();
+            let c = pool_ref.get();
+            (c.map(drop), start.elapsed())
+        });
+        // Let the second caller start waiting.
+        waiting.recv().expect("waiter started");
+        std::thread::sleep(Duration::from_millis(200));
+        let start = Instant::now();
+        let third = pool.get();
+        let elapsed = start.elapsed();
+        let Err(e) = third else { panic!("a third caller got a connection from a pool of one") };
+        assert_eq!(e.kind().status(), 3, "{e}");
+        assert!(elapsed < Duration::from_millis(500), "the third caller waited {elapsed:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("exhausted") && msg.contains("max_backlog"), "{msg}");
+        drop(held);
+        let (second, waited) = waiter.join().expect("waiter");
+        second.expect("the waiter gets the connection once it is given back");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+    });
+    assert_eq!(pool.open_connections(), 1);
+}
+
+#[test]
+fn a_one_shot_command_opens_exactly_one_connection() {
+    let Some(mut db) = TestDb::create() else { return };
+    let Some(log) = server_log() else { return };
+    db.sql(); // our own session is opened before counting
+    // Over TCP with the password and TLS (sslmode prefer), as a deployment connects.
+    let env = env_for(&db.tcp_url);
+    let before = authorized(&log, &db.name).len();
+    let runs: &[(&[&str], i32)] = &[
+        (&["migrate"], 0),
+        (&["migrate", "--dry-run"], 0),
+        (&["set", "k", "v", "60"], 0),
+        (&["get", "k"], 0),
+        (&["ttl", "k"], 0),
+        (&["expire", "k", "120"], 0),
+        (&["delete", "k"], 0),
+        (&["get", "k"], 1),
+        (&["ping"], 0),
+        (&["purge"], 0),
+        (&["--prefix", "p:", "flush"], 0),
+        (&["flush"], 0),
+    ];
+    for (args, status) in runs {
+        let lines = connections_of(&log, &db.name, || {
+            env.run(args).code(*status);
+        });
+        assert_eq!(lines.len(), 1, "kcache {args:?} opened {} connections: {lines:#?}", lines.len());
+    }
+    settle();
+    assert_eq!(authorized(&log, &db.name).len() - before, runs.len(), "no connection is opened in the background");
+}
+
+// ---- Kinto interop ---------------------------------------------------------------------------
+
+#[test]
+fn reads_the_rows_kinto_wrote() {
+    let Some(mut db) = TestDb::create() else { return };
+    db.migrate();
+    let recorded = kinto_recording();
+    let prefix = recorded["cache_prefix"].as_str().expect("prefix").to_string();
+    let rows = recorded["rows"].as_array().expect("rows");
+    assert!(rows.len() >= 5);
+    let env = db.env();
+    for row in rows {
+        let (key, full_key, value) = (
+            row["key"].as_str().expect("key"),
+            row["full_key"].as_str().expect("full_key"),
+            row["value"].as_str().expect("value"),
+        );
+        assert_eq!(format!("{prefix}{key}"), full_key);
+        let secs: f64 = row["ttl_minus_now_epoch_seconds"].as_str().expect("secs").parse().expect("number");
+        // As Kinto wrote it: its value text, and now() + the duration in the session's zone.
+        db.sql()
+            .execute(
+                "INSERT INTO cache VALUES ($1, $2, localtimestamp + make_interval(secs => $3))",
+                &[&full_key, &value, &secs],
+            )
+            .expect("insert");
+        let expected = match &row["value_json"] {
+            serde_json::Value::String(s) => s.clone(),
+            other => serde_json::to_string(other).expect("json"),
+        };
+        if secs < 1.0 {
+            // The 0.25 s row: readable now at most, gone soon.
+            let out = env.run(&["--prefix", &prefix, "ttl", "--ms", key]);
+            if out.status == 0 {
+                let ms: f64 = out.stdout.trim().parse().expect("ms");
+                assert!(ms <= secs * 1000.0, "{key}: {ms}");
+            } else {
+                out.code(1);
+            }
+            std::thread::sleep(Duration::from_secs_f64(secs + 0.1));
+            env.run(&["--prefix", &prefix, "get", key]).code(1);
+            continue;
+        }
+        env.run(&["--prefix", &prefix, "get", key]).ok().stdout_is(&format!("{expected}\n"));
+        assert_left(&env.run(&["--prefix", &prefix, "ttl", key]), secs.ceil() as i64);
+    }
+    // A prefixed flush only takes Kinto's own keys.
+    env.run(&["set", "mine", "v", "60"]).ok();
+    env.run(&["--prefix", &prefix, "flush"]).ok();
+    assert_eq!(db.keys(), vec!["mine".to_string()]);
+}
+
+#[test]
+fn writes_what_kinto_writes() {
+    let Some(mut db) = TestDb::create() else { return };
+    db.migrate();
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(include_str!("data/kinto/values.json")).expect("values.json");
+    assert!(cases.len() > 40);
+    let env = db.env();
+    std::thread::scope(|s| {
+        for chunk in cases.chunks(cases.len().div_ceil(8)) {
+            let env = &env;
+            s.spawn(move || {
+                for case in chunk {
+                    let name = case["name"].as_str().expect("name");
+                    let doc = serde_json::to_string(&case["value_json"]).expect("json");
+                    env.run_stdin(&["--prefix", "kinto:", "set", "--json", name, "-", "60"], Some(doc.as_bytes())).ok();
+                }
+            });
+        }
+    });
+    for case in &cases {
+        let name = case["name"].as_str().expect("name");
+        let expected = case["encoded"].as_str().expect("encoded");
+        assert_eq!(db.stored(&format!("kinto:{name}")).as_deref(), Some(expected), "{name}");
+    }
+    // The ttl column is what sec2ttl() gives, as Kinto computes it.
+    let (low, high): (f64, f64) = {
+        let row = db
+            .sql()
+            .query_one(
+                "SELECT min(EXTRACT(EPOCH FROM ttl - sec2ttl(60)))::float8, max(EXTRACT(EPOCH FROM ttl - sec2ttl(60)))::float8 \
+                 FROM cache",
+                &[],
+            )
+            .expect("ttl");
+        (row.get(0), row.get(1))
+    };
+    assert!(low > -30.0 && high <= 0.0, "ttl column vs sec2ttl(60): {low}..{high}");
+    for (ttl, secs) in [("61.5", 61.5), ("3600", 3600.0), ("40d", 3_456_000.0)] {
+        env.run(&["set", "t", "v", ttl]).ok();
+        let diff: f64 = db
+            .sql()
+            .query_one("SELECT EXTRACT(EPOCH FROM ttl - sec2ttl($1))::float8 FROM cache WHERE key = 't'", &[&secs])
+            .expect("ttl")
+            .get(0);
+        assert!((-(SLACK as f64)..=0.0).contains(&diff), "ttl {ttl}: {diff}");
+    }
+}
+
+// ---- flush -----------------------------------------------------------------------------------
+
+#[test]
+fn a_prefixed_flush_takes_the_prefix_literally() {
+    let Some(mut db) = TestDb::create() else { return };
+    db.migrate();
+    let prefix = "a%_\\";
+    let doomed = ["a%_\\", "a%_\\k", "a%_\\%", "a%_\\_x"];
+    let kept = ["aZ_\\k", "a%Z\\k", "a%_Zk", "a%%_\\k", "A%_\\k", "a%_", "ba%_\\k", "k"];
+    for key in doomed.iter().chain(kept.iter()) {
+        db.sql().execute("INSERT INTO cache VALUES ($1, '\"x\"', NULL) ON CONFLICT DO NOTHING", &[key]).expect("row");
+    }
+    let env = db.env();
+    env.run(&["--prefix", prefix, "set", "new", "v", "60"]).ok();
+    env.run(&["--prefix", prefix, "flush"]).ok().stdout_is("");
+    let mut expected: Vec<String> = kept.iter().map(|k| k.to_string()).collect();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(db.keys(), expected);
+
+    // Without a prefix, or with --all: the whole table, which stays.
+    env.run(&["--prefix", "k", "flush", "--all"]).ok();
+    assert_eq!(db.count("true"), 0);
+    env.run(&["set", "x", "v", "60"]).ok();
+    env.run(&["flush"]).ok();
+    assert_eq!(db.count("true"), 0);
+    assert_eq!(db.objects("public"), (1, 1, 1));
+    env.run(&["set", "x", "v", "60"]).ok();
+    env.run(&["get", "x"]).ok().stdout_is("v\n");
+}
+
+// ---- errors ----------------------------------------------------------------------------------
+
+#[test]
+fn a_refused_port_fails_at_once_with_status_3() {
+    let Some(server) = Server::get() else { return };
+    let port = closed_port();
+    let secret = format!("NeverPrinted{}", unique("pw"));
+    let url = format!("postgresql://postgres:{secret}@127.0.0.1:{port}/postgres");
+    for args in [&["get", "k"][..], &["migrate"], &["ping"], &["-v", "set", "k", "v", "60"]] {
+        let start = Instant::now();
+        let out = env_for(&url).var("KINTO_CACHE_POOL_TIMEOUT", "1").run(args);
+        let took = start.elapsed();
+        out.code(3);
+        if !args.contains(&"-v") {
+            out.one_error_line();
+        }
+        assert!(took < Duration::from_secs(2), "kcache {args:?} took {took:?}");
+        assert!(out.stderr.contains(&port.to_string()), "the message says where:\n{}", out.stderr);
+        no_secret(&out, &secret);
+        no_secret(&out, &server.password);
+    }
+}
+
+#[test]
+fn a_silent_server_is_bounded_by_pool_timeout() {
+    if Server::get().is_none() {
+        return;
+    }
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let url = format!("postgresql://postgres:pw@127.0.0.1:{port}/postgres");
+    let start = Instant::now();
+    let out = env_for(&url).var("KINTO_CACHE_POOL_TIMEOUT", "1").run(&["get", "k"]);
+    let took = start.elapsed();
+    out.code(3).one_error_line();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[test]
+fn a_missing_schema_is_status_4_with_a_hint() {
+    let Some(mut db) = TestDb::create() else { return };
+    let env = db.env();
+    for args in [&["get", "k"][..], &["set", "k", "v", "60"], &["ttl", "k"], &["purge"], &["ping"]] {
+        let out = env.run(args);
+        out.code(4).one_error_line().stderr_has("kcache: hint: run 'kcache migrate' first");
+        assert_eq!(out.stderr.lines().count(), 2, "{}", out.stderr);
+        no_secret(&out, &db.server.password);
+    }
+    db.migrate();
+    env.run(&["set", "k", "v", "60"]).ok();
+    db.sql().batch_execute("DROP FUNCTION sec2ttl(FLOAT)").expect("drop function");
+    let out = env.run(&["set", "k", "v", "60"]);
+    out.code(4).one_error_line().stderr_has("kcache: hint: run 'kcache migrate' first");
+    env.run(&["migrate"]).ok();
+    db.sql().batch_execute("DROP TABLE cache").expect("drop table");
+    env.run(&["get", "k"]).code(4).stderr_has("kcache: hint: run 'kcache migrate' first");
+}
+
+#[test]
+fn keys_over_256_characters_are_refused_before_connecting() {
+    let Some(mut db) = TestDb::create() else { return };
+    let Some(log) = server_log() else { return };
+    db.migrate();
+    db.sql();
+    let env = db.env();
+    let long = "k".repeat(255);
+    let lines = connections_of(&log, &db.name, || {
+        for args in
+            [&["--prefix", "pp", "get", long.as_str()][..], &["--prefix", "pp", "set", long.as_str(), "v", "60"]]
+        {
+            let out = env.run(args);
+            out.code(2).one_error_line();
+            assert!(out.stderr.contains("256"), "{}", out.stderr);
+        }
+        env.run(&["set", &"k".repeat(257), "v", "60"]).code(2);
+        settle();
+    });
+    assert!(lines.is_empty(), "a refused key opened a connection: {lines:#?}");
+    // 256 characters, prefix included, fit; characters, not bytes.
+    env.run(&["--prefix", "p", "set", &long, "v", "60"]).ok();
+    env.run(&["--prefix", "p", "get", &long]).ok().stdout_is("v\n");
+    let wide = "é".repeat(256);
+    env.run(&["set", &wide, "wide", "60"]).ok();
+    env.run(&["get", &wide]).ok().stdout_is("wide\n");
+    env.run(&["get", &format!("{wide}é")]).code(2);
+}
+
+// ---- configuration ---------------------------------------------------------------------------
+
+#[test]
+fn url_forms_and_query_parameters() {
+    let Some(db) = TestDb::create() else { return };
+    let Some(log) = server_log() else { return };
+    let Some(socket_dir) = crate::rig::server("KCACHE_TEST_PG_SOCKET_DIR") else { return };
+    db.migrate();
+    let s = &db.server;
+    let (name, userinfo) = (&db.name, format!("{}:{}", s.user, s.password));
+    let urls = [
+        format!("postgres://{userinfo}@{}:{}/{name}", s.host, s.port),
+        format!("postgresql+psycopg2://{userinfo}@{}:{}/{name}", s.host, s.port),
+        format!("postgresql:///{name}?host={socket_dir}&port={}&user={}", s.port, s.user),
+    ];
+    for url in &urls {
+        env_for(url).run(&["set", "k", url.as_str(), "60"]).ok();
+        env_for(url).run(&["get", "k"]).ok().stdout_is(&format!("{url}\n"));
+    }
+    // Query parameters reach the server.
+    let lines = connections_of(&log, name, || {
+        env_for(&s.url(&userinfo, name, "?application_name=kcache-probe&connect_timeout=5")).run(&["ping"]).ok();
+    });
+    assert!(lines.len() == 1 && lines[0].contains("application_name=kcache-probe"), "{lines:#?}");
+}
+
+#[test]
+fn libpq_variables_fill_what_the_url_leaves_out() {
+    let Some(db) = TestDb::create() else { return };
+    let Some(socket_dir) = crate::rig::server("KCACHE_TEST_PG_SOCKET_DIR") else { return };
+    db.migrate();
+    let s = &db.server;
+    let port = s.port.to_string();
+    let env = Env::new()
+        .var("KINTO_CACHE_BACKEND", "postgresql")
+        .var("KINTO_CACHE_URL", "postgresql://")
+        .var("PGHOST", &s.host)
+        .var("PGPORT", &port)
+        .var("PGUSER", &s.user)
+        .var("PGPASSWORD", &s.password)
+        .var("PGDATABASE", &db.name);
+    env.run(&["set", "k", "v", "60"]).ok();
+    let out = env.run(&["-v", "get", "k"]);
+    out.ok().stdout_is("v\n");
+    no_secret(&out, &s.password);
+    // No host: PGHOST's socket folder.
+    let env = Env::new()
+        .var("KINTO_CACHE_BACKEND", "postgresql")
+        .var("KINTO_CACHE_URL", &format!("postgresql:///{}", db.name))
+        .var("PGHOST", &socket_dir)
+        .var("PGPORT", &port)
+        .var("PGUSER", &s.user);
+    env.run(&["get", "k"]).ok().stdout_is("v\n");
+}
+
+#[test]
+fn kinto_ini_with_the_module_path_and_pool_settings() {
+    let Some(mut db) = TestDb::create() else { return };
+    db.migrate();
+    let s = db.server.clone();
+    let env = Env::new();
+    let ini = format!(
+        "[app:main]\nuse = egg:kinto\nkinto.cache_backend = kinto.core.cache.postgresql\n\
+         kinto.cache_url = postgresql+psycopg2://{}:{}@{}:{}/{}\nkinto.cache_prefix = kinto:\n\
+         kinto.cache_pool_size = 5\nkinto.cache_max_overflow = 2\nkinto.cache_max_backlog = -1\n\
+         kinto.cache_pool_recycle = -1\nkinto.cache_pool_timeout = 10\n\
+         kinto.cache_poolclass = kinto.core.storage.postgresql.pool.QueuePoolWithMaxBacklog\n",
+        s.user, s.password, s.host, s.port, db.name
+    );
+    let path = env.write("kinto.ini", &ini).display().to_string();
+    env.run(&["-c", &path, "set", "from-ini", "v", "60"]).ok();
+    env.run(&["-c", &path, "get", "from-ini"]).ok().stdout_is("v\n");
+    assert_eq!(db.stored("kinto:from-ini").as_deref(), Some("\"v\""));
+    let out = env.run(&["-v", "-c", &path, "ttl", "from-ini"]);
+    out.ok();
+    no_secret(&out, &s.password);
+}
