@@ -13,7 +13,7 @@
 //! are put back in input order before they are written; at most [`WINDOW`] commands are in
 //! flight, so memory stays flat whatever the input size.
 
-use crate::backend::Cache;
+use crate::backend::{Cache, GroupOp, GroupResult};
 use crate::error::{Error, ErrorKind};
 use crate::ttl::{self, Remaining, Ttl};
 use crate::value;
@@ -24,6 +24,10 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 /// Commands in flight at most with `--jobs` (bounded memory).
 pub const WINDOW: usize = 4096;
+
+/// Consecutive keyed commands sent together in one group (one pipeline, one multi-statement
+/// query): enough to hide the round trip, small enough to keep answers flowing.
+pub const GROUP: usize = 256;
 
 /// One parsed batch command. Values are already encoded (Kinto's JSON text).
 #[derive(Debug, Clone, PartialEq)]
@@ -250,6 +254,65 @@ pub fn execute(cache: &mut Cache, line: u64, op: &Op) -> Reply {
     result.unwrap_or_else(|e| Reply::failed(line, &e))
 }
 
+impl Op {
+    /// This command as a group operation, if it is a keyed one.
+    fn as_group_op(&self) -> Option<GroupOp<'_>> {
+        Some(match self {
+            Op::Get { key } => GroupOp::Get(key),
+            Op::Set { key, value, ttl } => GroupOp::Set(key, value, *ttl),
+            Op::Ttl { key, .. } => GroupOp::Ttl(key),
+            Op::Expire { key, ttl } => GroupOp::Expire(key, *ttl),
+            Op::Delete { key } => GroupOp::Delete(key),
+            Op::Flush { .. } | Op::Purge | Op::Ping => return None,
+        })
+    }
+}
+
+/// The reply for a keyed command from its group result.
+fn reply_for(line: u64, op: &Op, result: Result<GroupResult, Error>) -> Reply {
+    let reply = (|| -> Result<Reply, Error> {
+        Ok(match result? {
+            GroupResult::Value(Some(v)) => Reply::ok(line, Some(document(&v)?)),
+            GroupResult::Value(None) => Reply::missing(line, None),
+            GroupResult::Stored | GroupResult::Existed(true) => Reply::ok(line, None),
+            GroupResult::Existed(false) => Reply::missing(line, None),
+            GroupResult::Remaining(r) => {
+                let ms = matches!(op, Op::Ttl { ms: true, .. });
+                match r {
+                    Remaining::Missing => Reply::missing(line, Some("-2".into())),
+                    Remaining::NoExpiry => Reply::ok(line, Some("-1".into())),
+                    Remaining::Left(d) if ms => Reply::ok(line, Some(ttl::whole_millis_up(d).to_string())),
+                    Remaining::Left(d) => Reply::ok(line, Some(ttl::whole_seconds_up(d).to_string())),
+                }
+            }
+        })
+    })();
+    reply.unwrap_or_else(|e| Reply::failed(line, &e))
+}
+
+/// Runs consecutive commands: keyed ones as one group, the others alone, in order.
+pub fn execute_many(cache: &mut Cache, items: &[(u64, Op)]) -> Vec<Reply> {
+    let mut replies = Vec::with_capacity(items.len());
+    let mut start = 0;
+    while start < items.len() {
+        let end =
+            items[start..].iter().position(|(_, op)| op.as_group_op().is_none()).map_or(items.len(), |p| start + p);
+        if end > start {
+            let group: Vec<GroupOp<'_>> = items[start..end].iter().filter_map(|(_, op)| op.as_group_op()).collect();
+            let results = cache.run_group(&group);
+            for ((line, op), result) in items[start..end].iter().zip(results) {
+                replies.push(reply_for(*line, op, result));
+            }
+        }
+        if end < items.len() {
+            let (line, op) = &items[end];
+            replies.push(execute(cache, *line, op));
+        }
+        start = end + 1;
+    }
+    replies
+}
+
 /// How a batch ended: the exit status SPEC gives it.
 #[derive(Debug, Default)]
 struct Tally {
@@ -267,7 +330,7 @@ impl Tally {
     }
 }
 
-fn write_reply(out: &mut impl Write, r: &Reply) -> Result<(), Error> {
+fn write_reply(out: &mut (impl Write + ?Sized), r: &Reply) -> Result<(), Error> {
     let mut line = r.to_json();
     line.push('\n');
     out.write_all(line.as_bytes()).map_err(output_error)
@@ -348,20 +411,59 @@ fn parse_reply(line: u64, text: Result<String, String>) -> Result<Option<Op>, Re
 fn run_serial(mut cache: Cache, input: impl Read, out: &mut impl Write, keep_going: bool) -> Result<u8, Error> {
     let mut lines = Lines::new(input);
     let mut tally = Tally::default();
+    // Commands read but not run yet: keyed ones wait here to go out together.
+    let mut group: Vec<(u64, Op)> = Vec::with_capacity(GROUP);
+    let mut stopped = false;
+    // Runs the group and writes its replies; `true` when the batch must stop.
+    let mut run_group = |group: &mut Vec<(u64, Op)>, out: &mut dyn Write, tally: &mut Tally| -> Result<bool, Error> {
+        let replies = execute_many(&mut cache, group);
+        group.clear();
+        for r in &replies {
+            write_reply(out, r)?;
+            if tally.record(r, keep_going) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
     loop {
-        if lines.would_wait() {
-            out.flush().map_err(output_error)?;
+        if lines.would_wait() || group.len() >= GROUP {
+            if !group.is_empty() && run_group(&mut group, out, &mut tally)? {
+                stopped = true;
+                break;
+            }
+            if lines.would_wait() {
+                out.flush().map_err(output_error)?;
+            }
         }
         let Some((n, text)) = lines.next_line() else { break };
-        let reply = match parse_reply(n, text) {
-            Ok(None) => continue,
-            Ok(Some(op)) => execute(&mut cache, n, &op),
-            Err(reply) => reply,
-        };
-        write_reply(out, &reply)?;
-        if tally.record(&reply, keep_going) {
-            break;
+        match parse_reply(n, text) {
+            Ok(None) => {}
+            Ok(Some(op)) if op.as_group_op().is_some() => group.push((n, op)),
+            Ok(Some(op)) => {
+                // A barrier: what came before goes first.
+                group.push((n, op));
+                if run_group(&mut group, out, &mut tally)? {
+                    stopped = true;
+                    break;
+                }
+            }
+            Err(reply) => {
+                // A bad line: nothing after it is sent before its reply is counted.
+                if !group.is_empty() && run_group(&mut group, out, &mut tally)? {
+                    stopped = true;
+                    break;
+                }
+                write_reply(out, &reply)?;
+                if tally.record(&reply, keep_going) {
+                    stopped = true;
+                    break;
+                }
+            }
         }
+    }
+    if !stopped && !group.is_empty() {
+        run_group(&mut group, out, &mut tally)?;
     }
     out.flush().map_err(output_error)?;
     Ok(tally.worst)
@@ -433,12 +535,25 @@ fn run_parallel<W: Write + Send>(
             let progress = Arc::clone(&progress);
             let stop = Arc::clone(&stop);
             workers.push(scope.spawn(move || {
-                for (n, op) in rx {
-                    let reply = if stop.load(Ordering::SeqCst) { None } else { Some(execute(&mut sibling, n, &op)) };
-                    if let Some(r) = reply {
-                        let _ = reply_tx.send(r);
+                let mut group: Vec<(u64, Op)> = Vec::with_capacity(GROUP);
+                while let Ok(first) = rx.recv() {
+                    // Whatever else is already queued goes out in the same group.
+                    group.push(first);
+                    while group.len() < GROUP {
+                        match rx.try_recv() {
+                            Ok(item) => group.push(item),
+                            Err(_) => break,
+                        }
                     }
-                    progress.add_one();
+                    if !stop.load(Ordering::SeqCst) {
+                        for r in execute_many(&mut sibling, &group) {
+                            let _ = reply_tx.send(r);
+                        }
+                    }
+                    for _ in 0..group.len() {
+                        progress.add_one();
+                    }
+                    group.clear();
                 }
             }));
         }

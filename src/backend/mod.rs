@@ -35,6 +35,46 @@ pub enum FlushScope<'a> {
     Prefix(&'a str),
 }
 
+/// One keyed operation of a group (see [`Backend::run_group`]), on a full key. TTLs are
+/// greater than zero, as for the single-operation methods.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GroupOp<'a> {
+    Get(&'a str),
+    Set(&'a str, &'a str, Ttl),
+    Ttl(&'a str),
+    Expire(&'a str, Ttl),
+    Delete(&'a str),
+}
+
+/// What one [`GroupOp`] gave: the same as the single-operation method would return.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GroupResult {
+    /// `get` and `delete`: the stored value, if there was a live one.
+    Value(Option<String>),
+    /// `set`.
+    Stored,
+    /// `ttl`.
+    Remaining(Remaining),
+    /// `expire`: whether there was a live entry.
+    Existed(bool),
+}
+
+impl GroupOp<'_> {
+    /// Runs this operation alone through the single-operation methods.
+    pub fn run_alone(&self, b: &mut dyn Backend) -> Result<GroupResult> {
+        Ok(match *self {
+            GroupOp::Get(k) => GroupResult::Value(b.get(k)?),
+            GroupOp::Set(k, v, t) => {
+                b.set(k, v, t)?;
+                GroupResult::Stored
+            }
+            GroupOp::Ttl(k) => GroupResult::Remaining(b.ttl(k)?),
+            GroupOp::Expire(k, t) => GroupResult::Existed(b.expire(k, t)?),
+            GroupOp::Delete(k) => GroupResult::Value(b.delete(k)?),
+        })
+    }
+}
+
 /// A cache backend. Keys given to these methods are full keys (prefix included) that have
 /// passed [`Backend::check_key`]; values are JSON text as Kinto stores it (see `value.rs`).
 ///
@@ -81,6 +121,23 @@ pub trait Backend: Send {
     /// Removes expired entries now; returns how many. Default: nothing to do.
     fn purge(&mut self) -> Result<u64> {
         Ok(0)
+    }
+    /// Runs consecutive operations in input order, in as few round trips as the protocol
+    /// allows (a pipeline, a multi-statement query), with exactly the results, in order, that
+    /// running them one by one would give: one result per operation. Used by `kcache batch`.
+    /// `None` (the default): the backend has no faster way, [`Cache`] runs them one by one.
+    fn run_group(&mut self, _ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
+        None
+    }
+}
+
+fn op_name(op: &GroupOp<'_>) -> &'static str {
+    match op {
+        GroupOp::Get(_) => "get",
+        GroupOp::Set(..) => "set",
+        GroupOp::Ttl(_) => "ttl",
+        GroupOp::Expire(..) => "expire",
+        GroupOp::Delete(_) => "delete",
     }
 }
 
@@ -188,6 +245,76 @@ impl Cache {
         let prefix = self.prefix.clone();
         let scope = if all || prefix.is_empty() { FlushScope::All } else { FlushScope::Prefix(&prefix) };
         self.inner.flush(scope).map_err(|e| e.context(ctx))
+    }
+
+    /// Runs a group of keyed operations (user keys), as few round trips as the backend allows.
+    /// Keys are checked first: an operation with a bad key gets its input error and is not sent;
+    /// TTL 0 is given its meaning (`set` and `expire` with 0 delete the key) as elsewhere.
+    pub fn run_group(&mut self, ops: &[GroupOp<'_>]) -> Vec<Result<GroupResult>> {
+        let mut results: Vec<Option<Result<GroupResult>>> = Vec::with_capacity(ops.len());
+        let mut full_keys: Vec<String> = Vec::with_capacity(ops.len());
+        for op in ops {
+            let key = match op {
+                GroupOp::Get(k)
+                | GroupOp::Set(k, ..)
+                | GroupOp::Ttl(k)
+                | GroupOp::Expire(k, _)
+                | GroupOp::Delete(k) => k,
+            };
+            match self.full_key(key) {
+                Ok(full) => {
+                    full_keys.push(full);
+                    results.push(None);
+                }
+                Err(e) => {
+                    full_keys.push(String::new());
+                    results.push(Some(Err(e.context(format!("{} {}", op_name(op), quote(key))))));
+                }
+            }
+        }
+        // The operations to send, on full keys, with TTL 0 turned into deletes.
+        let mut sent: Vec<(usize, GroupOp<'_>)> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            let k = full_keys[i].as_str();
+            let op = match *op {
+                GroupOp::Get(_) => GroupOp::Get(k),
+                GroupOp::Set(_, _, t) if t.is_zero() => GroupOp::Delete(k),
+                GroupOp::Set(_, v, t) => GroupOp::Set(k, v, t),
+                GroupOp::Ttl(_) => GroupOp::Ttl(k),
+                GroupOp::Expire(_, t) if t.is_zero() => GroupOp::Delete(k),
+                GroupOp::Expire(_, t) => GroupOp::Expire(k, t),
+                GroupOp::Delete(_) => GroupOp::Delete(k),
+            };
+            sent.push((i, op));
+        }
+        let to_send: Vec<GroupOp<'_>> = sent.iter().map(|(_, op)| *op).collect();
+        let answers = match self.inner.run_group(&to_send) {
+            Some(a) if a.len() == to_send.len() => a,
+            _ => to_send.iter().map(|op| op.run_alone(&mut *self.inner)).collect(),
+        };
+        for ((i, op), answer) in sent.into_iter().zip(answers) {
+            let original = &ops[i];
+            let answer = match (original, op, answer) {
+                // A TTL-0 set or expire ran as a delete: give the caller what it asked for.
+                (GroupOp::Set(..), GroupOp::Delete(_), Ok(_)) => Ok(GroupResult::Stored),
+                (GroupOp::Expire(..), GroupOp::Delete(_), Ok(GroupResult::Value(v))) => {
+                    Ok(GroupResult::Existed(v.is_some()))
+                }
+                (_, _, a) => a,
+            };
+            let key = match original {
+                GroupOp::Get(k)
+                | GroupOp::Set(k, ..)
+                | GroupOp::Ttl(k)
+                | GroupOp::Expire(k, _)
+                | GroupOp::Delete(k) => k,
+            };
+            results[i] = Some(answer.map_err(|e| e.context(self.ctx(op_name(original), key))));
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::input("operation not run")))).collect()
     }
 
     pub fn purge(&mut self) -> Result<u64> {
