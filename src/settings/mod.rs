@@ -6,8 +6,8 @@
 //! here, before any backend is built, and a bad one is an input error that names its source.
 
 mod env;
-mod ini;
-mod toml;
+pub mod ini;
+pub mod toml;
 
 use crate::error::{Error, Result, register_secret};
 use std::collections::BTreeMap;
@@ -510,10 +510,46 @@ pub fn file_layer(path: &Path, warn: &mut dyn FnMut(String)) -> Result<Layer> {
     })?;
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let base = abs.parent().map(Path::to_path_buf);
-    match format_of(path, &text) {
-        Format::Toml => toml::layer(&text, &shown.to_string(), base),
+    let layer = parse_file(path, &abs, &text, base, warn)?;
+    warn_if_secret_is_exposed(path, &layer, warn);
+    Ok(layer)
+}
+
+/// Like ssh with a private key: a config file that holds a password and that others may read
+/// gets a warning (it still works; refusing would break a deployment over a chmod).
+fn warn_if_secret_is_exposed(path: &Path, layer: &Layer, warn: &mut dyn FnMut(String)) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o044 == 0 {
+        return;
+    }
+    let has_password = layer.entries.get("url").is_some_and(|e| match &e.raw {
+        Raw::Str(u) => url_password(u).is_some_and(|(_, _, p, _)| !p.is_empty()) || u.contains("password="),
+        _ => false,
+    });
+    if has_password {
+        warn(format!(
+            "config file {} holds a password and is readable by others (mode {mode:04o}); run: chmod 600 {}",
+            path.display(),
+            path.display()
+        ));
+    }
+}
+
+/// Parses a config file's text into a layer, by its format.
+fn parse_file(
+    path: &Path,
+    abs: &Path,
+    text: &str,
+    base: Option<PathBuf>,
+    warn: &mut dyn FnMut(String),
+) -> Result<Layer> {
+    let shown = path.display();
+    match format_of(path, text) {
+        Format::Toml => toml::layer(text, &shown.to_string(), base),
         Format::Ini => {
-            let found = ini::cache_settings_with_keys(&text, &abs)
+            let found = ini::cache_settings_with_keys(text, abs)
                 .map_err(|e| Error::input(format!("config file {shown}: {e:#}")))?;
             let mut layer = Layer::default();
             for (name, key, value) in found {
