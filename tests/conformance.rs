@@ -339,6 +339,67 @@ fn bad_keys_are_refused_before_anything_is_sent(fx: &mut Fixture) {
     }
 }
 
+/// A batch group gives exactly what the same operations give one by one.
+fn group_matches_one_by_one(fx: &mut Fixture) {
+    use kcache::backend::{GroupOp, GroupResult};
+    let json = value::encode_json(r#"{"a":[1,"é"]}"#).unwrap();
+    let v1 = string("v1");
+    let v2 = string("v2");
+    let ops = |v1: &str, v2: &str, json: &str| -> Vec<(String, u8, String, Option<Ttl>)> {
+        // (key, kind, value, ttl): kinds 0 get, 1 set, 2 ttl, 3 expire, 4 delete
+        vec![
+            ("a".into(), 0, String::new(), None),
+            ("a".into(), 1, v1.into(), Some(secs("60"))),
+            ("a".into(), 0, String::new(), None),
+            ("a".into(), 2, String::new(), None),
+            ("b".into(), 1, json.into(), Some(secs("3600"))),
+            ("a".into(), 1, v2.into(), Some(secs("120"))),
+            ("a".into(), 0, String::new(), None),
+            ("b".into(), 3, String::new(), Some(secs("7200"))),
+            ("b".into(), 2, String::new(), None),
+            ("c".into(), 3, String::new(), Some(secs("10"))),
+            ("c".into(), 4, String::new(), None),
+            ("a".into(), 4, String::new(), None),
+            ("a".into(), 0, String::new(), None),
+            ("b".into(), 1, v1.into(), Some(secs("0"))),
+            ("b".into(), 0, String::new(), None),
+            ("d".into(), 1, v1.into(), Some(secs("60"))),
+            ("d".into(), 3, String::new(), Some(secs("0"))),
+            ("d".into(), 0, String::new(), None),
+            ("bad\nkey".into(), 0, String::new(), None),
+            ("e".into(), 0, String::new(), None),
+        ]
+    };
+    let list = ops(&v1, &v2, &json);
+    let as_ops: Vec<GroupOp<'_>> = list
+        .iter()
+        .map(|(k, kind, v, t)| match kind {
+            0 => GroupOp::Get(k),
+            1 => GroupOp::Set(k, v, t.expect("ttl")),
+            2 => GroupOp::Ttl(k),
+            3 => GroupOp::Expire(k, t.expect("ttl")),
+            _ => GroupOp::Delete(k),
+        })
+        .collect();
+    let p = crate::util::unique("grp");
+    let mut grouped = fx.other(&format!("{p}g:"));
+    let mut single = fx.other(&format!("{p}s:"));
+    let got = grouped.run_group(&as_ops);
+    assert_eq!(got.len(), as_ops.len());
+    for (i, (op, g)) in as_ops.iter().zip(got).enumerate() {
+        let one = op.run_alone_on(&mut single);
+        match (&g, &one) {
+            (Ok(GroupResult::Remaining(Remaining::Left(a))), Ok(GroupResult::Remaining(Remaining::Left(b)))) => {
+                let diff = if a > b { *a - *b } else { *b - *a };
+                assert!(diff < Duration::from_secs(2), "op {i} {op:?}: {a:?} vs {b:?}");
+            }
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "op {i} {op:?}"),
+            (Err(a), Err(b)) => assert_eq!(a.kind(), b.kind(), "op {i} {op:?}: {a} vs {b}"),
+            _ => panic!("op {i} {op:?}: grouped {g:?}, one by one {one:?}"),
+        }
+    }
+}
+
 macro_rules! conformance_tests {
     ($($name:ident),* $(,)?) => {
         $( #[test] fn $name() { super::run(module_path!(), super::$name) } )*
@@ -368,6 +429,7 @@ macro_rules! for_backends {
                 ping_works_and_leaves_nothing,
                 migrate_is_idempotent,
                 bad_keys_are_refused_before_anything_is_sent,
+                group_matches_one_by_one,
             );
         } )*
     };

@@ -60,6 +60,20 @@ pub enum GroupResult {
 }
 
 impl GroupOp<'_> {
+    /// Runs this operation (user key) alone on `cache`, as a one-shot command would.
+    pub fn run_alone_on(&self, cache: &mut Cache) -> Result<GroupResult> {
+        Ok(match *self {
+            GroupOp::Get(k) => GroupResult::Value(cache.get(k)?),
+            GroupOp::Set(k, v, t) => {
+                cache.set(k, v, t)?;
+                GroupResult::Stored
+            }
+            GroupOp::Ttl(k) => GroupResult::Remaining(cache.ttl(k)?),
+            GroupOp::Expire(k, t) => GroupResult::Existed(cache.expire(k, t)?),
+            GroupOp::Delete(k) => GroupResult::Value(cache.delete(k)?),
+        })
+    }
+
     /// Runs this operation alone through the single-operation methods.
     pub fn run_alone(&self, b: &mut dyn Backend) -> Result<GroupResult> {
         Ok(match *self {

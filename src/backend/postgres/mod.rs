@@ -18,7 +18,7 @@ use super::pool::{Pool, PoolSettings};
 use connect::Tls;
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{Backend, FlushScope, Migration};
+use super::{Backend, FlushScope, GroupOp, GroupResult, Migration};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 use crate::ttl::{Remaining, Ttl};
@@ -242,6 +242,84 @@ fn classify_connect(e: postgres::Error, location: &str) -> Error {
     }
 }
 
+/// A string literal safe whatever `standard_conforming_strings` says: `E'...'` with `\` and
+/// `'` escaped. Keys and values never hold NUL (keys refuse control characters; values are
+/// JSON text whose control characters are escaped).
+fn literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The statements of a batch group, one per operation, sent as one multi-statement query.
+fn group_sql(ops: &[GroupOp<'_>]) -> String {
+    let mut sql = String::new();
+    let mut purged = false;
+    for op in ops {
+        match *op {
+            GroupOp::Get(k) => sql.push_str(&format!(
+                "SELECT value FROM cache WHERE key = {} AND (ttl IS NULL OR ttl > now());\n",
+                literal(k)
+            )),
+            GroupOp::Set(k, v, t) => {
+                let (k, v) = (literal(k), literal(v));
+                let secs = seconds(t);
+                if purged {
+                    sql.push_str(&format!(
+                        "INSERT INTO cache (key, value, ttl) VALUES ({k}, {v}, sec2ttl({secs})) \
+                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, ttl = EXCLUDED.ttl;\n"
+                    ));
+                } else {
+                    // The group's first set removes a bounded batch of expired rows, as `set` does.
+                    purged = true;
+                    sql.push_str(&format!(
+                        "WITH purged AS (DELETE FROM cache WHERE key IN \
+                           (SELECT key FROM cache WHERE ttl < now() AND key <> {k} ORDER BY ttl LIMIT {SET_PURGE_BATCH} \
+                            FOR UPDATE SKIP LOCKED)) \
+                         INSERT INTO cache (key, value, ttl) VALUES ({k}, {v}, sec2ttl({secs})) \
+                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, ttl = EXCLUDED.ttl;\n"
+                    ));
+                }
+            }
+            GroupOp::Ttl(k) => sql.push_str(&format!(
+                "SELECT EXTRACT(EPOCH FROM (ttl - now()))::float8 FROM cache \
+                 WHERE key = {} AND (ttl IS NULL OR ttl > now());\n",
+                literal(k)
+            )),
+            GroupOp::Expire(k, t) => sql.push_str(&format!(
+                "UPDATE cache SET ttl = sec2ttl({}) WHERE key = {} AND (ttl IS NULL OR ttl > now()) RETURNING 1;\n",
+                seconds(t),
+                literal(k)
+            )),
+            GroupOp::Delete(k) => sql.push_str(&format!(
+                "DELETE FROM cache WHERE key = {} RETURNING value, (ttl IS NULL OR ttl > now());\n",
+                literal(k)
+            )),
+        }
+    }
+    sql
+}
+
+/// What a `ttl` query's row (EXTRACT(EPOCH ...) as float8, or NULL) means.
+fn remaining(row: Option<Option<f64>>) -> Remaining {
+    match row {
+        None => Remaining::Missing,
+        Some(None) => Remaining::NoExpiry,
+        Some(Some(secs)) => match Duration::try_from_secs_f64(secs) {
+            Ok(d) if !d.is_zero() => Remaining::Left(d),
+            _ => Remaining::Missing,
+        },
+    }
+}
+
 /// Seconds for `sec2ttl()` (see [`MIN_SEC2TTL`]).
 fn seconds(ttl: Ttl) -> f64 {
     ttl.as_secs_f64().max(MIN_SEC2TTL)
@@ -330,14 +408,7 @@ impl Backend for Postgres {
              WHERE key = $1 AND (ttl IS NULL OR ttl > now())",
             &[(&key, Type::TEXT)],
         )?;
-        Ok(match rows.first().map(|r| r.get::<_, Option<f64>>(0)) {
-            None => Remaining::Missing,
-            Some(None) => Remaining::NoExpiry,
-            Some(Some(secs)) => match Duration::try_from_secs_f64(secs) {
-                Ok(d) if !d.is_zero() => Remaining::Left(d),
-                _ => Remaining::Missing,
-            },
-        })
+        Ok(remaining(rows.first().map(|r| r.get::<_, Option<f64>>(0))))
     }
 
     fn expire(&mut self, key: &str, ttl: Ttl) -> Result<bool> {
@@ -388,6 +459,71 @@ impl Backend for Postgres {
         let rows = self.query("DELETE FROM cache WHERE ttl < now() RETURNING 1", &[])?;
         Ok(rows.len() as u64)
     }
+
+    /// One round trip for the whole group: its statements as one multi-statement query, which
+    /// PostgreSQL runs as one implicit transaction (so `now()` is the same for all of them, as
+    /// within any statement). If one statement fails, the server rolls the whole group back,
+    /// and the operations are run one by one instead, each with its own result.
+    fn run_group(&mut self, ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
+        if ops.len() < 2 {
+            return None;
+        }
+        let mut conn = match self.pool.get() {
+            Ok(c) => c,
+            Err(e) => return Some(ops.iter().map(|_| Err(Error::new(e.kind(), anyhow::anyhow!("{e}")))).collect()),
+        };
+        let messages = match conn.simple_query(&group_sql(ops)) {
+            Ok(m) => m,
+            Err(e) if e.as_db_error().is_some() => {
+                drop(conn);
+                return None; // rolled back: run them one by one for per-operation results
+            }
+            Err(e) => {
+                let e = classify(e);
+                return Some(ops.iter().map(|_| Err(Error::new(e.kind(), anyhow::anyhow!("{e}")))).collect());
+            }
+        };
+        // Each statement answers with its rows, then CommandComplete.
+        let mut statements: Vec<Vec<postgres::SimpleQueryRow>> = Vec::with_capacity(ops.len());
+        let mut rows = Vec::new();
+        for m in messages {
+            match m {
+                postgres::SimpleQueryMessage::Row(r) => rows.push(r),
+                postgres::SimpleQueryMessage::CommandComplete(_) => statements.push(std::mem::take(&mut rows)),
+                _ => {}
+            }
+        }
+        if statements.len() != ops.len() {
+            return None;
+        }
+        let bad = |what: &str| Error::backend("read a batch result", anyhow::anyhow!("{what}"));
+        Some(
+            ops.iter()
+                .zip(statements)
+                .map(|(op, rows)| {
+                    let first = rows.first();
+                    Ok(match op {
+                        GroupOp::Get(_) => GroupResult::Value(first.and_then(|r| r.get(0)).map(str::to_string)),
+                        GroupOp::Set(..) => GroupResult::Stored,
+                        GroupOp::Ttl(_) => {
+                            let row = match first {
+                                None => None,
+                                Some(r) => Some(match r.get(0) {
+                                    None => None,
+                                    Some(t) => Some(t.parse::<f64>().map_err(|_| bad("a ttl that is not a number"))?),
+                                }),
+                            };
+                            GroupResult::Remaining(remaining(row))
+                        }
+                        GroupOp::Expire(..) => GroupResult::Existed(!rows.is_empty()),
+                        GroupOp::Delete(_) => GroupResult::Value(
+                            first.filter(|r| r.get(1) == Some("t")).and_then(|r| r.get(0)).map(str::to_string),
+                        ),
+                    })
+                })
+                .collect(),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -405,6 +541,13 @@ mod tests {
         assert!(f.starts_with("CREATE OR REPLACE FUNCTION sec2ttl(seconds FLOAT)"), "{f}");
         assert!(f.ends_with("$$ LANGUAGE plpgsql;"), "{f}");
         assert!(f.contains("RETURN NULL;"), "a ; inside the body does not split the statement");
+    }
+
+    #[test]
+    fn literals_cannot_break_out() {
+        assert_eq!(literal("a'b"), "E'a''b'");
+        assert_eq!(literal("a\\'; DROP TABLE cache; --"), "E'a\\\\''; DROP TABLE cache; --'");
+        assert_eq!(literal("é"), "E'é'");
     }
 
     #[test]
