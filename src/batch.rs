@@ -116,7 +116,12 @@ pub fn parse_line(line: &str) -> Result<Option<Op>, String> {
     if trimmed.is_empty() || trimmed.starts_with('#') {
         return Ok(None);
     }
-    let words = shlex::split(trimmed).ok_or("unbalanced quotes or a trailing backslash")?;
+    // Most lines hold no quoting at all: split them on blanks, as the shell would.
+    let words = if trimmed.contains(['\'', '"', '\\', '#']) {
+        shlex::split(trimmed).ok_or("unbalanced quotes or a trailing backslash")?
+    } else {
+        trimmed.split_ascii_whitespace().map(str::to_string).collect()
+    };
     let Some((command, rest)) = words.split_first() else { return Ok(None) };
     let mut json = false;
     let mut ms = false;
@@ -204,6 +209,11 @@ pub fn parse_line(line: &str) -> Result<Option<Op>, String> {
 
 /// A stored value as the `value` of a reply: the JSON document (checked, compact).
 fn document(stored: &str) -> Result<String, Error> {
+    // What kcache and Kinto write is compact JSON on one line: check it and pass it through.
+    // Anything else (a writer that pretty-printed) is parsed and written compact.
+    if !stored.contains(['\n', '\r']) && serde_json::from_str::<&serde_json::value::RawValue>(stored).is_ok() {
+        return Ok(stored.trim().to_string());
+    }
     let doc = value::parse_stored(stored).map_err(|e| Error::backend("read the stored value", anyhow::anyhow!(e)))?;
     Ok(doc.to_string())
 }
@@ -481,9 +491,9 @@ impl Progress {
     fn new(stop: &Arc<AtomicBool>) -> Arc<Progress> {
         Arc::new(Progress { done: Mutex::new(0), changed: Condvar::new(), stop: Arc::clone(stop) })
     }
-    fn add_one(&self) {
+    fn add(&self, n: u64) {
         if let Ok(mut d) = self.done.lock() {
-            *d += 1;
+            *d += n;
         }
         self.changed.notify_all();
     }
@@ -550,9 +560,7 @@ fn run_parallel<W: Write + Send>(
                             let _ = reply_tx.send(r);
                         }
                     }
-                    for _ in 0..group.len() {
-                        progress.add_one();
-                    }
+                    progress.add(group.len() as u64);
                     group.clear();
                 }
             }));
@@ -565,31 +573,46 @@ fn run_parallel<W: Write + Send>(
         let writer_written = Arc::clone(&written);
         let writer = scope.spawn(move || -> Result<u8, Error> {
             let w = out;
-            // The next line number to write; before blocking for it, flush what was written.
-            let next_line = |w: &mut W| -> Result<Option<u64>, Error> {
+            // Replies written but not yet counted in `written` (counted in bulk: one wake-up per
+            // batch of replies, not one per reply); always counted before the writer may block.
+            let mut uncounted: u64 = 0;
+            // The next line number to write; before blocking for it, flush and count.
+            let next_line = |w: &mut W, uncounted: &mut u64| -> Result<Option<u64>, Error> {
                 match order_rx.try_recv() {
                     Ok(n) => Ok(Some(n)),
                     Err(mpsc::TryRecvError::Disconnected) => Ok(None),
                     Err(mpsc::TryRecvError::Empty) => {
                         w.flush().map_err(output_error)?;
+                        writer_written.add(std::mem::take(uncounted));
                         Ok(order_rx.recv().ok())
                     }
                 }
             };
             let mut pending: BTreeMap<u64, Reply> = BTreeMap::new();
             let mut tally = Tally::default();
-            let mut next = next_line(w)?;
+            let mut next = next_line(w, &mut uncounted)?;
             let result = (|| -> Result<u8, Error> {
-                for reply in reply_rx {
+                loop {
+                    let reply = match reply_rx.try_recv() {
+                        Ok(r) => r,
+                        Err(mpsc::TryRecvError::Disconnected) => break,
+                        Err(mpsc::TryRecvError::Empty) => {
+                            writer_written.add(std::mem::take(&mut uncounted));
+                            match reply_rx.recv() {
+                                Ok(r) => r,
+                                Err(_) => break,
+                            }
+                        }
+                    };
                     pending.insert(reply.line, reply);
                     while let Some(n) = next {
                         let Some(r) = pending.remove(&n) else { break };
                         write_reply(w, &r)?;
-                        writer_written.add_one();
+                        uncounted += 1;
                         if tally.record(&r, keep_going) {
                             return Ok(tally.worst);
                         }
-                        next = next_line(w)?;
+                        next = next_line(w, &mut uncounted)?;
                     }
                     if pending.is_empty() {
                         w.flush().map_err(output_error)?;
@@ -599,6 +622,7 @@ fn run_parallel<W: Write + Send>(
             })();
             // However the writer ends, nothing more is run or waited for.
             writer_stop.store(true, Ordering::SeqCst);
+            writer_written.add(uncounted);
             writer_written.wake();
             let flushed = w.flush().map_err(output_error);
             let status = result?;

@@ -659,3 +659,219 @@ fn every_command_through_the_binary() {
         out.stderr_has("redis://localhost:6379/0");
     }
 }
+
+// ---- batch groups: one pipeline ---------------------------------------------------------------
+
+use kcache::backend::{GroupOp, GroupResult};
+
+/// One operation through the single-operation methods of `Cache`, as a group result.
+fn alone(c: &mut Cache, op: &GroupOp<'_>) -> kcache::error::Result<GroupResult> {
+    Ok(match *op {
+        GroupOp::Get(k) => GroupResult::Value(c.get(k)?),
+        GroupOp::Set(k, v, t) => {
+            c.set(k, v, t)?;
+            GroupResult::Stored
+        }
+        GroupOp::Ttl(k) => GroupResult::Remaining(c.ttl(k)?),
+        GroupOp::Expire(k, t) => GroupResult::Existed(c.expire(k, t)?),
+        GroupOp::Delete(k) => GroupResult::Value(c.delete(k)?),
+    })
+}
+
+/// Whether a group's result is the one-by-one result: the same value, or the same error
+/// (status, message chain, hint); remaining TTLs within 200 ms of each other (the two runs
+/// happen at different moments). A bad key is refused by `Cache` before the backend, with the
+/// operation named in front in a group: only its root message is compared.
+fn same(a: &kcache::error::Result<GroupResult>, b: &kcache::error::Result<GroupResult>) -> bool {
+    match (a, b) {
+        (Ok(GroupResult::Remaining(Remaining::Left(x))), Ok(GroupResult::Remaining(Remaining::Left(y)))) => {
+            x.abs_diff(*y) < Duration::from_millis(200)
+        }
+        (Ok(x), Ok(y)) => x == y,
+        (Err(x), Err(y)) if x.kind() == kcache::error::ErrorKind::Input => {
+            y.kind() == x.kind() && x.chain().last() == y.chain().last()
+        }
+        (Err(x), Err(y)) => x.kind() == y.kind() && x.chain() == y.chain() && x.hint() == y.hint(),
+        _ => false,
+    }
+}
+
+/// Entries another application left under `prefix`: a hash, a string without expiry, bytes
+/// that are not UTF-8, an empty string.
+fn foreign_entries(conn: &mut redis::Connection, prefix: &str) {
+    let _: () = q!(conn, "HSET", &format!("{prefix}hash"), "f", "v");
+    let _: () = q!(conn, "SET", &format!("{prefix}forever"), "\"v\"");
+    let _: () = q!(conn, "SET", &format!("{prefix}bin"), &[0xffu8, 0xfe][..]);
+    let _: () = q!(conn, "SET", &format!("{prefix}empty"), "");
+}
+
+/// Reads (network read events) and commands the server has processed so far.
+fn server_counters(conn: &mut redis::Connection) -> (u64, u64) {
+    let info: String = q!(conn, "INFO", "stats");
+    let field = |name: &str| -> u64 {
+        let line = info.lines().find(|l| l.starts_with(&format!("{name}:"))).unwrap_or_else(|| panic!("{name}"));
+        line[name.len() + 1..].trim().parse().unwrap()
+    };
+    (field("total_reads_processed"), field("total_commands_processed"))
+}
+
+/// A group of mixed operations gives, in order, exactly what running them one by one gives,
+/// in one round trip: the server reads the whole group at once.
+fn group_is_one_by_one_in_one_round_trip(server: &OwnRedis, old: bool) {
+    let url = server.url("", 0);
+    let mut conn = raw(&url);
+    let (v1, v2, v3) = (string("v1"), string("v2"), string("v3 é"));
+    let ops = [
+        GroupOp::Get("k"),
+        GroupOp::Ttl("k"),
+        GroupOp::Expire("k", ttl("10")),
+        GroupOp::Delete("k"),
+        GroupOp::Set("k", &v1, ttl("60")),
+        GroupOp::Get("k"),
+        GroupOp::Ttl("k"),
+        GroupOp::Set("k2", &v2, ttl("1.5")),
+        GroupOp::Ttl("k2"),
+        GroupOp::Get("hash"), // WRONGTYPE in the middle
+        GroupOp::Expire("k", ttl("0.8")),
+        GroupOp::Ttl("k"),
+        GroupOp::Set("k", &v3, ttl("0")), // TTL 0: removes it
+        GroupOp::Get("k"),
+        GroupOp::Expire("k", ttl("5")),
+        GroupOp::Delete("k2"),
+        GroupOp::Delete("k2"),
+        GroupOp::Get(""), // refused before anything is sent
+        GroupOp::Ttl("forever"),
+        GroupOp::Get("bin"),
+        GroupOp::Get("empty"),
+        GroupOp::Delete("hash"), // WRONGTYPE (or, in a transaction, removed all the same)
+        GroupOp::Ttl("hash"),
+        GroupOp::Set("k3", &v3, ttl("0.0005")), // 1 ms
+        GroupOp::Set("k4", &v3, ttl("60")),
+        GroupOp::Expire("k4", ttl("0")), // TTL 0: removes it
+        GroupOp::Get("k4"),
+        GroupOp::Set("k4", &v2, ttl("36500d")),
+        GroupOp::Ttl("k4"),
+        GroupOp::Delete("k4"),
+    ];
+    let (mut grouped, mut single) = (cache(&url, "g:"), cache(&url, "s:"));
+    foreign_entries(&mut conn, "g:");
+    foreign_entries(&mut conn, "s:");
+    // Connected, and the server's delete learnt (GETDEL or MULTI), before counting.
+    grouped.delete("warm-up").unwrap();
+    let before = server_counters(&mut conn);
+    let got = grouped.run_group(&ops);
+    let after = server_counters(&mut conn);
+    let want: Vec<_> = ops.iter().map(|op| alone(&mut single, op)).collect();
+    assert_eq!(got.len(), ops.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(same(g, w), "operation {i} {:?}: grouped {g:?}, one by one {w:?}", ops[i]);
+    }
+    assert!(matches!(&got[9], Err(e) if e.chain().last().unwrap().starts_with("WRONGTYPE")), "{:?}", got[9]);
+    assert!(matches!(&got[6], Ok(GroupResult::Remaining(Remaining::Left(d))) if *d > Duration::from_secs(59)));
+    assert_eq!(got[20].as_ref().unwrap(), &GroupResult::Value(None));
+    // Get("") is not sent; deletes (TTL 0 too) are MULTI GET DEL EXEC on an old server.
+    let deletes = ops
+        .iter()
+        .filter(|op| match op {
+            GroupOp::Delete(_) => true,
+            GroupOp::Set(_, _, t) | GroupOp::Expire(_, t) => t.is_zero(),
+            _ => false,
+        })
+        .count() as u64;
+    let sent = (ops.len() - 1) as u64 + if old { 3 * deletes } else { 0 };
+    // The INFO that took the second snapshot is one read and, in the first, one command.
+    assert_eq!(after.1 - before.1, sent + 1, "commands");
+    assert!(after.0 - before.0 <= 2, "the group took {} reads: not one round trip", after.0 - before.0 - 1);
+    // Which could fail: one by one, every operation is a read of its own.
+    let before = server_counters(&mut conn);
+    for op in &ops {
+        let _ = alone(&mut single, op);
+    }
+    let after = server_counters(&mut conn);
+    let operations = (ops.len() - 1) as u64;
+    assert!(after.0 - before.0 > operations, "{} reads for {operations} operations one by one", after.0 - before.0);
+}
+
+#[test]
+fn a_group_is_one_pipeline_with_one_by_one_results() {
+    let Some(server) = OwnRedis::start(&[]) else { return };
+    group_is_one_by_one_in_one_round_trip(&server, false);
+}
+
+#[test]
+fn a_group_on_a_server_without_getdel_is_one_pipeline_too() {
+    let Some(server) = OwnRedis::start(&["--rename-command", "GETDEL", ""]) else { return };
+    group_is_one_by_one_in_one_round_trip(&server, true);
+}
+
+#[test]
+fn the_first_group_learns_how_to_delete() {
+    // Before any delete, the server's GETDEL is unknown: the first delete of a group goes
+    // alone, and the results are the same.
+    for extra in [&[][..], &["--rename-command", "GETDEL", ""][..]] {
+        let Some(server) = OwnRedis::start(extra) else { return };
+        let url = server.url("", 0);
+        let v = string("v");
+        let ops = [
+            GroupOp::Set("a", &v, ttl("60")),
+            GroupOp::Delete("a"),
+            GroupOp::Delete("a"),
+            GroupOp::Set("a", &v, ttl("60")),
+            GroupOp::Delete("a"),
+            GroupOp::Get("a"),
+        ];
+        let got = cache(&url, "g:").run_group(&ops);
+        let mut single = cache(&url, "s:");
+        let want: Vec<_> = ops.iter().map(|op| alone(&mut single, op)).collect();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(same(g, w), "{extra:?} operation {i}: grouped {g:?}, one by one {w:?}");
+        }
+        assert_eq!(got.len(), ops.len());
+    }
+}
+
+#[test]
+fn a_group_on_a_dead_server_fails_every_operation_at_once() {
+    let Some(server) = OwnRedis::start(&[]) else { return };
+    let stop = Command::new("kill").args(["-STOP", &server.pid()]).status().expect("kill -STOP");
+    assert!(stop.success());
+    let s = settings(&server.url("", 0), "", &[("pool_timeout", Raw::Int(1))]);
+    let mut c = kcache::backend::open(&s).unwrap();
+    let v = string("v");
+    let mut ops = vec![GroupOp::Get("a"), GroupOp::Set("a", &v, ttl("9")), GroupOp::Delete("a"), GroupOp::Ttl("b")];
+    ops.extend([GroupOp::Get("c"); 16]);
+    let started = Instant::now();
+    let got = c.run_group(&ops);
+    // One wait of pool_timeout, not one per operation (20 operations one by one: 14 s).
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(got.len(), ops.len());
+    for r in &got {
+        let e = r.as_ref().unwrap_err();
+        assert_eq!(e.kind(), kcache::error::ErrorKind::Unavailable, "{e:?}");
+        assert!(e.chain().join(": ").contains(&format!("127.0.0.1:{}", server.port)), "{e:?}");
+    }
+    // Each names its own operation and key.
+    assert!(got[1].as_ref().unwrap_err().chain()[0].starts_with("set 'a'"), "{:?}", got[1]);
+    drop(server);
+}
+
+#[test]
+fn batch_ttl_in_a_group_through_the_binary() {
+    let Some((url, prefix)) = rig() else { return };
+    let input = "set k v 1.5\nttl --ms k\nttl k\nget hash\nexpire k 2h\nttl k\ndelete k\nttl --ms k\n";
+    let mut conn = raw(&url);
+    let _: () = q!(&mut conn, "HSET", &format!("{prefix}hash"), "f", "v");
+    let out = env(&url, &prefix).run_stdin(&["batch", "--keep-going"], Some(input.as_bytes()));
+    out.code(4);
+    let r: Vec<serde_json::Value> = out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(r.len(), 8, "{}", out.stdout);
+    let ms = r[1]["value"].as_u64().unwrap();
+    assert!(ms > 1000 && ms <= 1500, "{ms}");
+    assert_eq!(r[2]["value"], 2);
+    assert_eq!(r[3]["status"], 4);
+    assert!(r[3]["error"].as_str().unwrap().contains("WRONGTYPE"), "{}", r[3]);
+    assert_eq!(r[4]["status"], 0);
+    assert_eq!(r[5]["value"], 7200);
+    assert_eq!(r[6]["value"], "v");
+    assert_eq!((r[7]["status"].as_u64(), r[7]["value"].as_i64()), (Some(1), Some(-2)));
+}

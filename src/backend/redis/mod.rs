@@ -23,6 +23,11 @@
 //!   which empties the whole logical database.
 //! - Errors are never silent and never show the password; they are sorted in [`classify`].
 //!
+//! `kcache batch` sends each group of consecutive keyed commands as one pipeline, on one
+//! connection, in one round trip ([`Backend::run_group`]): the same commands as the
+//! single-operation methods, their replies read the same way, one result per operation (a
+//! server error for one command is that command's error, not the group's).
+//!
 //! Connections come from the shared pool ([`super::pool`]), with Kinto's settings: at most
 //! `pool_size` connections (Kinto's `BlockingConnectionPool(max_connections=pool_size)`; Redis
 //! has no `max_overflow`, so it is ignored, as Kinto does), `pool_timeout` (default
@@ -35,11 +40,11 @@
 pub mod url;
 
 use super::pool::{Pool, PoolSettings};
-use super::{Backend, FlushScope};
+use super::{Backend, FlushScope, GroupOp, GroupResult};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 use crate::ttl::{Remaining, Ttl};
-use redis::{ConnectionLike, ErrorKind, RedisError};
+use redis::{ConnectionLike, ErrorKind, FromRedisValue, RedisError, Value};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -174,6 +179,9 @@ impl r2d2::ManageConnection for Manager {
 struct Missing {
     /// `GETDEL` (Redis < 6.2): `delete` uses `MULTI GET DEL EXEC`.
     getdel: AtomicBool,
+    /// `GETDEL` answered as a known command: a group may pipeline it (until then, or until
+    /// `getdel` is set, a group sends its first delete alone, to learn which form works).
+    getdel_known: AtomicBool,
     /// `UNLINK` (Redis < 4.0): a prefixed flush uses `DEL`.
     unlink: AtomicBool,
 }
@@ -416,6 +424,217 @@ fn text(value: Option<Vec<u8>>) -> Result<Option<String>> {
     }
 }
 
+/// What `PTTL` answered, as [`Remaining`].
+fn remaining(ms: i64) -> Remaining {
+    match ms {
+        -1 => Remaining::NoExpiry,
+        ms if ms > 0 => Remaining::Left(Duration::from_millis(ms as u64)),
+        // -2, or 0: expiring this very millisecond.
+        _ => Remaining::Missing,
+    }
+}
+
+/// One reply of a pipeline, read as `Cmd::query` reads the reply of a single command (a server
+/// error is an error; then the type conversion).
+fn reply<T: FromRedisValue>(v: Value) -> redis::RedisResult<T> {
+    Ok(redis::from_redis_value(v.extract_error()?)?)
+}
+
+fn wrong_reply_count() -> RedisError {
+    RedisError::from((ErrorKind::UnexpectedReturnType, "the server sent another number of replies than commands"))
+}
+
+/// How one group operation went out, so its replies are read as its single-operation method
+/// reads them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sent {
+    Get,
+    Set,
+    Ttl,
+    Expire,
+    /// `GETDEL`.
+    GetDel,
+    /// `MULTI`, `GET`, `DEL`, `EXEC` (Redis < 6.2): four replies.
+    MultiDel,
+}
+
+/// Appends to `buf` the commands of `op` (RESP, as the redis crate packs a pipeline), the same
+/// the single-operation method sends; `old`: the server has no `GETDEL`. Returns how it went out
+/// (how many replies to read: [`Sent::replies`]).
+fn encode_op(buf: &mut Vec<u8>, op: &GroupOp<'_>, old: bool) -> Sent {
+    match *op {
+        GroupOp::Get(k) => {
+            encode_cmd(buf, &[b"GET", k.as_bytes()]);
+            Sent::Get
+        }
+        GroupOp::Set(k, v, t) => {
+            encode_cmd(buf, &[b"PSETEX", k.as_bytes(), digits(millis(t), &mut [0; 20]), v.as_bytes()]);
+            Sent::Set
+        }
+        GroupOp::Ttl(k) => {
+            encode_cmd(buf, &[b"PTTL", k.as_bytes()]);
+            Sent::Ttl
+        }
+        GroupOp::Expire(k, t) => {
+            encode_cmd(buf, &[b"PEXPIRE", k.as_bytes(), digits(millis(t), &mut [0; 20])]);
+            Sent::Expire
+        }
+        GroupOp::Delete(k) if old => {
+            encode_cmd(buf, &[b"MULTI"]);
+            encode_cmd(buf, &[b"GET", k.as_bytes()]);
+            encode_cmd(buf, &[b"DEL", k.as_bytes()]);
+            encode_cmd(buf, &[b"EXEC"]);
+            Sent::MultiDel
+        }
+        GroupOp::Delete(k) => {
+            encode_cmd(buf, &[b"GETDEL", k.as_bytes()]);
+            Sent::GetDel
+        }
+    }
+}
+
+/// `n` in decimal, written at the end of `out`.
+fn digits(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &out[i..];
+        }
+    }
+}
+
+/// One command as RESP: an array of bulk strings.
+fn encode_cmd(buf: &mut Vec<u8>, args: &[&[u8]]) {
+    let header = |buf: &mut Vec<u8>, prefix: u8, n: usize| {
+        buf.push(prefix);
+        buf.extend_from_slice(digits(n as u64, &mut [0; 20]));
+        buf.extend_from_slice(b"\r\n");
+    };
+    header(buf, b'*', args.len());
+    for a in args {
+        header(buf, b'$', a.len());
+        buf.extend_from_slice(a);
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
+impl Sent {
+    /// How many replies the commands of this operation get.
+    fn replies(self) -> usize {
+        if self == Sent::MultiDel { 4 } else { 1 }
+    }
+
+    /// Reads this operation's replies (taken from `next`, in order) into its result.
+    fn read(self, next: &mut impl FnMut() -> Value) -> Result<GroupResult> {
+        Ok(match self {
+            Sent::Get | Sent::GetDel => GroupResult::Value(text(reply(next()).map_err(classify)?)?),
+            Sent::Set => {
+                reply::<()>(next()).map_err(classify)?;
+                GroupResult::Stored
+            }
+            Sent::Ttl => GroupResult::Remaining(remaining(reply(next()).map_err(classify)?)),
+            Sent::Expire => GroupResult::Existed(reply::<i64>(next()).map_err(classify)? == 1),
+            Sent::MultiDel => {
+                let (multi, get, del, exec) = (next(), next(), next(), next());
+                GroupResult::Value(text(multi_del(multi, get, del, exec).map_err(classify)?)?)
+            }
+        })
+    }
+}
+
+/// The value `MULTI GET DEL EXEC` removed: `GET`'s reply inside `EXEC`'s. When the transaction
+/// was refused (`EXECABORT`), the refusal of the queued command that caused it.
+fn multi_del(multi: Value, get: Value, del: Value, exec: Value) -> redis::RedisResult<Option<Vec<u8>>> {
+    reply::<()>(multi)?;
+    match exec {
+        Value::Array(items) => match items.into_iter().next() {
+            Some(value) => reply(value),
+            None => Err(wrong_reply_count()),
+        },
+        Value::ServerError(_) => {
+            reply::<()>(get)?;
+            reply::<()>(del)?;
+            reply(exec)
+        }
+        other => reply(other),
+    }
+}
+
+/// `delete` on `c`: `GETDEL`, or `MULTI GET DEL EXEC` on a server without it (learnt here, once
+/// for the pool, from its "unknown command").
+fn delete_on(missing: &Missing, c: &mut Conn, key: &str) -> redis::RedisResult<Option<Vec<u8>>> {
+    if !missing.getdel.load(Ordering::Relaxed) {
+        let r = c.query::<Option<Vec<u8>>>(redis::cmd("GETDEL").arg(key));
+        match &r {
+            Err(e) if is_unknown_command(e) => missing.getdel.store(true, Ordering::Relaxed),
+            Err(e) if e.is_io_error() || e.is_unrecoverable_error() => return r,
+            _ => {
+                missing.getdel_known.store(true, Ordering::Relaxed);
+                return r;
+            }
+        }
+    }
+    // Redis < 6.2: the same, atomic, in a transaction (read as a group reads it).
+    let mut packed = Vec::new();
+    let sent = encode_op(&mut packed, &GroupOp::Delete(key), true);
+    let replies = c.run(|inner| inner.req_packed_commands(&packed, 0, sent.replies()))?;
+    let [multi, get, del, exec]: [Value; 4] = replies.try_into().map_err(|_| wrong_reply_count())?;
+    multi_del(multi, get, del, exec)
+}
+
+/// Sends `ops` as one pipeline on `conn` (one write, then every reply): one result per
+/// operation; `Err` when the exchange itself failed (connection lost, timeout), for all of them.
+fn pipeline(conn: &mut Conn, ops: &[GroupOp<'_>], old: bool) -> Result<Vec<Result<GroupResult>>> {
+    let mut packed = Vec::with_capacity(ops.len() * 48);
+    let mut sent = Vec::with_capacity(ops.len());
+    let mut count = 0;
+    for op in ops {
+        let s = encode_op(&mut packed, op, old);
+        count += s.replies();
+        sent.push(s);
+    }
+    let replies = match conn.run(|c| c.req_packed_commands(&packed, 0, count)) {
+        Ok(r) if r.len() == count => r,
+        Ok(_) => {
+            conn.broken = true;
+            return Err(classify(wrong_reply_count()));
+        }
+        Err(e) => return Err(classify(e)),
+    };
+    let mut replies = replies.into_iter();
+    let mut next = || replies.next().unwrap_or(Value::Nil);
+    Ok(sent.into_iter().map(|s| s.read(&mut next)).collect())
+}
+
+/// Fails the `n` operations left of a group with `e` (the last one gets `e` itself).
+fn fail_rest(out: &mut Vec<Result<GroupResult>>, n: usize, e: Error) {
+    if n == 0 {
+        return;
+    }
+    for _ in 1..n {
+        out.push(Err(copy_error(&e)));
+    }
+    out.push(Err(e));
+}
+
+/// The same error again (for every operation of a group that failed as a whole).
+fn copy_error(e: &Error) -> Error {
+    let chain = e.chain();
+    let mut causes = chain.iter().rev();
+    let mut inner = anyhow::anyhow!("{}", causes.next().map(String::as_str).unwrap_or_default());
+    for what in causes {
+        inner = inner.context(what.clone());
+    }
+    let copy = Error::new(e.kind(), inner);
+    match e.hint() {
+        Some(h) => copy.with_hint(h),
+        None => copy,
+    }
+}
+
 impl Backend for Redis {
     fn name(&self) -> &'static str {
         "redis"
@@ -438,13 +657,7 @@ impl Backend for Redis {
     }
 
     fn ttl(&mut self, key: &str) -> Result<Remaining> {
-        let ms: i64 = self.with(|c| c.query(redis::cmd("PTTL").arg(key)))?;
-        Ok(match ms {
-            -1 => Remaining::NoExpiry,
-            ms if ms > 0 => Remaining::Left(Duration::from_millis(ms as u64)),
-            // -2, or 0: expiring this very millisecond.
-            _ => Remaining::Missing,
-        })
+        Ok(remaining(self.with(|c| c.query(redis::cmd("PTTL").arg(key)))?))
     }
 
     fn expire(&mut self, key: &str, ttl: Ttl) -> Result<bool> {
@@ -454,19 +667,51 @@ impl Backend for Redis {
 
     fn delete(&mut self, key: &str) -> Result<Option<String>> {
         let missing = Arc::clone(&self.missing);
-        let value = self.with(|c| {
-            if !missing.getdel.load(Ordering::Relaxed) {
-                match c.query::<Option<Vec<u8>>>(redis::cmd("GETDEL").arg(key)) {
-                    Err(e) if is_unknown_command(&e) => missing.getdel.store(true, Ordering::Relaxed),
-                    r => return r,
+        text(self.with(|c| delete_on(&missing, c, key))?)
+    }
+
+    fn run_group(&mut self, ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
+        let mut out = Vec::with_capacity(ops.len());
+        if ops.is_empty() {
+            return Some(out);
+        }
+        let mut conn = match self.pool.get() {
+            Ok(c) => c,
+            Err(e) => {
+                fail_rest(&mut out, ops.len(), e);
+                return Some(out);
+            }
+        };
+        let mut rest = ops;
+        while !rest.is_empty() {
+            let old = self.missing.getdel.load(Ordering::Relaxed);
+            let known = old || self.missing.getdel_known.load(Ordering::Relaxed);
+            // Until the server is known to have GETDEL or not, the first delete goes alone (it
+            // learns which form works); what comes before it and after it is pipelined.
+            let first_delete = if known { None } else { rest.iter().position(|op| matches!(op, GroupOp::Delete(_))) };
+            let now = &rest[..first_delete.unwrap_or(rest.len())];
+            if !now.is_empty() {
+                match pipeline(&mut conn, now, old) {
+                    Ok(results) => out.extend(results),
+                    Err(e) => {
+                        fail_rest(&mut out, rest.len(), e);
+                        break;
+                    }
                 }
             }
-            // Redis < 6.2: the same, atomic, in a transaction.
-            let (value,): (Option<Vec<u8>>,) =
-                c.run(|inner| redis::pipe().atomic().cmd("GET").arg(key).cmd("DEL").arg(key).ignore().query(inner))?;
-            Ok(value)
-        })?;
-        text(value)
+            rest = &rest[now.len()..];
+            if let Some(GroupOp::Delete(key)) = first_delete.and(rest.first()) {
+                match delete_on(&self.missing, &mut conn, key) {
+                    Err(e) if conn.broken => {
+                        fail_rest(&mut out, rest.len(), classify(e));
+                        break;
+                    }
+                    r => out.push(r.map_err(classify).and_then(text).map(GroupResult::Value)),
+                }
+                rest = &rest[1..];
+            }
+        }
+        Some(out)
     }
 
     fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
@@ -539,6 +784,107 @@ mod tests {
         assert_eq!(classify(ro).kind(), K::Backend);
         let client = RedisError::from((ErrorKind::UnexpectedReturnType, "odd reply"));
         assert_eq!(classify(client).kind(), K::Backend);
+    }
+
+    fn server_error(code: &str, detail: &str) -> Value {
+        let resp = format!("-{code} {detail}\r\n");
+        redis::parse_redis_value(resp.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn group_replies_are_read_as_single_replies() {
+        use crate::error::ErrorKind as K;
+        let read = |s: Sent, replies: Vec<Value>| {
+            let mut it = replies.into_iter();
+            s.read(&mut || it.next().unwrap_or(Value::Nil))
+        };
+        let bulk = |b: &[u8]| Value::BulkString(b.to_vec());
+        assert_eq!(read(Sent::Get, vec![bulk(b"\"v\"")]).unwrap(), GroupResult::Value(Some("\"v\"".into())));
+        assert_eq!(read(Sent::Get, vec![Value::Nil]).unwrap(), GroupResult::Value(None));
+        assert_eq!(read(Sent::Get, vec![bulk(b"")]).unwrap(), GroupResult::Value(None));
+        assert_eq!(read(Sent::Get, vec![bulk(&[0xff])]).unwrap_err().kind(), K::Backend);
+        assert_eq!(read(Sent::Set, vec![Value::Okay]).unwrap(), GroupResult::Stored);
+        assert_eq!(read(Sent::Ttl, vec![Value::Int(-2)]).unwrap(), GroupResult::Remaining(Remaining::Missing));
+        assert_eq!(read(Sent::Ttl, vec![Value::Int(0)]).unwrap(), GroupResult::Remaining(Remaining::Missing));
+        assert_eq!(read(Sent::Ttl, vec![Value::Int(-1)]).unwrap(), GroupResult::Remaining(Remaining::NoExpiry));
+        assert_eq!(
+            read(Sent::Ttl, vec![Value::Int(1500)]).unwrap(),
+            GroupResult::Remaining(Remaining::Left(Duration::from_millis(1500)))
+        );
+        assert_eq!(read(Sent::Expire, vec![Value::Int(1)]).unwrap(), GroupResult::Existed(true));
+        assert_eq!(read(Sent::Expire, vec![Value::Int(0)]).unwrap(), GroupResult::Existed(false));
+        let e = read(Sent::GetDel, vec![server_error("WRONGTYPE", "Operation against a key")]).unwrap_err();
+        assert_eq!(e.kind(), K::Backend);
+        assert!(e.chain().last().unwrap().starts_with("WRONGTYPE"), "{:?}", e.chain());
+        assert!(e.hint().is_some());
+        let e = read(Sent::Set, vec![server_error("LOADING", "Redis is loading")]).unwrap_err();
+        assert_eq!(e.kind(), K::Unavailable);
+        // MULTI GET DEL EXEC: GET's reply inside EXEC's.
+        let queued = || Value::SimpleString("QUEUED".into());
+        let multi = |exec: Value| vec![Value::Okay, queued(), queued(), exec];
+        let exec = Value::Array(vec![bulk(b"\"v\""), Value::Int(1)]);
+        assert_eq!(read(Sent::MultiDel, multi(exec)).unwrap(), GroupResult::Value(Some("\"v\"".into())));
+        let exec = Value::Array(vec![Value::Nil, Value::Int(0)]);
+        assert_eq!(read(Sent::MultiDel, multi(exec)).unwrap(), GroupResult::Value(None));
+        let exec = Value::Array(vec![server_error("WRONGTYPE", "Operation"), Value::Int(1)]);
+        assert!(read(Sent::MultiDel, multi(exec)).unwrap_err().chain().last().unwrap().starts_with("WRONGTYPE"));
+        // Refused when queued: that refusal, not EXECABORT.
+        let replies = vec![
+            Value::Okay,
+            server_error("NOPERM", "no permissions to run the 'get' command"),
+            queued(),
+            server_error("EXECABORT", "Transaction discarded"),
+        ];
+        assert!(read(Sent::MultiDel, replies).unwrap_err().chain().last().unwrap().starts_with("NOPERM"));
+    }
+
+    #[test]
+    fn groups_are_packed_as_the_redis_crate_packs_commands() {
+        let value = "\"é 😀 \\r\\n\"".to_string() + &"x".repeat(1000);
+        let ops = [
+            GroupOp::Get("p:k"),
+            GroupOp::Set("p:k", &value, "0.0005".parse().unwrap()),
+            GroupOp::Set("p:é k", "\"v\"", "36500d".parse().unwrap()),
+            GroupOp::Ttl("p:k"),
+            GroupOp::Expire("p:k", "1.9".parse().unwrap()),
+            GroupOp::Delete("p:k"),
+        ];
+        for old in [false, true] {
+            let mut mine = Vec::new();
+            let replies: usize = ops.iter().map(|op| encode_op(&mut mine, op, old).replies()).sum();
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg("p:k");
+            pipe.cmd("PSETEX").arg("p:k").arg(1).arg(&value);
+            pipe.cmd("PSETEX").arg("p:é k").arg(3_153_600_000_000u64).arg("\"v\"");
+            pipe.cmd("PTTL").arg("p:k");
+            pipe.cmd("PEXPIRE").arg("p:k").arg(1900);
+            if old {
+                pipe.cmd("MULTI").cmd("GET").arg("p:k").cmd("DEL").arg("p:k").cmd("EXEC");
+            } else {
+                pipe.cmd("GETDEL").arg("p:k");
+            }
+            assert_eq!(String::from_utf8_lossy(&mine), String::from_utf8_lossy(&pipe.get_packed_pipeline()));
+            assert_eq!(replies, pipe.len());
+        }
+    }
+
+    #[test]
+    fn a_failed_group_fails_every_operation_alike() {
+        let e = classify(RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset)))
+            .context("outer")
+            .with_hint("a hint");
+        let mut out = Vec::new();
+        fail_rest(&mut out, 3, e);
+        assert_eq!(out.len(), 3);
+        let first = out[0].as_ref().unwrap_err();
+        for r in &out {
+            let e = r.as_ref().unwrap_err();
+            assert_eq!(e.kind(), crate::error::ErrorKind::Unavailable);
+            assert_eq!(e.chain(), first.chain());
+            assert_eq!(e.hint(), Some("a hint"));
+        }
+        fail_rest(&mut out, 0, Error::input("x"));
+        assert_eq!(out.len(), 3);
     }
 
     #[test]
