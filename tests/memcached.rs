@@ -611,8 +611,8 @@ fn a_command_connects_only_to_the_server_its_key_needs_and_reuses_the_connection
     let before = connections();
     env(&hosts, "").run(&["get", &key]).code(1);
     let after = connections();
-    // On the key's server: a probe (opened and closed at once), then the connection.
-    assert_eq!([after[0] - before[0], after[1] - before[1]], [0, 2]);
+    // On the key's server only: one connection.
+    assert_eq!([after[0] - before[0], after[1] - before[1]], [0, 1]);
 
     let mut c = cache(&hosts, "");
     for i in 0..20 {
@@ -622,7 +622,7 @@ fn a_command_connects_only_to_the_server_its_key_needs_and_reuses_the_connection
     // A sibling with another prefix shares the pool.
     c.sibling("other:").unwrap().get(&key).unwrap();
     let last = connections();
-    assert_eq!([last[0] - after[0], last[1] - after[1]], [0, 2], "one connection for 41 commands");
+    assert_eq!([last[0] - after[0], last[1] - after[1]], [0, 1], "one connection for 41 commands");
 }
 
 // ---- configuration and the binary ------------------------------------------------------------
@@ -694,4 +694,348 @@ fn a_unix_socket_host_works() {
     e.run(&["set", "k", "over a socket", "60"]).ok();
     e.run(&["get", "k"]).ok().stdout_is("over a socket\n");
     e.run(&["-v", "ttl", "k"]).ok().stderr_has(&format!("memcached at {}", server.host));
+}
+
+// ---- groups (kcache batch) -------------------------------------------------------------------
+
+use kcache::backend::{GroupOp, GroupResult};
+
+/// Runs `op` alone, through the single-operation methods.
+fn alone(c: &mut Cache, op: &GroupOp<'_>) -> kcache::error::Result<GroupResult> {
+    Ok(match *op {
+        GroupOp::Get(k) => GroupResult::Value(c.get(k)?),
+        GroupOp::Set(k, v, t) => {
+            c.set(k, v, t)?;
+            GroupResult::Stored
+        }
+        GroupOp::Ttl(k) => GroupResult::Remaining(c.ttl(k)?),
+        GroupOp::Expire(k, t) => GroupResult::Existed(c.expire(k, t)?),
+        GroupOp::Delete(k) => GroupResult::Value(c.delete(k)?),
+    })
+}
+
+/// Asserts that a grouped result is the one-by-one result: same value (a TTL within a
+/// second), or same status, message and hint.
+fn assert_same(what: &str, grouped: &kcache::error::Result<GroupResult>, single: &kcache::error::Result<GroupResult>) {
+    match (grouped, single) {
+        (Ok(GroupResult::Remaining(Remaining::Left(a))), Ok(GroupResult::Remaining(Remaining::Left(b)))) => {
+            let diff = if a > b { *a - *b } else { *b - *a };
+            assert!(diff < Duration::from_secs(1), "{what}: {a:?} vs {b:?}");
+        }
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "{what}"),
+        (Err(a), Err(b)) => {
+            assert_eq!(a.kind(), b.kind(), "{what}: {a} vs {b}");
+            // (A bad key's message is the generic layer's, which words it for the batch.)
+            if a.kind() != ErrorKind::Input {
+                assert_eq!(a.render(false), b.render(false), "{what}");
+            }
+        }
+        _ => panic!("{what}: grouped {grouped:?}, one by one {single:?}"),
+    }
+}
+
+/// A key (without the prefix) that `prefix` puts on server `index` of two, not in `taken`.
+fn key_on(prefix: &str, index: usize, taken: &mut Vec<String>) -> String {
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| hosts::bucket(&format!("{prefix}{k}"), 2) == index && !taken.contains(k))
+        .unwrap();
+    taken.push(key.clone());
+    key
+}
+
+#[test]
+fn a_group_gives_exactly_what_one_by_one_gives() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("group"));
+    let mut c = cache(&hosts, &prefix);
+    let mut taken = Vec::new();
+    // a and b on the first server, c and d on the second; m is never written.
+    let (a, b) = (key_on(&prefix, 0, &mut taken), key_on(&prefix, 0, &mut taken));
+    let (k_c, d) = (key_on(&prefix, 1, &mut taken), key_on(&prefix, 1, &mut taken));
+    let m = key_on(&prefix, 1, &mut taken);
+    let (v1, v2, small) = (string("v1"), string("v2 é"), string("small"));
+    let json = value::encode_json(r#"{"a":[1,"é",null]}"#).unwrap();
+    let big = string(&"x".repeat(1024 * 1024));
+    let ops = vec![
+        GroupOp::Get(&a),
+        GroupOp::Set(&a, &v1, secs("60")),
+        GroupOp::Get(&a),
+        GroupOp::Ttl(&a),
+        GroupOp::Set(&k_c, &json, secs("3600")),
+        GroupOp::Get(&k_c),
+        GroupOp::Get(&m),
+        GroupOp::Ttl(&m),
+        GroupOp::Set(&b, &big, secs("60")), // over the item size limit: status 4, alone
+        GroupOp::Get(&b),
+        GroupOp::Set(&d, &v2, secs("0.5")),
+        // Reads in a row, on both servers: one multi-key get each, a key asked twice.
+        GroupOp::Get(&a),
+        GroupOp::Get(&k_c),
+        GroupOp::Get(&d),
+        GroupOp::Ttl(&d),
+        GroupOp::Get(&a),
+        GroupOp::Get(&m),
+        GroupOp::Expire(&a, secs("2h")),
+        GroupOp::Ttl(&a),
+        GroupOp::Delete(&k_c),
+        GroupOp::Get(&k_c),
+        GroupOp::Delete(&k_c),
+        GroupOp::Set(&a, &v2, secs("120")),
+        GroupOp::Get(&a),
+        GroupOp::Expire(&m, secs("10")),
+        GroupOp::Delete(&m),
+        GroupOp::Set(&b, &small, secs("60")),
+        GroupOp::Get(&b),
+        GroupOp::Set(&a, &v1, secs("0")), // TTL 0: removes the key
+        GroupOp::Get(&a),
+        GroupOp::Expire(&d, secs("0")), // expires it now
+        GroupOp::Get(&d),
+        GroupOp::Ttl(&d),
+        GroupOp::Get("bad key"), // refused before anything is sent
+        GroupOp::Set(&d, &v1, secs("30d")),
+        GroupOp::Ttl(&d),
+    ];
+    let single: Vec<_> = ops.iter().map(|op| alone(&mut c, op)).collect();
+    // The same starting point (nothing under the prefix), then the same operations as a group.
+    for k in &taken {
+        c.delete(k).unwrap();
+    }
+    let grouped = c.run_group(&ops);
+    assert_eq!(grouped.len(), ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        assert_same(&format!("op {i} {op:?}"), &grouped[i], &single[i]);
+    }
+    // A few results spelled out, so that the comparison cannot pass on two wrong answers.
+    assert_eq!(grouped[2].as_ref().unwrap(), &GroupResult::Value(Some(v1.clone())));
+    let e = grouped[8].as_ref().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Backend);
+    assert!(e.to_string().contains("over the item size limit") && e.to_string().contains(&hosts[0]), "{e}");
+    assert_eq!(grouped[12].as_ref().unwrap(), &GroupResult::Value(Some(json.clone())));
+    assert_eq!(grouped[20].as_ref().unwrap(), &GroupResult::Value(None));
+    assert_eq!(grouped[27].as_ref().unwrap(), &GroupResult::Value(Some(small.clone())));
+    assert_eq!(grouped[33].as_ref().unwrap_err().kind(), ErrorKind::Input);
+    // What the group left is what the single operations left.
+    assert_eq!(c.get(&b).unwrap(), Some(small));
+    assert_eq!(kcache::ttl::whole_seconds_up(left(c.ttl(&d).unwrap())), 2_592_000);
+    assert_eq!(c.get(&a).unwrap(), None);
+}
+
+/// A TCP proxy in front of one memcached: it logs every command line the client sends and
+/// holds each piece of the server's replies for `delay` (a slow network).
+struct Proxy {
+    host: String,
+    commands: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str, delay: Duration) -> Proxy {
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let host = listener.local_addr().unwrap().to_string();
+        let commands: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (log, upstream) = (Arc::clone(&commands), upstream.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let mut server = TcpStream::connect(&upstream).expect("upstream");
+                let (mut client_in, mut server_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    // Client to server, parsing commands: a line, and for set/cas its data.
+                    let (mut pending, mut skip, mut buf) = (Vec::new(), 0usize, [0u8; 65536]);
+                    while let Ok(n) = client_in.read(&mut buf) {
+                        if n == 0 || server_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        loop {
+                            if skip > 0 {
+                                let s = skip.min(pending.len());
+                                pending.drain(..s);
+                                skip -= s;
+                                if skip > 0 {
+                                    break;
+                                }
+                            }
+                            let Some(end) = pending.windows(2).position(|w| w == b"\r\n") else { break };
+                            let line = String::from_utf8_lossy(&pending[..end]).into_owned();
+                            pending.drain(..end + 2);
+                            let words: Vec<&str> = line.split(' ').collect();
+                            if matches!(words[0], "set" | "cas") {
+                                skip = words[4].parse::<usize>().unwrap() + 2;
+                            }
+                            log.lock().unwrap().push(line);
+                        }
+                    }
+                    let _ = server_out.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = server.read(&mut buf) {
+                        std::thread::sleep(delay);
+                        if n == 0 || client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Proxy { host, commands }
+    }
+
+    /// The command lines sent since the last call, verb first.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.commands.lock().unwrap())
+    }
+}
+
+#[test]
+fn a_group_is_one_pipeline_per_server_with_consecutive_reads_in_one_get() {
+    let servers = [OwnServer::start(), OwnServer::start()];
+    let delay = Duration::from_millis(50);
+    let proxies = [Proxy::start(&servers[0].host, delay), Proxy::start(&servers[1].host, delay)];
+    let hosts: Vec<String> = proxies.iter().map(|p| p.host.clone()).collect();
+    let mut c = cache(&hosts, "p:");
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    let on = |s: usize| -> Vec<&String> { keys.iter().filter(|k| hosts::bucket(&format!("p:{k}"), 2) == s).collect() };
+    assert!(!on(0).is_empty() && !on(1).is_empty());
+    let v = string("v");
+
+    // Sets then gets of the same keys, alternating, as `kcache batch` sees them: one by one,
+    // 80 round trips of at least 50 ms each; as a group, about one per server, at once.
+    let mut ops = Vec::new();
+    for k in &keys {
+        ops.push(GroupOp::Set(k, &v, secs("60")));
+        ops.push(GroupOp::Get(k));
+    }
+    let start = Instant::now();
+    let results = c.run_group(&ops);
+    let took = start.elapsed();
+    assert!(results.iter().skip(1).step_by(2).all(|r| r.as_ref().unwrap() == &GroupResult::Value(Some(v.clone()))));
+    assert!(took < Duration::from_millis(1000), "{took:?} for 80 commands: not pipelined");
+    for (s, proxy) in proxies.iter().enumerate() {
+        let sent = proxy.take();
+        let want: Vec<String> =
+            on(s).iter().flat_map(|k| [format!("set p:{k} 16 61 "), format!("get p:{k}")]).collect();
+        assert_eq!(sent.len(), want.len(), "server {s}: {sent:?}");
+        for (line, w) in sent.iter().zip(&want) {
+            assert!(line.starts_with(w.as_str()), "server {s}: {line:?}, expected {w:?}");
+        }
+    }
+
+    // Consecutive reads: one `get` per server with every key (once), in order.
+    let mut reads: Vec<GroupOp<'_>> = keys.iter().map(|k| GroupOp::Get(k)).collect();
+    reads.push(GroupOp::Ttl(&keys[0]));
+    reads.push(GroupOp::Get("missing"));
+    let start = Instant::now();
+    let results = c.run_group(&reads);
+    assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
+    assert!(results[..40].iter().all(|r| r.as_ref().unwrap() == &GroupResult::Value(Some(v.clone()))));
+    assert!(matches!(results[40], Ok(GroupResult::Remaining(Remaining::Left(_)))));
+    assert_eq!(results[41].as_ref().unwrap(), &GroupResult::Value(None));
+    for (s, proxy) in proxies.iter().enumerate() {
+        let mut want: Vec<String> = on(s).iter().map(|k| format!("p:{k}")).collect();
+        if hosts::bucket("p:missing", 2) == s {
+            want.push("p:missing".into());
+        }
+        assert_eq!(proxy.take(), vec![format!("get {}", want.join(" "))], "server {s}");
+    }
+
+    // expire and delete run alone (gets, then cas), in their place.
+    let k0 = on(0)[0].as_str();
+    let ops =
+        [GroupOp::Get(k0), GroupOp::Expire(k0, secs("1h")), GroupOp::Ttl(k0), GroupOp::Delete(k0), GroupOp::Get(k0)];
+    let results = c.run_group(&ops);
+    assert_eq!(results[1].as_ref().unwrap(), &GroupResult::Existed(true));
+    assert_eq!(results[3].as_ref().unwrap(), &GroupResult::Value(Some(v.clone())));
+    assert_eq!(results[4].as_ref().unwrap(), &GroupResult::Value(None));
+    let verbs: Vec<String> = proxies[0].take().iter().map(|l| l.split(' ').next().unwrap().to_string()).collect();
+    assert_eq!(verbs, ["get", "gets", "cas", "get", "gets", "cas", "get"]);
+}
+
+#[test]
+fn a_group_fails_only_the_operations_of_a_server_that_is_down_naming_it() {
+    let mut servers = [OwnServer::start(), OwnServer::start()];
+    let hosts: Vec<String> = servers.iter().map(|s| s.host.clone()).collect();
+    let mut c =
+        kcache::backend::open(&settings(&hosts.join(","), "", &[("pool_timeout", RawSetting::Int(1))])).unwrap();
+    let mut taken = Vec::new();
+    let (a, b) = (key_on("", 0, &mut taken), key_on("", 1, &mut taken));
+    let v = string("v");
+    let ops = [
+        GroupOp::Set(&a, &v, secs("60")),
+        GroupOp::Set(&b, &v, secs("60")),
+        GroupOp::Get(&a),
+        GroupOp::Get(&b),
+        GroupOp::Delete(&b),
+        GroupOp::Ttl(&a),
+    ];
+    assert!(c.run_group(&ops).iter().all(|r| r.is_ok()), "both servers up");
+    // The second server goes away, with a pooled connection to it: its operations fail with
+    // status 3 naming it, the others are not affected, as one by one.
+    servers[1].stop();
+    let on_dead = [false, true, false, true, true, false];
+    for round in 0..2 {
+        let grouped = c.run_group(&ops);
+        for (i, r) in grouped.iter().enumerate() {
+            if !on_dead[i] {
+                assert!(r.is_ok(), "round {round} op {i}: {r:?}");
+            } else {
+                let e = r.as_ref().unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Unavailable, "round {round} op {i}: {e}");
+                assert!(e.render(false)[0].contains(&hosts[1]), "round {round} op {i}: {e}");
+            }
+        }
+        let single: Vec<_> = ops.iter().map(|op| alone(&mut c, op)).collect();
+        for (i, (g, s)) in grouped.iter().zip(&single).enumerate() {
+            assert_eq!(g.is_ok(), s.is_ok(), "round {round} op {i}: {g:?} vs {s:?}");
+            if let (Err(g), Err(s)) = (g, s) {
+                assert_eq!(g.kind(), s.kind(), "round {round} op {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_group_of_large_values_never_waits_on_itself() {
+    // Each get's reply is large: were the whole group written before any reply is read,
+    // memcached would stop reading (its replies not taken) while kcache still writes.
+    let server = OwnServer::start();
+    let mut c = kcache::backend::open(&settings(&server.host, "", &[("pool_timeout", RawSetting::Int(2))])).unwrap();
+    let values: Vec<String> = (0..24u8).map(|i| string(&char::from(b'a' + i).to_string().repeat(900 * 1024))).collect();
+    let keys: Vec<String> = (0..24).map(|i| format!("big{i}")).collect();
+    let mut ops = Vec::new();
+    for (k, v) in keys.iter().zip(&values) {
+        ops.push(GroupOp::Set(k, v, secs("60")));
+        ops.push(GroupOp::Get(k));
+    }
+    ops.extend(keys.iter().map(|k| GroupOp::Get(k)));
+    let results = c.run_group(&ops);
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(results[2 * i].as_ref().unwrap(), &GroupResult::Stored, "set {i}");
+        assert_eq!(results[2 * i + 1].as_ref().unwrap(), &GroupResult::Value(Some(v.clone())), "get {i}");
+        assert_eq!(results[48 + i].as_ref().unwrap(), &GroupResult::Value(Some(v.clone())), "get {i} again");
+    }
+}
+
+#[test]
+fn workers_sharing_one_connection_per_server_never_wait_for_each_other() {
+    // With fewer connections than workers, a group holds a connection to each of its servers
+    // at once: taken in the same order by every worker, or two workers could each hold the
+    // one the other waits for (until pool_timeout, then status 3).
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("order"));
+    let e = env(&hosts, &prefix)
+        .var("KINTO_CACHE_POOL_SIZE", "1")
+        .var("KINTO_CACHE_MAX_OVERFLOW", "0")
+        .var("KINTO_CACHE_POOL_TIMEOUT", "1");
+    let input: String = (0..3000).map(|i| format!("set k{} v{i} 60\nget k{}\n", i % 97, (i * 7) % 97)).collect();
+    let start = Instant::now();
+    let out = e.run_stdin(&["batch", "--jobs", "4"], Some(input.as_bytes()));
+    out.ok();
+    assert_eq!(out.stdout.lines().count(), 6000);
+    assert!(!out.stdout.contains("\"status\":3"));
+    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
 }

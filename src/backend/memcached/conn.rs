@@ -1,90 +1,438 @@
-//! Connections to one memcached server, for the generic pool (`backend/pool.rs`), and the one
-//! place where memcached failures become kcache errors.
+//! Connections to one memcached server, for the generic pool (`backend/pool.rs`): memcached's
+//! ASCII protocol (the one python-memcached speaks) on a socket of our own, and the one place
+//! where memcached failures become kcache errors.
 //!
-//! The `memcache` crate runs commands only through its `Client`, which draws connections from an
-//! r2d2 pool of the crate's own manager (its protocol trait is private, so a bare connection
-//! cannot run anything; crates.md §1.3). Each pooled connection here is therefore a `Client`
-//! over a private pool of exactly one crate connection, opened when ours is:
-//! 1. a plain socket connect to the server, bounded by `pool_timeout` (the crate's own connect
-//!    has no timeout, and a refused connect inside its pool would be retried until the timeout
-//!    instead of failing at once); the socket is closed right away;
-//! 2. the crate's connection, then its read and write timeouts (`pool_timeout`, as
-//!    python-memcached's `socket_timeout`), which works for unix sockets too.
+//! kcache talks the protocol itself rather than through the `memcache` crate: the crate sends
+//! one command and waits for its reply, it cannot pipeline (`kcache batch` sends a whole group
+//! of commands, then reads every reply: one round trip instead of one per command), and it does
+//! not say when a connection broke. The part of the protocol used here is small: `get` (several
+//! keys at once), `gets`, `set`, `cas`, `flush_all` and `version`.
 //!
-//! The crate never says that a connection broke (`has_broken` is a TODO upstream), so a
-//! connection that saw any error is marked broken here and the pool drops it: a reply left
-//! half-read can never be taken for the answer to the next command.
+//! - Connecting is bounded by `pool_timeout`, and so is each read and write (python-memcached's
+//!   `socket_timeout`). TCP connections send at once (`TCP_NODELAY`): each pipeline is written
+//!   in one piece.
+//! - A connection whose replies can no longer be trusted to line up with its commands (an I/O
+//!   error, a timeout, a reply kcache cannot read, an error in the middle of a `get`) is marked
+//!   broken, and the pool drops it. A refused store (`SERVER_ERROR object too large for cache`)
+//!   is not such a failure: memcached reads and discards the value, and the next reply is the
+//!   next command's.
+//! - Several commands can be sent at once ([`Conn::send`]) and their replies read in order
+//!   ([`Conn::receive`]); memcached runs the commands of one connection in the order it reads
+//!   them. Whoever pipelines must keep what it sends after a read command small (see
+//!   `group.rs`): memcached stops reading while a reply it cannot send yet is pending.
 
 use super::hosts::Address;
 use crate::error::{Error, ErrorKind, Result};
-use memcache::{ClientError, CommandError, MemcacheError, ServerError};
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+#[cfg(unix)]
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-/// One pooled connection: a crate client over a single connection.
+/// The socket under a connection.
+pub enum Stream {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))
+            }
+            #[cfg(unix)]
+            Stream::Unix(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// What went wrong talking to a server. Cloneable: when a connection fails, every command of a
+/// pipeline that was not answered gets the failure.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Failure {
+    /// The socket failed (connect, read or write); `timeout` when it did not answer in time.
+    Io { timeout: bool, message: String },
+    /// The server closed the connection.
+    Closed,
+    /// `SERVER_ERROR ...`: the server refused the command.
+    Server(String),
+    /// `CLIENT_ERROR ...` or `ERROR`: the server refused the command as malformed.
+    Client(String),
+    /// A reply kcache cannot read.
+    Unexpected(String),
+    /// The command was not answered: the connection failed before (the cause).
+    Abandoned(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Io { timeout: true, .. } => f.write_str("timed out"),
+            Failure::Io { message, .. } => f.write_str(message),
+            Failure::Closed => f.write_str("the server closed the connection"),
+            Failure::Server(s) | Failure::Client(s) => f.write_str(s),
+            Failure::Unexpected(s) => write!(f, "unexpected reply {s:?}"),
+            Failure::Abandoned(cause) => write!(f, "the connection failed before this command was answered ({cause})"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof => Failure::Closed,
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                Failure::Io { timeout: true, message: e.to_string() }
+            }
+            _ => Failure::Io { timeout: false, message: e.to_string() },
+        }
+    }
+}
+
+/// One command. Keys have passed `check_key` (no space, no control character).
+#[derive(Debug)]
+pub enum Request<'a> {
+    /// `get k1 k2 ...`: the items, one per key, in this order. The keys are distinct.
+    Get(Vec<&'a str>),
+    /// `gets k`: the item with its CAS token.
+    Gets(&'a str),
+    /// `set`.
+    Set { key: &'a str, flags: u32, exptime: u32, data: String },
+    /// `cas`: stores only if the entry is still the one `cas` was read with.
+    Cas { key: &'a str, flags: u32, exptime: u32, data: String, cas: u64 },
+    /// `flush_all`.
+    FlushAll,
+    /// `version`.
+    Version,
+}
+
+impl Request<'_> {
+    /// How many bytes this command takes on the wire.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Request::Get(keys) => 5 + keys.iter().map(|k| k.len() + 1).sum::<usize>(),
+            Request::Gets(key) => 7 + key.len(),
+            Request::Set { key, data, .. } => 40 + key.len() + data.len(),
+            Request::Cas { key, data, .. } => 60 + key.len() + data.len(),
+            Request::FlushAll => 11,
+            Request::Version => 9,
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail.
+        let _ = match self {
+            Request::Get(keys) => {
+                out.extend_from_slice(b"get");
+                for k in keys {
+                    out.push(b' ');
+                    out.extend_from_slice(k.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+                Ok(())
+            }
+            Request::Gets(key) => write!(out, "gets {key}\r\n"),
+            Request::Set { key, flags, exptime, data } => write!(out, "set {key} {flags} {exptime} {}\r\n", data.len())
+                .and_then(|()| out.write_all(data.as_bytes()))
+                .and_then(|()| out.write_all(b"\r\n")),
+            Request::Cas { key, flags, exptime, data, cas } => {
+                write!(out, "cas {key} {flags} {exptime} {} {cas}\r\n", data.len())
+                    .and_then(|()| out.write_all(data.as_bytes()))
+                    .and_then(|()| out.write_all(b"\r\n"))
+            }
+            Request::FlushAll => out.write_all(b"flush_all\r\n"),
+            Request::Version => out.write_all(b"version\r\n"),
+        };
+    }
+}
+
+/// One stored item.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    pub flags: u32,
+    pub data: Vec<u8>,
+    /// The CAS token (`gets` only).
+    pub cas: Option<u64>,
+}
+
+/// The reply to one [`Request`].
+#[derive(Debug, PartialEq)]
+pub enum Reply {
+    /// `get`, `gets`: one per key asked, `None` when the server has no such item.
+    Items(Vec<Option<Item>>),
+    /// `set`, `cas`: stored, or not (`NOT_STORED`, `EXISTS`, `NOT_FOUND`).
+    Stored(bool),
+    /// `flush_all`.
+    Done,
+    /// `version`.
+    Version(String),
+}
+
+/// One pooled connection.
 pub struct Conn {
-    pub client: memcache::Client,
-    /// Set after any error; the pool then closes this connection instead of reusing it.
+    reader: BufReader<Stream>,
+    out: Vec<u8>,
+    line: Vec<u8>,
+    /// Set when the replies can no longer be trusted to match the commands; the pool then
+    /// closes this connection instead of reusing it.
     pub broken: bool,
+}
+
+impl Conn {
+    pub fn new(stream: Stream) -> Conn {
+        Conn { reader: BufReader::with_capacity(64 * 1024, stream), out: Vec::new(), line: Vec::new(), broken: false }
+    }
+
+    /// Sends every command, in one write.
+    pub fn send(&mut self, requests: &[Request<'_>]) -> Result<(), Failure> {
+        self.out.clear();
+        for r in requests {
+            r.encode(&mut self.out);
+        }
+        let written = self.reader.get_mut().write_all(&self.out).and_then(|()| self.reader.get_mut().flush());
+        if self.out.capacity() > 1024 * 1024 {
+            self.out = Vec::new();
+        }
+        written.map_err(|e| self.fail(e.into()))
+    }
+
+    /// Reads the reply to `request`, the next one due on this connection.
+    pub fn receive(&mut self, request: &Request<'_>) -> Result<Reply, Failure> {
+        if self.broken {
+            return Err(Failure::Abandoned("the connection was given up earlier".into()));
+        }
+        match request {
+            Request::Get(keys) => self.items(keys, false),
+            Request::Gets(key) => self.items(&[key], true),
+            Request::Set { .. } | Request::Cas { .. } => {
+                let line = self.read_line()?;
+                match line.as_str() {
+                    "STORED" => Ok(Reply::Stored(true)),
+                    "NOT_STORED" | "EXISTS" | "NOT_FOUND" => Ok(Reply::Stored(false)),
+                    // memcached has read and discarded the value: the connection is in step.
+                    _ if line.starts_with("SERVER_ERROR") => Err(Failure::Server(line)),
+                    _ => Err(self.refused(line)),
+                }
+            }
+            Request::FlushAll => match self.read_line()? {
+                line if line == "OK" => Ok(Reply::Done),
+                line => Err(self.refused(line)),
+            },
+            Request::Version => match self.read_line()? {
+                line if line.starts_with("VERSION ") => Ok(Reply::Version(line["VERSION ".len()..].to_string())),
+                line => Err(self.refused(line)),
+            },
+        }
+    }
+
+    /// Sends one command and reads its reply.
+    pub fn call(&mut self, request: &Request<'_>) -> Result<Reply, Failure> {
+        self.send(std::slice::from_ref(request))?;
+        self.receive(request)
+    }
+
+    /// `get key`.
+    pub fn get(&mut self, key: &str) -> Result<Option<Item>, Failure> {
+        let request = Request::Get(vec![key]);
+        match self.call(&request)? {
+            Reply::Items(mut items) if items.len() == 1 => Ok(items.pop().flatten()),
+            other => Err(self.fail(Failure::Unexpected(format!("{other:?}")))),
+        }
+    }
+
+    /// `gets key`.
+    pub fn gets(&mut self, key: &str) -> Result<Option<Item>, Failure> {
+        match self.call(&Request::Gets(key))? {
+            Reply::Items(mut items) if items.len() == 1 => Ok(items.pop().flatten()),
+            other => Err(self.fail(Failure::Unexpected(format!("{other:?}")))),
+        }
+    }
+
+    /// `set` or `cas` (with `cas`): whether it was stored.
+    pub fn store(
+        &mut self,
+        key: &str,
+        flags: u32,
+        exptime: u32,
+        data: &str,
+        cas: Option<u64>,
+    ) -> Result<bool, Failure> {
+        let data = data.to_string();
+        let request = match cas {
+            Some(cas) => Request::Cas { key, flags, exptime, data, cas },
+            None => Request::Set { key, flags, exptime, data },
+        };
+        match self.call(&request)? {
+            Reply::Stored(stored) => Ok(stored),
+            other => Err(self.fail(Failure::Unexpected(format!("{other:?}")))),
+        }
+    }
+
+    /// `flush_all`.
+    pub fn flush_all(&mut self) -> Result<(), Failure> {
+        self.call(&Request::FlushAll).map(drop)
+    }
+
+    /// Marks the connection broken and returns the failure.
+    fn fail(&mut self, failure: Failure) -> Failure {
+        self.broken = true;
+        failure
+    }
+
+    /// An error reply where a normal one was due; after anything but a `SERVER_ERROR` to a store
+    /// command, what memcached reads next is unknown: the connection is given up.
+    fn refused(&mut self, line: String) -> Failure {
+        self.fail(if line.starts_with("SERVER_ERROR") {
+            Failure::Server(line)
+        } else if line.starts_with("CLIENT_ERROR") || line == "ERROR" {
+            Failure::Client(line)
+        } else {
+            Failure::Unexpected(line)
+        })
+    }
+
+    /// One reply line, without its CR LF.
+    fn read_line(&mut self) -> Result<String, Failure> {
+        self.line.clear();
+        let read = self.reader.read_until(b'\n', &mut self.line);
+        match read {
+            Ok(0) => Err(self.fail(Failure::Closed)),
+            Ok(_) if self.line.ends_with(b"\r\n") => {
+                let text = String::from_utf8_lossy(&self.line[..self.line.len() - 2]).into_owned();
+                Ok(text)
+            }
+            Ok(_) => Err(self.fail(Failure::Closed)),
+            Err(e) => Err(self.fail(e.into())),
+        }
+    }
+
+    /// The reply to `get`/`gets`: `VALUE <key> <flags> <bytes> [<cas>]`, the data, ..., `END`.
+    /// Hits come in the order of the keys asked; the others are misses.
+    fn items(&mut self, keys: &[&str], with_cas: bool) -> Result<Reply, Failure> {
+        let mut items: Vec<Option<Item>> = vec![None; keys.len()];
+        let mut next = 0;
+        loop {
+            let line = self.read_line()?;
+            if line == "END" {
+                return Ok(Reply::Items(items));
+            }
+            let Some(header) = line.strip_prefix("VALUE ") else {
+                // An error instead of (or in the middle of) the items: give the connection up.
+                return Err(self.refused(line));
+            };
+            let parts: Vec<&str> = header.split(' ').collect();
+            let parsed = match (parts.as_slice(), with_cas) {
+                ([key, flags, len], false) => Some((*key, flags.parse().ok(), len.parse().ok(), None)),
+                ([key, flags, len, cas], true) => Some((*key, flags.parse().ok(), len.parse().ok(), cas.parse().ok())),
+                _ => None,
+            };
+            let Some((key, Some(flags), Some(len), cas)) = parsed else {
+                return Err(self.fail(Failure::Unexpected(line)));
+            };
+            if with_cas && cas.is_none() {
+                return Err(self.fail(Failure::Unexpected(line)));
+            }
+            let Some(at) = keys[next..].iter().position(|k| *k == key).map(|p| next + p) else {
+                return Err(self.fail(Failure::Unexpected(line)));
+            };
+            let len: usize = len;
+            let mut data = vec![0; len + 2];
+            if let Err(e) = self.reader.read_exact(&mut data) {
+                return Err(self.fail(e.into()));
+            }
+            if !data.ends_with(b"\r\n") {
+                return Err(self.fail(Failure::Unexpected(format!("{line} (the data does not end with CR LF)"))));
+            }
+            data.truncate(len);
+            items[at] = Some(Item { flags, data, cas });
+            next = at + 1;
+        }
+    }
 }
 
 /// Opens connections to one server.
 pub struct Manager {
     address: Address,
-    url: memcache::Url,
     timeout: Duration,
 }
 
 impl Manager {
-    pub fn new(address: Address, url: memcache::Url, timeout: Duration) -> Manager {
-        Manager { address, url, timeout }
+    pub fn new(address: Address, timeout: Duration) -> Manager {
+        Manager { address, timeout }
     }
 
-    /// Step 1 of the module doc: can the server be reached at all, within the timeout?
-    fn probe(&self) -> std::io::Result<()> {
+    fn open(&self) -> io::Result<Stream> {
         match &self.address {
             Address::Tcp { host, port } => {
                 let mut last = None;
                 for addr in (host.as_str(), *port).to_socket_addrs()? {
                     match TcpStream::connect_timeout(&addr, self.timeout) {
-                        Ok(_) => return Ok(()),
+                        Ok(s) => {
+                            s.set_nodelay(true)?;
+                            return Ok(Stream::Tcp(s));
+                        }
                         Err(e) => last = Some(e),
                     }
                 }
-                Err(last.unwrap_or_else(|| std::io::Error::other("the host name has no address")))
+                Err(last.unwrap_or_else(|| io::Error::other("the host name has no address")))
             }
             #[cfg(unix)]
-            Address::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
+            Address::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
             #[cfg(not(unix))]
-            Address::Unix(_) => Err(std::io::Error::other("unix sockets are not supported on this system")),
+            Address::Unix(_) => Err(io::Error::other("unix sockets are not supported on this system")),
         }
     }
 }
 
 impl r2d2::ManageConnection for Manager {
     type Connection = Conn;
-    type Error = MemcacheError;
+    type Error = Failure;
 
-    fn connect(&self) -> Result<Conn, MemcacheError> {
-        self.probe()?;
-        let one = r2d2::Pool::builder()
-            .max_size(1)
-            .min_idle(Some(0))
-            .test_on_check_out(false)
-            .connection_timeout(self.timeout)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .error_handler(Box::new(r2d2::NopErrorHandler))
-            .build_unchecked(memcache::ConnectionManager::new(self.url.clone()));
-        let client = memcache::Client::with_pool(one)?;
-        // These open the connection (the pool is empty until now) and set its timeouts.
-        client.set_read_timeout(Some(self.timeout))?;
-        client.set_write_timeout(Some(self.timeout))?;
-        Ok(Conn { client, broken: false })
+    fn connect(&self) -> Result<Conn, Failure> {
+        let stream = self.open()?;
+        stream.set_timeouts(self.timeout)?;
+        Ok(Conn::new(stream))
     }
 
-    fn is_valid(&self, conn: &mut Conn) -> Result<(), MemcacheError> {
-        conn.client.version().map(drop)
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), Failure> {
+        conn.call(&Request::Version).map(drop)
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
@@ -93,8 +441,8 @@ impl r2d2::ManageConnection for Manager {
 }
 
 /// A failure to connect to `server` (the pool's `classify_connect`): always worth retrying.
-pub fn classify_connect(e: MemcacheError, server: &str) -> Error {
-    Error::new(ErrorKind::Unavailable, anyhow::anyhow!("cannot connect to memcached at {server}: {}", describe(&e)))
+pub fn classify_connect(e: Failure, server: &str) -> Error {
+    Error::new(ErrorKind::Unavailable, anyhow::anyhow!("cannot connect to memcached at {server}: {e}"))
 }
 
 /// Sorts a memcached failure into SPEC's statuses, in one place. Every message names the server
@@ -102,33 +450,23 @@ pub fn classify_connect(e: MemcacheError, server: &str) -> Error {
 /// - 3: the connection failed, timed out or closed (the command may not have run);
 /// - 4: the server refused the command (a value over its item size limit, out of memory, an
 ///   error reply) or answered something kcache cannot read.
-pub fn classify(e: MemcacheError, server: &str) -> Error {
-    match &e {
-        MemcacheError::IOError(io) if is_timeout(io) => {
-            unavailable(format!("memcached at {server} did not answer in time (pool_timeout): {}", describe(&e)))
+pub fn classify(e: Failure, server: &str) -> Error {
+    match e {
+        Failure::Io { timeout: true, .. } => {
+            unavailable(format!("memcached at {server} did not answer in time (pool_timeout): timed out"))
         }
-        MemcacheError::IOError(_) | MemcacheError::PoolError(_) => {
-            unavailable(format!("lost the connection to memcached at {server}: {}", describe(&e)))
+        Failure::Io { .. } | Failure::Closed | Failure::Abandoned(_) => {
+            unavailable(format!("lost the connection to memcached at {server}: {e}"))
         }
-        MemcacheError::ClientError(ClientError::Error(s)) if !s.starts_with("CLIENT_ERROR") => {
-            // The crate's own words for a connection closed mid-reply.
-            unavailable(format!("lost the connection to memcached at {server}: {}", s.trim()))
-        }
-        MemcacheError::ServerError(ServerError::Error(s)) if s.contains("too large") => Error::new(
+        Failure::Server(s) if s.contains("too large") => Error::new(
             ErrorKind::Backend,
             anyhow::anyhow!("the value is over the item size limit of memcached at {server} ({})", s.trim()),
         )
         .with_hint("memcached stores items up to 1 MiB unless it runs with a larger -I (--max-item-size)"),
-        MemcacheError::ServerError(ServerError::Error(s)) => {
+        Failure::Server(s) | Failure::Client(s) => {
             backend(format!("memcached at {server} refused the command: {}", s.trim()))
         }
-        MemcacheError::ClientError(ClientError::Error(s)) => {
-            backend(format!("memcached at {server} refused the command: {}", s.trim()))
-        }
-        MemcacheError::CommandError(CommandError::ValueTooLarge) => {
-            backend(format!("the value is over the item size limit of memcached at {server}"))
-        }
-        _ => backend(format!("unexpected reply from memcached at {server}: {}", describe(&e))),
+        Failure::Unexpected(_) => backend(format!("unexpected reply from memcached at {server}: {e}")),
     }
 }
 
@@ -138,18 +476,6 @@ fn unavailable(message: String) -> Error {
 
 fn backend(message: String) -> Error {
     Error::new(ErrorKind::Backend, anyhow::anyhow!(message))
-}
-
-fn is_timeout(io: &std::io::Error) -> bool {
-    matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
-}
-
-/// The crate's message, on one line, without its trailing CRLF.
-fn describe(e: &MemcacheError) -> String {
-    match e {
-        MemcacheError::IOError(io) if is_timeout(io) => "timed out".to_string(),
-        _ => e.to_string().trim().to_string(),
-    }
 }
 
 /// Makes sure an error's last part names `server`: the pool's own errors (a timeout, a full
@@ -171,26 +497,56 @@ pub fn naming(e: Error, server: &str) -> Error {
     }
 }
 
+/// The same error again (same kind, messages and hint), for each operation a failure hits.
+pub fn duplicate(e: &Error) -> Error {
+    let chain = e.chain();
+    let mut levels = chain.iter().rev();
+    let mut inner = anyhow::anyhow!("{}", levels.next().cloned().unwrap_or_default());
+    for level in levels {
+        inner = inner.context(level.clone());
+    }
+    let copy = Error::new(e.kind(), inner);
+    match e.hint() {
+        Some(h) => copy.with_hint(h),
+        None => copy,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A connection over one end of a socket pair, and the other end (the "server").
+    fn pair() -> (Conn, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (Conn::new(Stream::Unix(ours)), theirs)
+    }
+
+    fn sent(server: &mut UnixStream, len: usize) -> String {
+        let mut buf = vec![0; len];
+        server.read_exact(&mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
     #[test]
     fn statuses_and_messages() {
-        let refused = MemcacheError::IOError(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let refused = Failure::from(io::Error::from(io::ErrorKind::ConnectionRefused));
         let e = classify_connect(refused, "127.0.0.1:1");
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert!(e.to_string().contains("cannot connect to memcached at 127.0.0.1:1"), "{e}");
 
-        let slow = MemcacheError::IOError(std::io::Error::from(std::io::ErrorKind::WouldBlock));
+        let slow = Failure::from(io::Error::from(io::ErrorKind::WouldBlock));
         let e = classify(slow, "h:1");
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert!(e.to_string().contains("did not answer in time"), "{e}");
 
-        let eof = MemcacheError::ClientError(ClientError::Error("Ascii protocol no line found".into()));
-        assert_eq!(classify(eof, "h:1").kind(), ErrorKind::Unavailable);
+        assert_eq!(classify(Failure::Closed, "h:1").kind(), ErrorKind::Unavailable);
+        let e = classify(Failure::Abandoned("timed out".into()), "h:1");
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(e.to_string().contains("lost the connection to memcached at h:1"), "{e}");
 
-        let big = MemcacheError::ServerError(ServerError::Error("SERVER_ERROR object too large for cache\r\n".into()));
+        let big = Failure::Server("SERVER_ERROR object too large for cache".into());
         let e = classify(big, "h:1");
         assert_eq!(e.kind(), ErrorKind::Backend);
         assert_eq!(
@@ -200,11 +556,11 @@ mod tests {
         );
         assert!(e.hint().unwrap().contains("-I"));
 
-        let oom = MemcacheError::ServerError(ServerError::Error("SERVER_ERROR out of memory storing object".into()));
+        let oom = Failure::Server("SERVER_ERROR out of memory storing object".into());
         assert_eq!(classify(oom, "h:1").kind(), ErrorKind::Backend);
-        let client = MemcacheError::ClientError(ClientError::Error("CLIENT_ERROR bad data chunk\r\n".into()));
+        let client = Failure::Client("CLIENT_ERROR bad data chunk".into());
         assert_eq!(classify(client, "h:1").kind(), ErrorKind::Backend);
-        let odd = MemcacheError::ServerError(ServerError::BadResponse("WAT".into()));
+        let odd = Failure::Unexpected("WAT".into());
         assert_eq!(classify(odd, "h:1").kind(), ErrorKind::Backend);
     }
 
@@ -219,7 +575,67 @@ mod tests {
             vec!["kcache: error: get 'k' on memcached at h:1,h:2: timed out after 1.0 s (memcached at h:1)"]
         );
         assert_eq!(named.chain().len(), 3);
-        let already = naming(classify_connect(MemcacheError::BadURL("x".into()), "h:1"), "h:1");
+        let already = naming(classify_connect(Failure::Closed, "h:1"), "h:1");
         assert_eq!(already.chain().len(), 1);
+        let copy = duplicate(&named);
+        assert_eq!((copy.kind(), copy.render(true)), (named.kind(), named.render(true)));
+    }
+
+    #[test]
+    fn a_pipeline_is_one_write_and_its_replies_are_read_in_order() {
+        let (mut c, mut server) = pair();
+        let requests = [
+            Request::Set { key: "a", flags: 16, exptime: 61, data: "{\"v\":1}".into() },
+            Request::Get(vec!["a", "b", "c"]),
+            Request::Gets("c"),
+            Request::Cas { key: "c", flags: 16, exptime: 2592001, data: "x".into(), cas: 7 },
+            Request::Set { key: "big", flags: 16, exptime: 1, data: "y".into() },
+            Request::FlushAll,
+        ];
+        c.send(&requests).unwrap();
+        let wire = "set a 16 61 7\r\n{\"v\":1}\r\nget a b c\r\ngets c\r\ncas c 16 2592001 1 7\r\nx\r\n\
+                    set big 16 1 1\r\ny\r\nflush_all\r\n";
+        assert_eq!(sent(&mut server, wire.len()), wire);
+        server
+            .write_all(
+                b"STORED\r\nVALUE a 16 2\r\nab\r\nVALUE c 0 0\r\n\r\nEND\r\nVALUE c 0 1 99\r\nz\r\nEND\r\nEXISTS\r\n\
+                  SERVER_ERROR object too large for cache\r\nOK\r\n",
+            )
+            .unwrap();
+        let item = |flags, data: &[u8], cas| Some(Item { flags, data: data.to_vec(), cas });
+        assert_eq!(c.receive(&requests[0]), Ok(Reply::Stored(true)));
+        assert_eq!(c.receive(&requests[1]), Ok(Reply::Items(vec![item(16, b"ab", None), None, item(0, b"", None)])));
+        assert_eq!(c.receive(&requests[2]), Ok(Reply::Items(vec![item(0, b"z", Some(99))])));
+        assert_eq!(c.receive(&requests[3]), Ok(Reply::Stored(false)));
+        assert_eq!(c.receive(&requests[4]), Err(Failure::Server("SERVER_ERROR object too large for cache".into())));
+        assert!(!c.broken, "a refused store leaves the connection in step");
+        assert_eq!(c.receive(&requests[5]), Ok(Reply::Done));
+    }
+
+    #[test]
+    fn replies_that_do_not_line_up_break_the_connection() {
+        for reply in [
+            &b"VALUE zz 0 1\r\nz\r\nEND\r\n"[..],
+            b"VALUE a 0 2\r\nabc\r\nEND\r\n",
+            b"VALUE a 0 x\r\n",
+            b"SERVER_ERROR out of memory writing get response\r\n",
+            b"ERROR\r\n",
+            b"VALUE a 0 5\r\nab",
+        ] {
+            let (mut c, mut server) = pair();
+            let get = Request::Get(vec!["a"]);
+            c.send(std::slice::from_ref(&get)).unwrap();
+            server.write_all(reply).unwrap();
+            if reply.ends_with(b"ab") {
+                drop(server);
+            }
+            assert!(c.receive(&get).is_err(), "{reply:?}");
+            assert!(c.broken, "{reply:?}");
+            assert!(matches!(c.receive(&Request::Version), Err(Failure::Abandoned(_))));
+        }
+        let (mut c, server) = pair();
+        drop(server);
+        assert!(c.get("a").is_err());
+        assert!(c.broken);
     }
 }

@@ -18,7 +18,9 @@
 //! (memcached reads larger values as one), and 0 past 2038, which memcached cannot hold.
 //!
 //! **Atomic updates** (§11 items 24-25): `expire` and `delete` read the entry with `gets` and
-//! write with `cas`, retrying when another client changed it meanwhile. `expire` on a missing
+//! write with `cas`, retrying when another client changed it meanwhile (at once a few times,
+//! then after growing pauses, for up to `pool_timeout`: a key many clients write at once, as
+//! batches do, stays contended for a while). `expire` on a missing
 //! or expired entry writes nothing (Kinto creates `{"value":null}`). `delete` swaps the entry for
 //! an already expired one (`cas` with a past unix time): it removes only the entry it read,
 //! and of two concurrent deletes of one entry exactly one gets its value.
@@ -33,25 +35,30 @@
 //! reach, then reports the others.
 //!
 //! **Connections**: one pool per server (`backend/pool.rs`), created when a command first needs
-//! that server; see [`conn`] for how a pooled connection wraps the `memcache` crate.
+//! that server; see [`conn`] for the protocol spoken on a pooled connection.
+//!
+//! **Groups** (`kcache batch`, [`group`]): the commands of a group are sent to each server they
+//! touch in one pipeline, consecutive reads as one multi-key `get`, and the replies read
+//! back: a round trip per server instead of one per command, with the results the commands
+//! would have had one by one.
 
 mod conn;
 mod envelope;
+mod group;
 pub mod hosts;
 
 pub use envelope::{EXPTIME_MARGIN, FLAG_TEXT, MAX_EXPTIME, MAX_RELATIVE_EXPTIME};
 
 use super::pool::{Pool, PoolSettings};
-use super::{Backend, FlushScope};
+use super::{Backend, FlushScope, GroupOp, GroupResult};
 use crate::error::{Error, ErrorKind, Result, quote};
 use crate::settings::{Settings, split_hosts};
 use crate::ttl::{Remaining, Ttl};
-use conn::{Conn, Manager};
+use conn::{Conn, Failure, Manager};
 use envelope::Entry;
 use hosts::Address;
-use memcache::{MemcacheError, ToMemcacheValue};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// python-memcached's `socket_timeout`, the default `pool_timeout` here: it bounds the connect,
 /// each read and write, and the wait for a pooled connection.
@@ -60,25 +67,43 @@ pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(3);
 /// memcached's (and python-memcached's) longest key, in bytes, prefix included.
 pub const MAX_KEY_BYTES: usize = 250;
 
-/// How many times `expire` and `delete` re-read an entry that another client changed between
-/// their `gets` and their `cas`.
-const CAS_ATTEMPTS: usize = 5;
+/// How many times `expire` and `delete` re-read at once an entry that another client changed
+/// between their `gets` and their `cas`, before they pause between attempts.
+const CAS_QUICK_ATTEMPTS: u32 = 5;
 
-/// An envelope as memcached stores it: text, with python-memcached's text flag (the crate would
-/// store flags 0).
-struct Text<'a>(&'a str);
+/// The longest pause between two attempts.
+const CAS_MAX_PAUSE: Duration = Duration::from_millis(50);
 
-impl<W: std::io::Write> ToMemcacheValue<W> for Text<'_> {
-    fn get_flags(&self) -> u32 {
-        FLAG_TEXT
+/// The attempts of one `expire` or `delete` (see the module doc).
+struct Attempts {
+    start: Instant,
+    patience: Duration,
+    made: u32,
+}
+
+impl Attempts {
+    fn new(patience: Duration) -> Attempts {
+        Attempts { start: Instant::now(), patience, made: 0 }
     }
 
-    fn get_length(&self) -> usize {
-        self.0.len()
-    }
-
-    fn write_to(&self, stream: &mut W) -> std::io::Result<()> {
-        stream.write_all(self.0.as_bytes())
+    /// After a lost race: `false` when it is time to give up, else `true`, once a pause (none
+    /// for the first attempts, then growing, with jitter so that racing clients drift apart)
+    /// has passed.
+    fn again(&mut self) -> bool {
+        self.made += 1;
+        if self.made < CAS_QUICK_ATTEMPTS {
+            return true;
+        }
+        let elapsed = self.start.elapsed();
+        if elapsed >= self.patience {
+            return false;
+        }
+        let step = (self.made - CAS_QUICK_ATTEMPTS).min(10);
+        let ceiling = (Duration::from_micros(100) * (1 << step)).min(CAS_MAX_PAUSE);
+        let jitter = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let pause = ceiling / 2 + Duration::from_nanos(u64::from(jitter) % (ceiling.as_nanos() as u64 / 2 + 1));
+        std::thread::sleep(pause.min(self.patience - elapsed));
+        true
     }
 }
 
@@ -86,7 +111,6 @@ impl<W: std::io::Write> ToMemcacheValue<W> for Text<'_> {
 struct Server {
     address: Address,
     location: String,
-    url: memcache::Url,
     pool: OnceLock<Pool<Manager>>,
 }
 
@@ -134,8 +158,11 @@ impl Memcached {
             let index = match servers.iter().position(|s| s.location == location) {
                 Some(i) => i,
                 None => {
-                    let url = address.url()?;
-                    servers.push(Server { address, location, url, pool: OnceLock::new() });
+                    // Host lists are accepted as before, when the `memcache` crate opened the
+                    // connections: a unix socket path it could not open is still refused
+                    // (`Address::url`), although kcache now connects by itself.
+                    address.url()?;
+                    servers.push(Server { address, location, pool: OnceLock::new() });
                     servers.len() - 1
                 }
             };
@@ -155,41 +182,31 @@ impl Memcached {
 
     /// The server python-memcached would pick for this full key.
     fn server(&self, key: &str) -> &Server {
+        &self.shared.servers[self.server_index(key)]
+    }
+
+    /// Its index in `servers`.
+    fn server_index(&self, key: &str) -> usize {
         let s = &self.shared;
-        &s.servers[s.buckets[hosts::bucket(key, s.buckets.len())]]
+        s.buckets[hosts::bucket(key, s.buckets.len())]
     }
 
     fn pool<'a>(&self, server: &'a Server) -> &'a Pool<Manager> {
         server.pool.get_or_init(|| {
-            let manager = Manager::new(server.address.clone(), server.url.clone(), self.shared.pool.timeout);
+            let manager = Manager::new(server.address.clone(), self.shared.pool.timeout);
             Pool::new(manager, self.shared.pool, "memcached", server.location.clone(), conn::classify_connect)
         })
     }
 
-    /// Runs `op` on a connection to `server`; a connection that saw an error is not reused.
-    fn run<T>(&self, server: &Server, op: impl FnOnce(&memcache::Client) -> Result<T, MemcacheError>) -> Result<T> {
-        let mut c = self.pool(server).get().map_err(|e| conn::naming(e, &server.location))?;
-        op(&c.client).map_err(|e| {
-            let conn: &mut Conn = &mut c;
-            conn.broken = true;
-            conn::classify(e, &server.location)
-        })
+    /// A connection to `server` from its pool; the error names the server.
+    fn connection(&self, server: &Server) -> Result<super::pool::Connection<Manager>> {
+        self.pool(server).get().map_err(|e| conn::naming(e, &server.location))
     }
 
-    /// The entry under `key` with its CAS token, if there is one (live or not).
-    fn gets(&self, server: &Server, key: &str) -> Result<Option<(Entry, u64)>> {
-        let got: Option<(Vec<u8>, u32, Option<u64>)> = self.run(server, |c| c.get(key))?;
-        let Some((bytes, flags, cas)) = got else { return Ok(None) };
-        let entry = decode(&bytes, flags, key, server)?;
-        let cas = cas.ok_or_else(|| {
-            Error::new(ErrorKind::Backend, anyhow::anyhow!("memcached at {} sent no CAS token", server.location))
-        })?;
-        Ok(Some((entry, cas)))
-    }
-
-    /// Writes `envelope` under `key` if the entry is still the one `cas` was read with.
-    fn cas(&self, server: &Server, key: &str, envelope: &str, exptime: u32, cas: u64) -> Result<bool> {
-        self.run(server, |c| c.cas(key, Text(envelope), exptime, cas))
+    /// Runs `op` on a connection to `server` (the pool drops it if it broke).
+    fn run<T>(&self, server: &Server, op: impl FnOnce(&mut Conn) -> Result<T, Failure>) -> Result<T> {
+        let mut c = self.connection(server)?;
+        op(&mut c).map_err(|e| conn::classify(e, &server.location))
     }
 
     /// How many servers there are (distinct ones).
@@ -198,6 +215,81 @@ impl Memcached {
         self.shared.servers.len()
     }
 }
+
+/// The live value of a stored item, if it has one.
+fn live_value(item: Option<&conn::Item>, key: &str, server: &Server, now: SystemTime) -> Result<Option<String>> {
+    let Some(item) = item else { return Ok(None) };
+    let entry = decode(&item.data, item.flags, key, server)?;
+    Ok(entry.remaining(now).map(|_| entry.value))
+}
+
+/// The time left of a stored item.
+fn remaining(item: Option<&conn::Item>, key: &str, server: &Server, now: SystemTime) -> Result<Remaining> {
+    let Some(item) = item else { return Ok(Remaining::Missing) };
+    let entry = decode(&item.data, item.flags, key, server)?;
+    Ok(entry.remaining(now).map_or(Remaining::Missing, Remaining::Left))
+}
+
+/// `set` on a connection.
+fn set_on(c: &mut Conn, server: &Server, key: &str, value: &str, ttl: Ttl) -> Result<()> {
+    let now = SystemTime::now();
+    let envelope = envelope::encode(value, envelope::expires_us(now, ttl.duration()));
+    let exptime = envelope::exptime(now, ttl.duration());
+    c.store(key, FLAG_TEXT, exptime, &envelope, None).map(drop).map_err(|e| conn::classify(e, &server.location))
+}
+
+/// The entry under `key` with its CAS token, if there is one (live or not).
+fn gets_on(c: &mut Conn, server: &Server, key: &str) -> Result<Option<(Entry, u64)>> {
+    let item = c.gets(key).map_err(|e| conn::classify(e, &server.location))?;
+    let Some(item) = item else { return Ok(None) };
+    let entry = decode(&item.data, item.flags, key, server)?;
+    let cas = item.cas.ok_or_else(|| {
+        Error::new(ErrorKind::Backend, anyhow::anyhow!("memcached at {} sent no CAS token", server.location))
+    })?;
+    Ok(Some((entry, cas)))
+}
+
+/// Writes `envelope` under `key` if the entry is still the one `cas` was read with.
+fn cas_on(c: &mut Conn, server: &Server, key: &str, envelope: &str, exptime: u32, cas: u64) -> Result<bool> {
+    c.store(key, FLAG_TEXT, exptime, envelope, Some(cas)).map_err(|e| conn::classify(e, &server.location))
+}
+
+/// `expire` on a connection: `gets`, then `cas` (again if another client changed the entry).
+fn expire_on(c: &mut Conn, server: &Server, key: &str, ttl: Ttl, patience: Duration) -> Result<bool> {
+    let mut attempts = Attempts::new(patience);
+    loop {
+        let Some((entry, cas)) = gets_on(c, server, key)? else { return Ok(false) };
+        let now = SystemTime::now();
+        if entry.remaining(now).is_none() {
+            return Ok(false);
+        }
+        let envelope = envelope::encode(&entry.value, envelope::expires_us(now, ttl.duration()));
+        if cas_on(c, server, key, &envelope, envelope::exptime(now, ttl.duration()), cas)? {
+            return Ok(true);
+        }
+        if !attempts.again() {
+            return Err(contended(key, server, &attempts));
+        }
+    }
+}
+
+/// `delete` on a connection: `gets`, then `cas` of an expired tombstone.
+fn delete_on(c: &mut Conn, server: &Server, key: &str, patience: Duration) -> Result<Option<String>> {
+    let mut attempts = Attempts::new(patience);
+    loop {
+        let Some((entry, cas)) = gets_on(c, server, key)? else { return Ok(None) };
+        let live = entry.remaining(SystemTime::now()).is_some();
+        // An expired entry the server still holds is removed too, but reads as missing.
+        if cas_on(c, server, key, envelope::TOMBSTONE, envelope::EXPIRED_EXPTIME, cas)? {
+            return Ok(live.then_some(entry.value));
+        }
+        if !attempts.again() {
+            return Err(contended(key, server, &attempts));
+        }
+    }
+}
+
+impl Memcached {}
 
 /// Decodes an envelope, or says which entry is not one.
 fn decode(bytes: &[u8], flags: u32, key: &str, server: &Server) -> Result<Entry> {
@@ -214,13 +306,15 @@ fn decode(bytes: &[u8], flags: u32, key: &str, server: &Server) -> Result<Entry>
 }
 
 /// `expire` or `delete` gave up: other clients kept changing the entry.
-fn contended(key: &str, server: &Server) -> Error {
+fn contended(key: &str, server: &Server, attempts: &Attempts) -> Error {
     Error::new(
         ErrorKind::Unavailable,
         anyhow::anyhow!(
-            "the entry {} on memcached at {} changed {CAS_ATTEMPTS} times while kcache was updating it; try again",
+            "the entry {} on memcached at {} changed {} times in {:.1} s while kcache was updating it; try again",
             quote(key),
-            server.location
+            server.location,
+            attempts.made,
+            attempts.start.elapsed().as_secs_f64()
         ),
     )
 }
@@ -283,62 +377,40 @@ impl Backend for Memcached {
 
     fn get(&mut self, key: &str) -> Result<Option<String>> {
         let server = self.server(key);
-        let got: Option<(Vec<u8>, u32)> = self.run(server, |c| c.get(key))?;
-        let Some((bytes, flags)) = got else { return Ok(None) };
-        let entry = decode(&bytes, flags, key, server)?;
-        Ok(entry.remaining(SystemTime::now()).map(|_| entry.value))
+        let item = self.run(server, |c| c.get(key))?;
+        live_value(item.as_ref(), key, server, SystemTime::now())
     }
 
     fn set(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<()> {
         let server = self.server(key);
-        let now = SystemTime::now();
-        let envelope = envelope::encode(value, envelope::expires_us(now, ttl.duration()));
-        let exptime = envelope::exptime(now, ttl.duration());
-        self.run(server, |c| c.set(key, Text(&envelope), exptime))
+        set_on(&mut *self.connection(server)?, server, key, value, ttl)
     }
 
     fn ttl(&mut self, key: &str) -> Result<Remaining> {
         let server = self.server(key);
-        let got: Option<(Vec<u8>, u32)> = self.run(server, |c| c.get(key))?;
-        let Some((bytes, flags)) = got else { return Ok(Remaining::Missing) };
-        let entry = decode(&bytes, flags, key, server)?;
-        Ok(entry.remaining(SystemTime::now()).map_or(Remaining::Missing, Remaining::Left))
+        let item = self.run(server, |c| c.get(key))?;
+        remaining(item.as_ref(), key, server, SystemTime::now())
     }
 
     fn expire(&mut self, key: &str, ttl: Ttl) -> Result<bool> {
         let server = self.server(key);
-        for _ in 0..CAS_ATTEMPTS {
-            let Some((entry, cas)) = self.gets(server, key)? else { return Ok(false) };
-            let now = SystemTime::now();
-            if entry.remaining(now).is_none() {
-                return Ok(false);
-            }
-            let envelope = envelope::encode(&entry.value, envelope::expires_us(now, ttl.duration()));
-            if self.cas(server, key, &envelope, envelope::exptime(now, ttl.duration()), cas)? {
-                return Ok(true);
-            }
-        }
-        Err(contended(key, server))
+        expire_on(&mut *self.connection(server)?, server, key, ttl, self.shared.pool.timeout)
     }
 
     fn delete(&mut self, key: &str) -> Result<Option<String>> {
         let server = self.server(key);
-        for _ in 0..CAS_ATTEMPTS {
-            let Some((entry, cas)) = self.gets(server, key)? else { return Ok(None) };
-            let live = entry.remaining(SystemTime::now()).is_some();
-            // An expired entry the server still holds is removed too, but reads as missing.
-            if self.cas(server, key, envelope::TOMBSTONE, envelope::EXPIRED_EXPTIME, cas)? {
-                return Ok(live.then_some(entry.value));
-            }
-        }
-        Err(contended(key, server))
+        delete_on(&mut *self.connection(server)?, server, key, self.shared.pool.timeout)
+    }
+
+    fn run_group(&mut self, ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
+        Some(group::run(self, ops))
     }
 
     fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
         self.check_flush(scope)?;
         let mut failed: Vec<(String, Error)> = Vec::new();
         for server in &self.shared.servers {
-            if let Err(e) = self.run(server, |c| c.flush()) {
+            if let Err(e) = self.run(server, |c| c.flush_all()) {
                 failed.push((server.location.clone(), e));
             }
         }
@@ -457,6 +529,20 @@ mod tests {
     fn handles_can_move_between_threads() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Memcached>();
+    }
+
+    #[test]
+    fn a_lost_race_is_retried_at_once_then_after_pauses_until_the_patience_runs_out() {
+        let start = Instant::now();
+        let mut attempts = Attempts::new(Duration::from_millis(60));
+        for _ in 1..CAS_QUICK_ATTEMPTS {
+            assert!(attempts.again());
+        }
+        assert!(start.elapsed() < Duration::from_millis(20), "no pause at first");
+        while attempts.again() {}
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(60) && took < Duration::from_secs(1), "{took:?}");
+        assert!(attempts.made > CAS_QUICK_ATTEMPTS + 2, "{}", attempts.made);
     }
 
     #[test]
