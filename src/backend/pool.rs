@@ -20,6 +20,11 @@ use std::time::{Duration, Instant};
 
 pub type Connection<M> = r2d2::PooledConnection<M>;
 
+/// The threads that open connections for every pool of the process (r2d2 would start three per
+/// pool: a one-shot command would pay for thread start-ups it never needs).
+static CONNECTOR_THREADS: std::sync::LazyLock<Arc<scheduled_thread_pool::ScheduledThreadPool>> =
+    std::sync::LazyLock::new(|| Arc::new(scheduled_thread_pool::ScheduledThreadPool::new(1)));
+
 /// How often a waiting caller checks whether the connection attempt it waits for has failed.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -93,6 +98,7 @@ where
             .max_lifetime(settings.recycle)
             .idle_timeout(None)
             .error_handler(Box::new(Recorder(Arc::clone(&last_error))))
+            .thread_pool(Arc::clone(&CONNECTOR_THREADS))
             .build_unchecked(manager);
         Pool { pool, settings, in_get: AtomicUsize::new(0), last_error, classify_connect, name, location }
     }
