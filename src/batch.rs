@@ -300,8 +300,11 @@ fn reply_for(line: u64, op: &Op, result: Result<GroupResult, Error>) -> Reply {
     reply.unwrap_or_else(|e| Reply::failed(line, &e))
 }
 
-/// Runs consecutive commands: keyed ones as one group, the others alone, in order.
-pub fn execute_many(cache: &mut Cache, items: &[(u64, Op)]) -> Vec<Reply> {
+/// Runs consecutive commands: keyed ones as one group, the others alone, in order. Without
+/// `keep_going`, it stops at the first failure, except that commands a backend already sent in
+/// the same round trip (a pipeline) have run: their replies are returned too, so the output
+/// never hides a write that happened.
+pub fn execute_many(cache: &mut Cache, items: &[(u64, Op)], keep_going: bool) -> Vec<Reply> {
     let mut replies = Vec::with_capacity(items.len());
     let mut start = 0;
     while start < items.len() {
@@ -309,14 +312,22 @@ pub fn execute_many(cache: &mut Cache, items: &[(u64, Op)]) -> Vec<Reply> {
             items[start..].iter().position(|(_, op)| op.as_group_op().is_none()).map_or(items.len(), |p| start + p);
         if end > start {
             let group: Vec<GroupOp<'_>> = items[start..end].iter().filter_map(|(_, op)| op.as_group_op()).collect();
-            let results = cache.run_group(&group);
+            let results = cache.run_group_with(&group, !keep_going);
             for ((line, op), result) in items[start..end].iter().zip(results) {
                 replies.push(reply_for(*line, op, result));
+            }
+            if !keep_going && replies.iter().any(|r| r.status >= 2) {
+                return replies;
             }
         }
         if end < items.len() {
             let (line, op) = &items[end];
-            replies.push(execute(cache, *line, op));
+            let reply = execute(cache, *line, op);
+            let failed = reply.status >= 2;
+            replies.push(reply);
+            if failed && !keep_going {
+                return replies;
+            }
         }
         start = end + 1;
     }
@@ -426,15 +437,14 @@ fn run_serial(mut cache: Cache, input: impl Read, out: &mut impl Write, keep_goi
     let mut stopped = false;
     // Runs the group and writes its replies; `true` when the batch must stop.
     let mut run_group = |group: &mut Vec<(u64, Op)>, out: &mut dyn Write, tally: &mut Tally| -> Result<bool, Error> {
-        let replies = execute_many(&mut cache, group);
+        let replies = execute_many(&mut cache, group, keep_going);
         group.clear();
+        let mut stop = false;
         for r in &replies {
             write_reply(out, r)?;
-            if tally.record(r, keep_going) {
-                return Ok(true);
-            }
+            stop |= tally.record(r, keep_going);
         }
-        Ok(false)
+        Ok(stop)
     };
     loop {
         if lines.would_wait() || group.len() >= GROUP {
@@ -556,7 +566,7 @@ fn run_parallel<W: Write + Send>(
                         }
                     }
                     if !stop.load(Ordering::SeqCst) {
-                        for r in execute_many(&mut sibling, &group) {
+                        for r in execute_many(&mut sibling, &group, keep_going) {
                             let _ = reply_tx.send(r);
                         }
                     }

@@ -68,6 +68,14 @@ impl Error {
         self.inner = self.inner.context(what.to_string());
         self
     }
+    /// A copy (the cause chain flattened into one message), to hand the same failure to
+    /// several callers.
+    pub fn duplicate(&self) -> Error {
+        let mut copy = Error::new(self.kind, anyhow::anyhow!("{:#}", self.inner));
+        copy.hint = self.hint.clone();
+        copy
+    }
+
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }

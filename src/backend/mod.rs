@@ -265,6 +265,14 @@ impl Cache {
     /// Keys are checked first: an operation with a bad key gets its input error and is not sent;
     /// TTL 0 is given its meaning (`set` and `expire` with 0 delete the key) as elsewhere.
     pub fn run_group(&mut self, ops: &[GroupOp<'_>]) -> Vec<Result<GroupResult>> {
+        self.run_group_with(ops, false)
+    }
+
+    /// [`Cache::run_group`]; with `stop_at_error`, nothing after the first failing operation
+    /// runs when the operations go one by one (then the result list ends with that failure).
+    /// A backend that sends the group at once (a pipeline) has run them all: every result is
+    /// returned.
+    pub fn run_group_with(&mut self, ops: &[GroupOp<'_>], stop_at_error: bool) -> Vec<Result<GroupResult>> {
         let mut results: Vec<Option<Result<GroupResult>>> = Vec::with_capacity(ops.len());
         let mut full_keys: Vec<String> = Vec::with_capacity(ops.len());
         for op in ops {
@@ -304,11 +312,27 @@ impl Cache {
             };
             sent.push((i, op));
         }
+        if stop_at_error && let Some(first_bad) = results.iter().position(Option::is_some) {
+            // An operation refused before sending: nothing after it may run.
+            sent.retain(|(i, _)| *i < first_bad);
+        }
         let to_send: Vec<GroupOp<'_>> = sent.iter().map(|(_, op)| *op).collect();
         let answers = match self.inner.run_group(&to_send) {
             Some(a) if a.len() == to_send.len() => a,
-            _ => to_send.iter().map(|op| op.run_alone(&mut *self.inner)).collect(),
+            _ => {
+                let mut answers = Vec::with_capacity(to_send.len());
+                for op in &to_send {
+                    let a = op.run_alone(&mut *self.inner);
+                    let failed = a.is_err();
+                    answers.push(a);
+                    if failed && stop_at_error {
+                        break;
+                    }
+                }
+                answers
+            }
         };
+        sent.truncate(answers.len());
         for ((i, op), answer) in sent.into_iter().zip(answers) {
             let original = &ops[i];
             let answer = match (original, op, answer) {
@@ -328,7 +352,11 @@ impl Cache {
             };
             results[i] = Some(answer.map_err(|e| e.context(self.ctx(op_name(original), key))));
         }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::input("operation not run")))).collect()
+        // With stop_at_error, the list ends after the last operation that has a result: what
+        // came after did not run.
+        let end =
+            if stop_at_error { results.iter().rposition(Option::is_some).map_or(0, |i| i + 1) } else { results.len() };
+        results.into_iter().take(end).map(|r| r.unwrap_or_else(|| Err(Error::input("operation not run")))).collect()
     }
 
     pub fn purge(&mut self) -> Result<u64> {
@@ -341,23 +369,38 @@ impl Cache {
         self.inner.migrate(dry_run).map_err(|e| e.context(ctx))
     }
 
-    /// Kinto's heartbeat made deterministic: write the heartbeat key, read it back, delete it,
-    /// and check it is gone. Kinto deletes on a coin toss and so passes half the time against a
-    /// dead memcached (reference §1.2, #2107); this always checks both paths.
+    /// Kinto's heartbeat made deterministic: write the heartbeat key, read it back, delete it.
+    /// Every step must succeed. Kinto deletes on a coin toss and so passes half the time against
+    /// a dead memcached (reference §1.2, #2107); kcache's backends report failures instead of
+    /// missing data, and the read-back is checked too. Concurrent pings share the key (as
+    /// Kinto's do): one may delete it between another's write and read, so a missing read-back
+    /// is retried a few times before it counts as a failure.
     pub fn ping(&mut self) -> Result<()> {
         let alive = crate::value::encode_string("alive");
         let ttl = Ttl::from_duration(std::time::Duration::from_secs(3600));
-        self.set(HEARTBEAT_KEY, &alive, ttl)?;
-        let read = self.get(HEARTBEAT_KEY)?;
-        self.delete(HEARTBEAT_KEY)?;
-        let gone = self.get(HEARTBEAT_KEY)?;
         let what = format!("ping {} at {}", self.inner.name(), self.inner.location());
-        if read.as_deref() != Some(alive.as_str()) {
-            return Err(Error::backend(what, anyhow::anyhow!("the heartbeat key did not read back what was written")));
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            self.set(HEARTBEAT_KEY, &alive, ttl)?;
+            match self.get(HEARTBEAT_KEY)? {
+                Some(v) if v == alive => break,
+                Some(_) => {
+                    return Err(Error::backend(
+                        what,
+                        anyhow::anyhow!("the heartbeat key did not read back what was written"),
+                    ));
+                }
+                None if attempts < 5 => continue,
+                None => {
+                    return Err(Error::backend(
+                        what,
+                        anyhow::anyhow!("the heartbeat key vanished right after it was written"),
+                    ));
+                }
+            }
         }
-        if gone.is_some() {
-            return Err(Error::backend(what, anyhow::anyhow!("the heartbeat key was still there after delete")));
-        }
+        self.delete(HEARTBEAT_KEY)?;
         Ok(())
     }
 }

@@ -70,6 +70,10 @@ pub struct Pool<M: r2d2::ManageConnection> {
     /// Callers inside [`Pool::get`] right now, as Kinto's backlog counts them.
     in_get: AtomicUsize,
     last_error: LastError<M::Error>,
+    /// The last connect failure returned to a caller: while no connection is open, later callers
+    /// within `pool_timeout` get it at once instead of each waiting for r2d2's next retry (a
+    /// batch whose server died would otherwise wait once per line).
+    down: Mutex<Option<(Instant, Error)>>,
     classify_connect: ClassifyConnect<M::Error>,
     name: &'static str,
     location: String,
@@ -100,7 +104,16 @@ where
             .error_handler(Box::new(Recorder(Arc::clone(&last_error))))
             .thread_pool(Arc::clone(&CONNECTOR_THREADS))
             .build_unchecked(manager);
-        Pool { pool, settings, in_get: AtomicUsize::new(0), last_error, classify_connect, name, location }
+        Pool {
+            pool,
+            settings,
+            in_get: AtomicUsize::new(0),
+            last_error,
+            down: Mutex::new(None),
+            classify_connect,
+            name,
+            location,
+        }
     }
 
     pub fn location(&self) -> &str {
@@ -130,15 +143,31 @@ where
                 ));
             }
         }
+        if self.pool.state().connections == 0
+            && let Ok(down) = self.down.lock()
+            && let Some((at, e)) = down.as_ref()
+            && at.elapsed() < self.settings.timeout
+        {
+            return Err(e.duplicate());
+        }
         let deadline = start + self.settings.timeout;
         loop {
             let now = Instant::now();
             let wait = deadline.saturating_duration_since(now).min(POLL);
             match self.pool.get_timeout(wait.max(Duration::from_millis(1))) {
-                Ok(c) => return Ok(c),
+                Ok(c) => {
+                    if let Ok(mut down) = self.down.lock() {
+                        *down = None;
+                    }
+                    return Ok(c);
+                }
                 Err(timed_out) => {
                     if let Some(e) = self.take_error_since(start) {
-                        return Err((self.classify_connect)(e, &self.location));
+                        let e = (self.classify_connect)(e, &self.location);
+                        if let Ok(mut down) = self.down.lock() {
+                            *down = Some((Instant::now(), e.duplicate()));
+                        }
+                        return Err(e);
                     }
                     if Instant::now() >= deadline {
                         return Err(Error::unavailable(

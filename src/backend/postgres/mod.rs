@@ -68,6 +68,15 @@ impl Postgres {
         if config.get_connect_timeout().is_none_or(|t| *t > connect_timeout) {
             config.connect_timeout(connect_timeout);
         }
+        // No statement waits for a lock longer than pool_timeout either (then status 3): sent as
+        // a startup option, so it costs no round trip; the user's own options come after it and
+        // win.
+        let lock_ms = timeout.as_millis().max(1);
+        let options = match config.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("-c lock_timeout={lock_ms} {o}"),
+            _ => format!("-c lock_timeout={lock_ms}"),
+        };
+        config.options(&options);
         let pool = Pool::new(
             PostgresConnectionManager::new(config, tls),
             PoolSettings {
