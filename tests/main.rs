@@ -7,10 +7,14 @@ mod cli_ops;
 mod cli_usage;
 mod concurrency;
 mod conformance;
+mod faults;
+mod hostile;
+mod load;
 mod memcached;
 mod postgresql;
 mod redis;
 mod rig;
+mod servers;
 mod util;
 
 #[test]

@@ -97,7 +97,7 @@ impl Sqlite {
         self.open_writer()?;
         let Some(conn) = self.conn.as_mut() else { unreachable!("open_writer opened it") };
         if !self.schema_ready {
-            ensure_schema(conn)?;
+            ensure_schema(conn, self.busy_timeout)?;
             self.schema_ready = true;
         }
         Ok(conn)
@@ -161,10 +161,30 @@ impl Sqlite {
 
 /// WAL journal (persistent in the file) and the table and index, created at most once, under
 /// the write lock so that concurrent first runs agree.
-fn ensure_schema(conn: &mut Connection) -> Result<()> {
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(classify)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)).map_err(classify)?;
+fn ensure_schema(conn: &mut Connection, busy_timeout: Duration) -> Result<()> {
+    // Switching to WAL needs an exclusive lock and SQLite does not wait for it (the busy
+    // handler is not called): several processes making the file at once retry here, within the
+    // busy timeout, re-reading the mode each time (another one may have switched it).
+    let start = std::time::Instant::now();
+    loop {
+        let mode: std::result::Result<String, rusqlite::Error> =
+            conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).and_then(|m: String| {
+                if m.eq_ignore_ascii_case("wal") {
+                    Ok(m)
+                } else {
+                    conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                }
+            });
+        match mode {
+            Ok(_) => break,
+            Err(e)
+                if matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+                    && start.elapsed() < busy_timeout =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(classify(e)),
+        }
     }
     let has_table: bool = conn
         .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cache'", [], |r| {
@@ -219,9 +239,10 @@ impl Backend for Sqlite {
             };
             return Ok(Migration { statements, note: None });
         }
+        let busy = self.busy_timeout;
         let conn = self.open_writer()?;
         let statements = Self::missing_schema(conn)?;
-        ensure_schema(conn)?;
+        ensure_schema(conn, busy)?;
         self.schema_ready = true;
         Ok(Migration { statements, note: None })
     }
@@ -239,8 +260,10 @@ impl Backend for Sqlite {
 
     fn set(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<()> {
         let conn = self.writer()?;
-        let t = now();
         immediate(conn, |tx| {
+            // The clock is read once the write lock is held: waiting for it must not shorten
+            // the entry's life.
+            let t = now();
             tx.execute(
                 "DELETE FROM cache WHERE key IN (SELECT key FROM cache WHERE ttl <= ?1 LIMIT ?2)",
                 params![t, SET_PURGE_BATCH],
@@ -264,10 +287,13 @@ impl Backend for Sqlite {
             Err(e) if no_table(&e) => None,
             r => r.map_err(classify)?,
         };
+        // The remaining time is counted from after the read: a write committed just before it
+        // must not show more than was set.
+        let after = now();
         Ok(match row {
             None => Remaining::Missing,
             Some(None) => Remaining::NoExpiry,
-            Some(Some(expiry)) => match Duration::try_from_secs_f64(expiry - t) {
+            Some(Some(expiry)) => match Duration::try_from_secs_f64(expiry - after) {
                 Ok(d) if !d.is_zero() => Remaining::Left(d),
                 _ => Remaining::Missing,
             },
@@ -279,8 +305,8 @@ impl Backend for Sqlite {
             return Ok(false);
         }
         let conn = self.writer()?;
-        let t = now();
         immediate(conn, |tx| {
+            let t = now();
             tx.execute(
                 "UPDATE cache SET ttl = ?1 WHERE key = ?2 AND (ttl IS NULL OR ttl > ?3)",
                 params![t + ttl.as_secs_f64(), key, t],

@@ -41,6 +41,10 @@ const SET_PURGE_BATCH: i64 = 100;
 /// small is sent as 0.1 ms: an entry that short-lived is gone before any reader could see it.
 const MIN_SEC2TTL: f64 = 0.0001;
 
+/// How long a batch group's transaction may wait for a row lock before it gives up and runs its
+/// operations one by one (which wait up to `pool_timeout`, each in its own transaction).
+const GROUP_LOCK_TIMEOUT_MS: u64 = 50;
+
 /// The advisory lock `migrate` holds, so that several hosts may run it at once ("kcache").
 const MIGRATE_LOCK: i64 = 0x6b_63_61_63_68_65;
 
@@ -469,10 +473,12 @@ impl Backend for Postgres {
         Ok(rows.len() as u64)
     }
 
-    /// One round trip for the whole group: its statements as one multi-statement query, which
-    /// PostgreSQL runs as one implicit transaction (so `now()` is the same for all of them, as
-    /// within any statement). If one statement fails, the server rolls the whole group back,
-    /// and the operations are run one by one instead, each with its own result.
+    /// One round trip for the whole group: its statements as one multi-statement query in one
+    /// transaction (so `now()` is the same for all of them, as within any statement). The
+    /// transaction waits for no lock longer than [`GROUP_LOCK_TIMEOUT_MS`]: then, as on any
+    /// other failure (a deadlock included), it is rolled back and the operations are run one by
+    /// one instead, each in its own transaction with its own result. So a group never holds
+    /// row locks while waiting, and its `now()` is never more than that late.
     fn run_group(&mut self, ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
         if ops.len() < 2 {
             return None;
@@ -481,11 +487,17 @@ impl Backend for Postgres {
             Ok(c) => c,
             Err(e) => return Some(ops.iter().map(|_| Err(Error::new(e.kind(), anyhow::anyhow!("{e}")))).collect()),
         };
-        let messages = match conn.simple_query(&group_sql(ops)) {
+        let sql = format!("BEGIN;\nSET LOCAL lock_timeout = {GROUP_LOCK_TIMEOUT_MS};\n{}COMMIT;", group_sql(ops));
+        let messages = match conn.simple_query(&sql) {
             Ok(m) => m,
             Err(e) if e.as_db_error().is_some() => {
+                // The rest of the query was skipped and the transaction is aborted: end it, then
+                // run the operations one by one for per-operation results.
+                if conn.batch_execute("ROLLBACK").is_err() {
+                    return None;
+                }
                 drop(conn);
-                return None; // rolled back: run them one by one for per-operation results
+                return None;
             }
             Err(e) => {
                 let e = classify(e);
@@ -502,9 +514,11 @@ impl Backend for Postgres {
                 _ => {}
             }
         }
-        if statements.len() != ops.len() {
+        // BEGIN and SET come first, COMMIT last.
+        if statements.len() != ops.len() + 3 {
             return None;
         }
+        let statements: Vec<_> = statements.into_iter().skip(2).take(ops.len()).collect();
         let bad = |what: &str| Error::backend("read a batch result", anyhow::anyhow!("{what}"));
         Some(
             ops.iter()

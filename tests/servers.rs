@@ -1,0 +1,772 @@
+//! Servers a test starts, stops, kills and restarts for itself, and `kcache batch` run as a
+//! coprocess (lines written while replies are read).
+//!
+//! The rig's servers (`KCACHE_TEST_*`) are shared by every test, so a test that stops one must
+//! start its own: [`OwnPostgres`] (initdb + pg_ctl in a temp dir; as root through
+//! `runuser -u postgres --`, with the binaries of `$KCACHE_TEST_PG_BIN` or the newest
+//! `/usr/lib/postgresql/*/bin`), [`OwnMemcached`] and [`OwnRedis`], each on a free loopback port
+//! and killed by `Drop` whatever happens. A server restarts on the same port and, for PostgreSQL
+//! and an append-only Redis, with the same data.
+//!
+//! When a server's binaries are missing, [`require`] skips the test with a `skipped:` line, or
+//! fails it when `CI` is set, as `crate::rig::server` does for the rig's servers.
+
+#![allow(dead_code)]
+
+use crate::util::Env;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start or stop.
+const STARTUP: Duration = Duration::from_secs(15);
+
+/// `true` when `found`; else skips the test loudly (`false`), or fails it under CI.
+pub fn require(found: bool, what: &str) -> bool {
+    if found {
+        return true;
+    }
+    if std::env::var_os("CI").is_some_and(|ci| !ci.is_empty()) {
+        panic!("{what} is not installed: run the tests through scripts/test");
+    }
+    eprintln!("skipped: {what} is not installed (scripts/test installs it)");
+    false
+}
+
+fn installed(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A loopback port nobody listens on (bound, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Sends one command line to `127.0.0.1:port` and returns the first line of the reply.
+fn probe(port: u16, request: &[u8]) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(request).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    Some(line)
+}
+
+/// Polls `ready` until it holds or `child` died or [`STARTUP`] passed; `Ok` when ready.
+fn wait_ready(child: &mut Child, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status}"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("not ready after {STARTUP:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+// ---- memcached -------------------------------------------------------------------------------
+
+/// A memcached of one test's own; SIGKILLed on [`OwnMemcached::kill`] and on drop.
+pub struct OwnMemcached {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl OwnMemcached {
+    /// Starts one on a free port (`None`: skipped, memcached is not installed).
+    pub fn start() -> Option<OwnMemcached> {
+        if !require(installed("memcached", "-V"), "memcached") {
+            return None;
+        }
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut server = OwnMemcached { child: None, port: free_port() };
+            match server.spawn() {
+                Ok(()) => return Some(server),
+                Err(e) => last = e,
+            }
+        }
+        panic!("memcached did not start: {last}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut cmd = Command::new("memcached");
+        cmd.args(["-l", "127.0.0.1", "-p", &self.port.to_string(), "-U", "0", "-m", "64"]);
+        if is_root() {
+            cmd.args(["-u", "nobody"]);
+        }
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+        let port = self.port;
+        let ready = wait_ready(&mut child, || probe(port, b"version\r\n").is_some_and(|l| l.starts_with("VERSION")));
+        self.child = Some(child);
+        if ready.is_err() {
+            kill(&mut self.child);
+        }
+        ready
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits until it is gone. Its data is lost.
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts it again on the same port (empty).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn().unwrap_or_else(|e| panic!("memcached did not restart on port {}: {e}", self.port));
+    }
+
+    /// A raw ASCII command; returns the reply lines up to and including `END`, or the one line.
+    pub fn raw(&self, command: &str) -> Vec<String> {
+        let mut stream = TcpStream::connect(self.host()).expect("connect to memcached");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(command.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let line = line.trim_end().to_string();
+            let done = !command.starts_with("get") && !command.starts_with("stats") || line == "END";
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    }
+
+    /// One number of `stats` (asking opens a connection: `total_connections` counts it).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.raw("stats\r\n")
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("STAT {name} ")).map(|v| v.parse().expect("a number")))
+            .unwrap_or_else(|| panic!("no stat {name}"))
+    }
+}
+
+impl Drop for OwnMemcached {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---- redis -----------------------------------------------------------------------------------
+
+/// A redis-server of one test's own, in a temp dir; SIGKILLed on [`OwnRedis::kill`] and on
+/// drop. With `--appendonly yes --appendfsync always` among its arguments, every write it
+/// acknowledged survives a kill and a restart.
+pub struct OwnRedis {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    args: Vec<String>,
+}
+
+impl OwnRedis {
+    /// Starts one with `extra` arguments (`None`: skipped, redis-server is not installed).
+    pub fn start(extra: &[&str]) -> Option<OwnRedis> {
+        if !require(installed("redis-server", "--version"), "redis-server") {
+            return None;
+        }
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut server =
+                OwnRedis { child: None, dir, port: free_port(), args: extra.iter().map(|s| s.to_string()).collect() };
+            match server.spawn() {
+                Ok(()) => return Some(server),
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server did not start: {last}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--dir"])
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
+            .args(&self.args);
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+        let port = self.port;
+        // PING answers -LOADING while an append-only file is read back: wait for +PONG (or
+        // -NOAUTH, from a server with a password).
+        let ready = wait_ready(&mut child, || {
+            probe(port, b"PING\r\n").is_some_and(|l| l.starts_with("+PONG") || l.starts_with("-NOAUTH"))
+        });
+        self.child = Some(child);
+        if ready.is_err() {
+            kill(&mut self.child);
+        }
+        ready.map_err(|e| {
+            format!("{e}: {}", std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default())
+        })
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits until it is gone.
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts it again on the same port, in the same folder (an append-only file is reloaded).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn().unwrap_or_else(|e| panic!("redis-server did not restart on port {}: {e}", self.port));
+    }
+
+    /// A connection of the redis crate.
+    pub fn client(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).expect("url");
+        let conn = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connect to redis");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---- postgresql ------------------------------------------------------------------------------
+
+/// The PostgreSQL server binaries: `$KCACHE_TEST_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin`, else `initdb`'s folder on `PATH`.
+fn pg_bin() -> Option<PathBuf> {
+    let complete = |d: &Path| ["postgres", "initdb", "pg_ctl"].iter().all(|t| d.join(t).is_file());
+    if let Some(d) = std::env::var_os("KCACHE_TEST_PG_BIN").map(PathBuf::from).filter(|d| complete(d)) {
+        return Some(d);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.split('.').next()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            complete(&bin).then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    if let Some((_, bin)) = found.pop() {
+        return Some(bin);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).find(|d| complete(d))
+}
+
+/// A PostgreSQL cluster of one test's own: `initdb` in a temp dir (trust authentication,
+/// loopback only), started with `pg_ctl`. [`OwnPostgres::crash`] stops it the way a crash
+/// would (`pg_ctl stop -m immediate`: no checkpoint, recovery at the next start);
+/// [`OwnPostgres::restart`] starts it again on the same port with the same data.
+pub struct OwnPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    running: bool,
+}
+
+impl OwnPostgres {
+    /// Creates and starts a cluster (`None`: skipped, PostgreSQL is not installed).
+    pub fn start() -> Option<OwnPostgres> {
+        let bin = pg_bin();
+        if !require(bin.is_some(), "PostgreSQL (initdb, pg_ctl)") {
+            return None;
+        }
+        let bin = bin.expect("found");
+        if is_root() {
+            let ok = installed("runuser", "--version")
+                && Command::new("id").arg("postgres").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+            assert!(ok, "running as root: PostgreSQL needs the postgres user and runuser");
+        }
+        // The postgres user must reach the folder: /tmp, not a root-only $TMPDIR.
+        let dir = tempfile::Builder::new().prefix("kcache-pg.").tempdir_in("/tmp").expect("temp dir");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        if is_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+        }
+        let mut server = OwnPostgres { dir, bin, port: 0, running: false };
+        let out = server
+            .tool("initdb")
+            .args(["-D", "data", "-U", "postgres", "--auth=trust", "-N", "-E", "UTF8", "--locale=C"])
+            .output()
+            .expect("initdb");
+        assert!(out.status.success(), "initdb failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let mut last = String::new();
+        for _ in 0..3 {
+            server.port = free_port();
+            match server.pg_ctl_start() {
+                Ok(()) => return Some(server),
+                Err(e) => last = e,
+            }
+        }
+        panic!("postgresql did not start: {last}");
+    }
+
+    /// A PostgreSQL tool, as the postgres user when root, run in the cluster's folder.
+    fn tool(&self, name: &str) -> Command {
+        let program = self.bin.join(name);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        cmd.current_dir(self.dir.path()).stdin(Stdio::null());
+        cmd
+    }
+
+    fn pg_ctl_start(&mut self) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
+             -c shared_buffers=16MB -c max_connections=60",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = self
+            .tool("pg_ctl")
+            .args(["-w", "-t", "15", "-D", "data", "-l", "log", "-o", &options, "start"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            self.running = true;
+            Ok(())
+        } else {
+            Err(format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+            ))
+        }
+    }
+
+    /// `postgresql://postgres@127.0.0.1:PORT/db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A session of the superuser on `db`.
+    pub fn client(&self, db: &str) -> postgres::Client {
+        let mut config: postgres::Config = self.url(db).parse().expect("url");
+        config.connect_timeout(Duration::from_secs(5));
+        config.connect(postgres::NoTls).unwrap_or_else(|e| panic!("cannot connect to own postgresql: {e:?}"))
+    }
+
+    /// Stops the server as a crash would: every backend dies at once, nothing is checkpointed.
+    pub fn crash(&mut self) {
+        if !self.running {
+            return;
+        }
+        let ok = self
+            .tool("pg_ctl")
+            .args(["-w", "-t", "15", "-D", "data", "-m", "immediate", "stop"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            self.kill_postmaster();
+        }
+        self.running = false;
+    }
+
+    /// Starts the server again on the same port; committed data is there (after recovery).
+    pub fn restart(&mut self) {
+        self.crash();
+        self.pg_ctl_start().unwrap_or_else(|e| panic!("postgresql did not restart on port {}: {e}", self.port));
+    }
+
+    fn kill_postmaster(&self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).unwrap_or_default();
+        if let Some(pid) = pid.lines().next().filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, "postgres"]).output().expect("id postgres");
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("numeric id")
+    };
+    (id("-u"), id("-g"))
+}
+
+// ---- bounded runs ----------------------------------------------------------------------------
+
+/// Runs kcache like [`Env::run_stdin`], but kills it and fails the test if it has not ended
+/// within `limit`: where a server is down or a lock is held, a hang must fail, not hang.
+#[track_caller]
+pub fn run_within(env: &Env, args: &[&str], stdin: Option<&[u8]>, limit: Duration) -> crate::util::Out {
+    let mut cmd = env.command();
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("spawn kcache");
+    if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        });
+    }
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kcache {args:?} did not end within {limit:?} (killed)");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = crate::util::Out {
+        status: status.code().unwrap_or(-1),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+    };
+    for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
+        assert!(!out.stderr.contains(bad), "kcache {args:?} panicked:\n{}", out.stderr);
+    }
+    out
+}
+
+// ---- kcache batch as a coprocess -------------------------------------------------------------
+
+/// `kcache batch` with its standard input open: lines are written while replies are read, so
+/// a test can stop or restart a server between (or during) them. Killed on drop.
+pub struct Batch {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    replies: mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    pub args: Vec<String>,
+}
+
+/// How a batch ended.
+#[derive(Debug)]
+pub struct BatchEnd {
+    pub status: i32,
+    /// The replies not read before the end.
+    pub replies: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Batch {
+    pub fn spawn(env: &Env, args: &[&str]) -> Batch {
+        let mut cmd = env.command();
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn kcache batch");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, replies) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = Some(std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        }));
+        let stdin = child.stdin.take();
+        Batch { child, stdin, replies, stderr, args: args.iter().map(|s| s.to_string()).collect() }
+    }
+
+    /// Writes `text` (whole lines) and flushes it.
+    pub fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("standard input still open");
+        stdin.write_all(text.as_bytes()).expect("write to kcache batch");
+        stdin.flush().expect("flush");
+    }
+
+    /// Writes `text` from a thread, then closes standard input (for input larger than a pipe).
+    pub fn send_all_and_close(&mut self, text: String) -> std::thread::JoinHandle<()> {
+        let mut stdin = self.stdin.take().expect("standard input still open");
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(text.as_bytes());
+        })
+    }
+
+    /// Standard input, for a writer of the test's own (dropping it closes the input).
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.stdin.take().expect("standard input still open")
+    }
+
+    /// The next `n` replies, which must all come within `within`.
+    #[track_caller]
+    pub fn read(&mut self, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.replies.recv_timeout(left) {
+                Ok(line) => out.push(parse_reply(&line)),
+                Err(_) => panic!(
+                    "kcache {:?}: {} of {n} replies within {within:?}; got {:?}; stderr so far unknown",
+                    self.args,
+                    out.len(),
+                    out
+                ),
+            }
+        }
+        out
+    }
+
+    /// Closes standard input and waits for the end, at most `within` (then the batch is killed
+    /// and the test fails: a batch must never hang).
+    #[track_caller]
+    pub fn finish(mut self, within: Duration) -> BatchEnd {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+                panic!("kcache {:?} did not end within {within:?} (killed); stderr:\n{stderr}", self.args);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let mut replies = Vec::new();
+        // The reader thread ends at EOF, after the process: everything it read is queued.
+        while let Ok(line) = self.replies.recv_timeout(Duration::from_secs(2)) {
+            replies.push(parse_reply(&line));
+        }
+        for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
+            assert!(!stderr.contains(bad), "kcache {:?} panicked:\n{stderr}", self.args);
+        }
+        BatchEnd { status: status.code().unwrap_or(-1), replies, stderr }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[track_caller]
+pub fn parse_reply(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("a batch reply is not JSON: {line:?}: {e}"))
+}
+
+/// Every reply of `stdout`, one JSON object a line.
+#[track_caller]
+pub fn replies(stdout: &str) -> Vec<Value> {
+    stdout.lines().map(parse_reply).collect()
+}
+
+/// The `status` of a reply.
+#[track_caller]
+pub fn status(reply: &Value) -> u64 {
+    reply["status"].as_u64().unwrap_or_else(|| panic!("no status in {reply}"))
+}
+
+/// A word quoted for a batch line as a POSIX shell reads it: `'...'`, with `'\''` for a quote.
+pub fn sq(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+// ---- a database of one test's own on the rig's PostgreSQL ------------------------------------
+
+/// A database of one test's own on the rig's server (`KCACHE_TEST_PG_URL`), dropped with the
+/// roles the test made when it goes. kcache reaches it through the rig's unix socket (trust,
+/// no SCRAM cost) when there is one.
+pub struct RigDb {
+    pub name: String,
+    admin: String,
+    socket_dir: Option<String>,
+    port: u16,
+    client: Option<postgres::Client>,
+    roles: Vec<String>,
+}
+
+impl RigDb {
+    /// A fresh, empty database (`None`: skipped outside CI without the rig).
+    pub fn create() -> Option<RigDb> {
+        let admin = crate::rig::server("KCACHE_TEST_PG_URL")?;
+        let config: postgres::Config = admin.parse().expect("KCACHE_TEST_PG_URL parses");
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let name = crate::util::unique("kcf_");
+        let socket_dir = std::env::var("KCACHE_TEST_PG_SOCKET_DIR").ok().filter(|d| !d.is_empty());
+        let db = RigDb { name, admin, socket_dir, port, client: None, roles: Vec::new() };
+        db.connect_to("postgres").batch_execute(&format!("CREATE DATABASE {}", db.name)).expect("CREATE DATABASE");
+        Some(db)
+    }
+
+    fn try_connect_to(&self, db: &str) -> Result<postgres::Client, postgres::Error> {
+        let mut config: postgres::Config = self.admin.parse().expect("url");
+        if let Some(dir) = &self.socket_dir {
+            config.host_path(dir);
+        }
+        config.dbname(db).connect_timeout(Duration::from_secs(5));
+        config.connect(postgres::NoTls)
+    }
+
+    fn connect_to(&self, db: &str) -> postgres::Client {
+        self.try_connect_to(db).unwrap_or_else(|e| panic!("cannot connect to {db}: {e:?}"))
+    }
+
+    /// The superuser's session on this database (opened once).
+    pub fn sql(&mut self) -> &mut postgres::Client {
+        if self.client.is_none() {
+            self.client = Some(self.connect_to(&self.name));
+        }
+        self.client.as_mut().expect("client")
+    }
+
+    /// A new session of the superuser (for a second, concurrent transaction).
+    pub fn session(&self) -> postgres::Client {
+        self.connect_to(&self.name)
+    }
+
+    /// kcache's URL for this database as `user` (trusted on the socket), with `query` appended
+    /// (`"options=-c%20statement_timeout%3D300"`).
+    pub fn url_as(&self, user: Option<&str>, query: &str) -> String {
+        let user = user.map_or_else(
+            || self.admin.parse::<postgres::Config>().ok().and_then(|c| c.get_user().map(str::to_string)),
+            |u| Some(u.to_string()),
+        );
+        let user = user.unwrap_or_else(|| "postgres".into());
+        let amp = if query.is_empty() { String::new() } else { format!("&{query}") };
+        match &self.socket_dir {
+            Some(dir) => format!("postgresql:///{}?host={dir}&port={}&user={user}{amp}", self.name, self.port),
+            None => {
+                let base = self.admin.rsplit_once('/').map_or(self.admin.as_str(), |(b, _)| b);
+                let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+                format!("{base}/{}{q}", self.name)
+            }
+        }
+    }
+
+    /// The superuser's kcache URL for this database.
+    pub fn url(&self) -> String {
+        self.url_as(None, "")
+    }
+
+    /// A login role (no password: the socket trusts it), dropped with the database.
+    pub fn role(&mut self) -> String {
+        self.role_with_password(None)
+    }
+
+    /// A login role with `password` (for TCP, where the rig asks for one), dropped with the
+    /// database.
+    pub fn role_with_password(&mut self, password: Option<&str>) -> String {
+        let role = crate::util::unique("kcf_role_");
+        let with = password.map_or(String::new(), |p| format!(" PASSWORD '{}'", p.replace('\'', "''")));
+        self.connect_to("postgres").batch_execute(&format!("CREATE ROLE {role} LOGIN{with}")).expect("CREATE ROLE");
+        self.roles.push(role.clone());
+        role
+    }
+
+    /// `host:port` of the rig's server over TCP.
+    pub fn tcp_address(&self) -> String {
+        let config: postgres::Config = self.admin.parse().expect("url");
+        let host = match config.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".to_string(),
+        };
+        let host = std::env::var("KCACHE_TEST_PG_HOST").ok().filter(|h| !h.is_empty()).unwrap_or(host);
+        format!("{host}:{}", self.port)
+    }
+
+    /// `postgresql://USERINFO@HOST:PORT/DB?QUERY` over TCP (`userinfo` may hold a password).
+    pub fn tcp_url(&self, userinfo: &str, query: &str) -> String {
+        let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+        format!("postgresql://{userinfo}@{}/{}{q}", self.tcp_address(), self.name)
+    }
+
+    /// An environment running kcache on this database with `url`, pool_timeout `timeout`.
+    pub fn env_with(&self, url: &str, timeout: &str) -> Env {
+        Env::new()
+            .var("KINTO_CACHE_BACKEND", "postgresql")
+            .var("KINTO_CACHE_URL", url)
+            .var("KINTO_CACHE_POOL_TIMEOUT", timeout)
+    }
+
+    /// `kcache migrate` as the superuser.
+    pub fn migrate(&self) {
+        self.env_with(&self.url(), "10").run(&["migrate"]).ok();
+    }
+}
+
+impl Drop for RigDb {
+    fn drop(&mut self) {
+        self.client = None;
+        // Best effort: a failure here must not hide the test's own failure.
+        let Ok(mut admin) = self.try_connect_to("postgres") else { return };
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        for role in &self.roles {
+            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}"));
+        }
+    }
+}
