@@ -60,6 +60,13 @@ pub enum GroupResult {
 }
 
 impl GroupOp<'_> {
+    /// The key this operation acts on.
+    pub fn key(&self) -> &str {
+        match *self {
+            GroupOp::Get(k) | GroupOp::Set(k, ..) | GroupOp::Ttl(k) | GroupOp::Expire(k, _) | GroupOp::Delete(k) => k,
+        }
+    }
+
     /// Runs this operation (user key) alone on `cache`, as a one-shot command would.
     pub fn run_alone_on(&self, cache: &mut Cache) -> Result<GroupResult> {
         Ok(match *self {
@@ -276,13 +283,7 @@ impl Cache {
         let mut results: Vec<Option<Result<GroupResult>>> = Vec::with_capacity(ops.len());
         let mut full_keys: Vec<String> = Vec::with_capacity(ops.len());
         for op in ops {
-            let key = match op {
-                GroupOp::Get(k)
-                | GroupOp::Set(k, ..)
-                | GroupOp::Ttl(k)
-                | GroupOp::Expire(k, _)
-                | GroupOp::Delete(k) => k,
-            };
+            let key = op.key();
             match self.full_key(key) {
                 Ok(full) => {
                     full_keys.push(full);
@@ -343,13 +344,7 @@ impl Cache {
                 }
                 (_, _, a) => a,
             };
-            let key = match original {
-                GroupOp::Get(k)
-                | GroupOp::Set(k, ..)
-                | GroupOp::Ttl(k)
-                | GroupOp::Expire(k, _)
-                | GroupOp::Delete(k) => k,
-            };
+            let key = original.key();
             results[i] = Some(answer.map_err(|e| e.context(self.ctx(op_name(original), key))));
         }
         // With stop_at_error, the list ends after the last operation that has a result: what
