@@ -34,7 +34,7 @@ struct OwnServer {
 impl OwnServer {
     /// On a free loopback port.
     fn start() -> OwnServer {
-        let port = free_port();
+        let port = crate::servers::free_port();
         let server = OwnServer::spawn(&["-l", "127.0.0.1", "-p", &port.to_string()], format!("127.0.0.1:{port}"));
         let deadline = Instant::now() + Duration::from_secs(5);
         while TcpStream::connect(&server.host).is_err() {
@@ -82,12 +82,6 @@ impl Drop for OwnServer {
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// A loopback port nobody listens on (bound, then released).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 /// Raw ASCII commands to one server, as python-memcached sends them.
@@ -544,7 +538,7 @@ fn a_stopped_server_is_status_3_naming_it_quickly() {
 #[test]
 fn no_failover_a_key_whose_server_is_down_is_an_error() {
     let live = OwnServer::start();
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", crate::servers::free_port());
     let hosts = [live.host.clone(), dead.clone()];
     let mut c =
         kcache::backend::open(&settings(&hosts.join(","), "", &[("pool_timeout", RawSetting::Int(1))])).unwrap();
@@ -588,7 +582,7 @@ fn flush_is_refused_with_a_prefix_and_flush_all_empties_every_server() {
 #[test]
 fn flush_all_flushes_the_servers_it_reaches_then_names_the_others() {
     let live = OwnServer::start();
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", crate::servers::free_port());
     Raw::to(&live.host).set("x", 0, 0, b"x");
     let e = env(&[dead.clone(), live.host.clone()], "").var("KINTO_CACHE_POOL_TIMEOUT", "1");
     let out = e.run(&["flush", "--all"]);

@@ -257,12 +257,6 @@ fn assert_left(out: &Out, set: i64) {
     assert!((set - SLACK..=set).contains(&left), "kcache {:?}: printed {left} for a TTL of {set}", out.args);
 }
 
-/// A loopback port nobody listens on (bound, then released).
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 /// Kinto 26.5's `schema.sql`, verbatim (reference §2.1).
 const KINTO_SCHEMA_SQL: &str = r#"--
 -- Automated script, we do not need NOTICE and WARNING
@@ -1052,7 +1046,7 @@ fn a_prefixed_flush_takes_the_prefix_literally() {
 #[test]
 fn a_refused_port_fails_at_once_with_status_3() {
     let Some(server) = Server::get() else { return };
-    let port = closed_port();
+    let port = crate::servers::free_port();
     let secret = format!("NeverPrinted{}", unique("pw"));
     let url = format!("postgresql://postgres:{secret}@127.0.0.1:{port}/postgres");
     for args in [&["get", "k"][..], &["migrate"], &["ping"], &["-v", "set", "k", "v", "60"]] {

@@ -111,7 +111,7 @@ impl OwnRedis {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().expect("temp dir");
-            let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
+            let port = crate::servers::free_port();
             let log = dir.path().join("redis.log");
             let mut cmd = Command::new("redis-server");
             cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])

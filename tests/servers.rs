@@ -19,6 +19,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -46,10 +47,28 @@ pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// A loopback port nobody listens on (bound, then released).
+/// A loopback port nobody listens on, and that no other test of this run is handed: for a
+/// server of a test's own, or as a closed port (connecting to it is refused).
+///
+/// Ports come in turn from 20000-31999, below Linux's ephemeral range (32768-60999, where
+/// `bind(0)` and outgoing connections take theirs), skipping any that something already holds
+/// (the rig's servers). Asking the kernel for a free port instead (`bind(0)`, then release)
+/// can hand the same port to two tests: a test's "dead" server address then reached another
+/// test's live server.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Another test binary running at the same time starts elsewhere in the range.
+    let start = std::process::id().wrapping_mul(7_919) % COUNT;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(n < COUNT, "no free loopback port left in {FIRST}-{}", FIRST + COUNT - 1);
+        let port = (FIRST + (start + n) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Sends one command line to `127.0.0.1:port` and returns the first line of the reply.
