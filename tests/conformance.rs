@@ -4,6 +4,7 @@
 //!
 //! To add a backend: add an arm to `open` and its name to `for_backends!` at the bottom.
 
+use crate::util::{left, secs, string};
 use kcache::backend::Cache;
 use kcache::error::ErrorKind;
 use kcache::settings::{Layer, Raw, Settings};
@@ -125,21 +126,6 @@ fn run(module: &str, test: fn(&mut Fixture)) {
     let kind = module.rsplit("::").next().expect("module path");
     if let Some(mut fx) = open(kind) {
         test(&mut fx);
-    }
-}
-
-fn secs(s: &str) -> Ttl {
-    s.parse().expect("ttl")
-}
-
-fn string(s: &str) -> String {
-    value::encode_string(s)
-}
-
-fn left(r: Remaining) -> Duration {
-    match r {
-        Remaining::Left(d) => d,
-        other => panic!("expected a remaining TTL, got {other:?}"),
     }
 }
 

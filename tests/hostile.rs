@@ -5,7 +5,7 @@
 //! kept in `proptest-regressions/hostile.txt` and replayed first on every later run.
 
 use crate::servers::{Batch, OwnMemcached, OwnRedis, RigDb, replies, run_within, sq, status};
-use crate::util::{Env, Out, unique};
+use crate::util::{Env, Out, encode, unique};
 use kcache::batch::{Op, parse_line};
 use kcache::ttl::{MAX_TTL, Ttl};
 use kcache::value;
@@ -702,16 +702,6 @@ fn memcached_protocol_injection_never_reaches_the_wire_through_a_batch() {
 }
 
 // ---- secrets ---------------------------------------------------------------------------------
-
-/// Percent-encodes everything but unreserved characters.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// Asserts that no form of `secret` appears in what a run printed.
 #[track_caller]

@@ -1,20 +1,20 @@
 //! The memcached backend against real servers: the two the rig starts (`KCACHE_TEST_MEMCACHED`),
 //! shared by every test and so only used with unique prefixes and never flushed, and servers a
-//! test starts for itself ([`OwnServer`]) when it stops one, flushes one or counts connections.
+//! test starts for itself (`crate::servers::OwnMemcached`) when it stops one, flushes one or counts connections.
 //!
 //! What Kinto writes comes from `tests/data/kinto/memcached.json` (Kinto 26.5 with
 //! python-memcached 1.62); the tests read and write servers with raw ASCII commands ([`Raw`]).
 
-use crate::util::{Env, unique};
+use crate::servers::OwnMemcached;
+use crate::util::{Env, alone, left, secs, string, unique};
 use kcache::backend::Cache;
 use kcache::backend::memcached::hosts;
 use kcache::error::ErrorKind;
 use kcache::settings::{Layer, Raw as RawSetting, Settings};
-use kcache::ttl::{Remaining, Ttl};
+use kcache::ttl::Remaining;
 use kcache::value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // ---- fixtures --------------------------------------------------------------------------------
@@ -25,63 +25,11 @@ fn rig() -> Option<Vec<String>> {
     Some(hosts.split(',').map(|h| h.trim().to_string()).collect())
 }
 
-/// A memcached of this test's own on a free loopback port, killed on drop.
-struct OwnServer {
-    child: Child,
-    host: String,
-}
-
-impl OwnServer {
-    /// On a free loopback port.
-    fn start() -> OwnServer {
-        let port = crate::servers::free_port();
-        let server = OwnServer::spawn(&["-l", "127.0.0.1", "-p", &port.to_string()], format!("127.0.0.1:{port}"));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(&server.host).is_err() {
-            assert!(Instant::now() < deadline, "memcached did not start on {}", server.host);
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
-    }
-
-    /// On a unix socket (memcached then listens on nothing else).
-    fn unix(socket: &std::path::Path) -> OwnServer {
-        let path = socket.to_str().expect("utf-8 path");
-        let server = OwnServer::spawn(&["-s", path, "-a", "0766"], format!("unix:{path}"));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            assert!(Instant::now() < deadline, "memcached did not start on {path}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
-    }
-
-    fn spawn(listen: &[&str], host: String) -> OwnServer {
-        let mut cmd = Command::new("memcached");
-        cmd.args(listen).args(["-U", "0", "-m", "64"]);
-        if is_root() {
-            cmd.args(["-u", "nobody"]);
-        }
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("memcached");
-        OwnServer { child, host }
-    }
-
-    /// Stops the server now (and waits until it is gone).
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+/// `N` memcached servers of this test's own (`crate::servers`), or `None` (skipped, loudly,
+/// outside CI) without memcached.
+fn own<const N: usize>() -> Option<[OwnMemcached; N]> {
+    let servers: Option<Vec<OwnMemcached>> = (0..N).map(|_| OwnMemcached::start()).collect();
+    servers?.try_into().ok()
 }
 
 /// Raw ASCII commands to one server, as python-memcached sends them.
@@ -183,21 +131,6 @@ fn env(hosts: &[String], prefix: &str) -> Env {
         .var("KINTO_CACHE_PREFIX", prefix)
 }
 
-fn secs(s: &str) -> Ttl {
-    s.parse().expect("ttl")
-}
-
-fn string(s: &str) -> String {
-    value::encode_string(s)
-}
-
-fn left(r: Remaining) -> Duration {
-    match r {
-        Remaining::Left(d) => d,
-        other => panic!("expected a remaining TTL, got {other:?}"),
-    }
-}
-
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
@@ -249,8 +182,8 @@ fn keys_land_on_the_server_python_memcached_picks_of_two() {
 
 #[test]
 fn keys_land_on_the_server_python_memcached_picks_of_three() {
-    let servers = [OwnServer::start(), OwnServer::start(), OwnServer::start()];
-    let hosts: Vec<String> = servers.iter().map(|s| s.host.clone()).collect();
+    let Some(servers) = own::<3>() else { return };
+    let hosts: Vec<String> = servers.iter().map(|s| s.host()).collect();
     check_placement(&hosts, "server_index_3");
 }
 
@@ -488,9 +421,9 @@ fn a_value_over_the_item_size_limit_is_status_4_and_one_under_it_is_stored() {
 
 #[test]
 fn bad_keys_never_reach_a_server() {
-    let mut server = OwnServer::start();
-    let hosts = vec![server.host.clone()];
-    let mut raw = Raw::to(&server.host);
+    let Some([mut server]) = own::<1>() else { return };
+    let hosts = vec![server.host().clone()];
+    let mut raw = Raw::to(&server.host());
     raw.set("victim", 16, 60, br#"{"value":"still here","ttl":9999999999}"#);
     let connections = raw.stat("total_connections");
     let e = env(&hosts, "");
@@ -515,31 +448,31 @@ fn bad_keys_never_reach_a_server() {
     assert_eq!(raw.stat("cmd_get"), 0);
     assert!(raw.get("victim").is_some());
     e.run(&["get", "victim"]).ok().stdout_is("still here\n");
-    server.stop();
+    server.kill();
 }
 
 // ---- unavailable servers and flush -----------------------------------------------------------
 
 #[test]
 fn a_stopped_server_is_status_3_naming_it_quickly() {
-    let mut server = OwnServer::start();
-    let hosts = vec![server.host.clone()];
+    let Some([mut server]) = own::<1>() else { return };
+    let hosts = vec![server.host().clone()];
     let e = env(&hosts, "p:").var("KINTO_CACHE_POOL_TIMEOUT", "1");
     e.run(&["set", "k", "v", "60"]).ok();
-    server.stop();
+    server.kill();
     for args in [&["get", "k"][..], &["set", "k", "v", "60"], &["delete", "k"], &["ping"]] {
         let start = Instant::now();
         let out = e.run(args);
-        out.code(3).one_error_line().stderr_has(&server.host);
+        out.code(3).one_error_line().stderr_has(&server.host());
         assert!(start.elapsed() < Duration::from_secs(4), "{args:?} took {:?}", start.elapsed());
     }
 }
 
 #[test]
 fn no_failover_a_key_whose_server_is_down_is_an_error() {
-    let live = OwnServer::start();
+    let Some([live]) = own::<1>() else { return };
     let dead = format!("127.0.0.1:{}", crate::servers::free_port());
-    let hosts = [live.host.clone(), dead.clone()];
+    let hosts = [live.host().clone(), dead.clone()];
     let mut c =
         kcache::backend::open(&settings(&hosts.join(","), "", &[("pool_timeout", RawSetting::Int(1))])).unwrap();
     let on = |want: usize| (0..).map(|i| format!("key{i}")).find(|k| hosts::bucket(k, 2) == want).unwrap();
@@ -550,13 +483,13 @@ fn no_failover_a_key_whose_server_is_down_is_an_error() {
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert!(e.render(false)[0].contains(&format!("cannot connect to memcached at {dead}")), "{e}");
     }
-    assert!(Raw::to(&live.host).get(&k_dead).is_none(), "python-memcached would have rehashed it here");
+    assert!(Raw::to(&live.host()).get(&k_dead).is_none(), "python-memcached would have rehashed it here");
 }
 
 #[test]
 fn flush_is_refused_with_a_prefix_and_flush_all_empties_every_server() {
-    let servers = [OwnServer::start(), OwnServer::start()];
-    let hosts: Vec<String> = servers.iter().map(|s| s.host.clone()).collect();
+    let Some(servers) = own::<2>() else { return };
+    let hosts: Vec<String> = servers.iter().map(|s| s.host()).collect();
     let e = env(&hosts, "app:");
     for i in 0..10 {
         e.run(&["set", &format!("k{i}"), "v", "60"]).ok();
@@ -581,21 +514,21 @@ fn flush_is_refused_with_a_prefix_and_flush_all_empties_every_server() {
 
 #[test]
 fn flush_all_flushes_the_servers_it_reaches_then_names_the_others() {
-    let live = OwnServer::start();
+    let Some([live]) = own::<1>() else { return };
     let dead = format!("127.0.0.1:{}", crate::servers::free_port());
-    Raw::to(&live.host).set("x", 0, 0, b"x");
-    let e = env(&[dead.clone(), live.host.clone()], "").var("KINTO_CACHE_POOL_TIMEOUT", "1");
+    Raw::to(&live.host()).set("x", 0, 0, b"x");
+    let e = env(&[dead.clone(), live.host().clone()], "").var("KINTO_CACHE_POOL_TIMEOUT", "1");
     let out = e.run(&["flush", "--all"]);
     out.code(3).one_error_line().stderr_has(&format!("could not flush 1 of 2 memcached servers ({dead}"));
-    assert!(Raw::to(&live.host).get("x").is_none(), "the live server was flushed");
+    assert!(Raw::to(&live.host()).get("x").is_none(), "the live server was flushed");
 }
 
 // ---- connections -----------------------------------------------------------------------------
 
 #[test]
 fn a_command_connects_only_to_the_server_its_key_needs_and_reuses_the_connection() {
-    let servers = [OwnServer::start(), OwnServer::start()];
-    let hosts: Vec<String> = servers.iter().map(|s| s.host.clone()).collect();
+    let Some(servers) = own::<2>() else { return };
+    let hosts: Vec<String> = servers.iter().map(|s| s.host()).collect();
     let mut raw: Vec<Raw> = hosts.iter().map(|h| Raw::to(h)).collect();
     let mut connections = || [raw[0].stat("total_connections"), raw[1].stat("total_connections")];
     let key = (0..)
@@ -678,35 +611,21 @@ fn no_hosts_and_bad_hosts_are_status_2() {
 fn a_unix_socket_host_works() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("memcached.sock");
-    if is_root() {
+    if crate::servers::is_root() {
         // memcached drops to nobody, who must be able to create the socket.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     }
-    let server = OwnServer::unix(&socket);
-    let e = env(std::slice::from_ref(&server.host), "u:");
+    let Some(server) = OwnMemcached::unix(&socket) else { return };
+    let e = env(std::slice::from_ref(&server.host()), "u:");
     e.run(&["set", "k", "over a socket", "60"]).ok();
     e.run(&["get", "k"]).ok().stdout_is("over a socket\n");
-    e.run(&["-v", "ttl", "k"]).ok().stderr_has(&format!("memcached at {}", server.host));
+    e.run(&["-v", "ttl", "k"]).ok().stderr_has(&format!("memcached at {}", server.host()));
 }
 
 // ---- groups (kcache batch) -------------------------------------------------------------------
 
 use kcache::backend::{GroupOp, GroupResult};
-
-/// Runs `op` alone, through the single-operation methods.
-fn alone(c: &mut Cache, op: &GroupOp<'_>) -> kcache::error::Result<GroupResult> {
-    Ok(match *op {
-        GroupOp::Get(k) => GroupResult::Value(c.get(k)?),
-        GroupOp::Set(k, v, t) => {
-            c.set(k, v, t)?;
-            GroupResult::Stored
-        }
-        GroupOp::Ttl(k) => GroupResult::Remaining(c.ttl(k)?),
-        GroupOp::Expire(k, t) => GroupResult::Existed(c.expire(k, t)?),
-        GroupOp::Delete(k) => GroupResult::Value(c.delete(k)?),
-    })
-}
 
 /// Asserts that a grouped result is the one-by-one result: same value (a TTL within a
 /// second), or same status, message and hint.
@@ -887,9 +806,9 @@ impl Proxy {
 
 #[test]
 fn a_group_is_one_pipeline_per_server_with_consecutive_reads_in_one_get() {
-    let servers = [OwnServer::start(), OwnServer::start()];
+    let Some(servers) = own::<2>() else { return };
     let delay = Duration::from_millis(50);
-    let proxies = [Proxy::start(&servers[0].host, delay), Proxy::start(&servers[1].host, delay)];
+    let proxies = [Proxy::start(&servers[0].host(), delay), Proxy::start(&servers[1].host(), delay)];
     let hosts: Vec<String> = proxies.iter().map(|p| p.host.clone()).collect();
     let mut c = cache(&hosts, "p:");
     let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
@@ -951,8 +870,8 @@ fn a_group_is_one_pipeline_per_server_with_consecutive_reads_in_one_get() {
 
 #[test]
 fn a_group_fails_only_the_operations_of_a_server_that_is_down_naming_it() {
-    let mut servers = [OwnServer::start(), OwnServer::start()];
-    let hosts: Vec<String> = servers.iter().map(|s| s.host.clone()).collect();
+    let Some(mut servers) = own::<2>() else { return };
+    let hosts: Vec<String> = servers.iter().map(|s| s.host()).collect();
     let mut c =
         kcache::backend::open(&settings(&hosts.join(","), "", &[("pool_timeout", RawSetting::Int(1))])).unwrap();
     let mut taken = Vec::new();
@@ -969,7 +888,7 @@ fn a_group_fails_only_the_operations_of_a_server_that_is_down_naming_it() {
     assert!(c.run_group(&ops).iter().all(|r| r.is_ok()), "both servers up");
     // The second server goes away, with a pooled connection to it: its operations fail with
     // status 3 naming it, the others are not affected, as one by one.
-    servers[1].stop();
+    servers[1].kill();
     let on_dead = [false, true, false, true, true, false];
     for round in 0..2 {
         let grouped = c.run_group(&ops);
@@ -996,8 +915,8 @@ fn a_group_fails_only_the_operations_of_a_server_that_is_down_naming_it() {
 fn a_group_of_large_values_never_waits_on_itself() {
     // Each get's reply is large: were the whole group written before any reply is read,
     // memcached would stop reading (its replies not taken) while kcache still writes.
-    let server = OwnServer::start();
-    let mut c = kcache::backend::open(&settings(&server.host, "", &[("pool_timeout", RawSetting::Int(2))])).unwrap();
+    let Some([server]) = own::<1>() else { return };
+    let mut c = kcache::backend::open(&settings(&server.host(), "", &[("pool_timeout", RawSetting::Int(2))])).unwrap();
     let values: Vec<String> = (0..24u8).map(|i| string(&char::from(b'a' + i).to_string().repeat(900 * 1024))).collect();
     let keys: Vec<String> = (0..24).map(|i| format!("big{i}")).collect();
     let mut ops = Vec::new();

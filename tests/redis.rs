@@ -7,7 +7,7 @@
 //! whole-database flush or an old server's missing commands start their own `redis-server` on a
 //! free port in a temp dir, killed when the test ends ([`OwnRedis`]).
 
-use crate::util::{Env, Out, unique};
+use crate::util::{Env, Out, alone, encode, left, secs, string, unique};
 use kcache::backend::Cache;
 use kcache::settings::{Layer, Raw, Settings};
 use kcache::ttl::Remaining;
@@ -63,24 +63,6 @@ fn rig() -> Option<(String, String)> {
 /// The binary with the redis backend at `url` and `prefix`.
 fn env(url: &str, prefix: &str) -> Env {
     Env::new().var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", url).var("KINTO_CACHE_PREFIX", prefix)
-}
-
-fn string(s: &str) -> String {
-    kcache::value::encode_string(s)
-}
-
-fn ttl(s: &str) -> kcache::ttl::Ttl {
-    s.parse().expect("ttl")
-}
-
-/// Percent-encodes everything but unreserved characters (for passwords in URLs).
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A `redis-server` of one test's own, on a free port in a temp dir; killed on drop.
@@ -175,13 +157,6 @@ fn kinto_records() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("redis.json")).expect("redis.json parses")
 }
 
-fn left(r: Remaining) -> Duration {
-    match r {
-        Remaining::Left(d) => d,
-        other => panic!("expected a remaining TTL, got {other:?}"),
-    }
-}
-
 // ---- Kinto's format --------------------------------------------------------------------------
 
 #[test]
@@ -218,8 +193,8 @@ fn kcache_writes_exactly_what_kinto_writes() {
     for w in records["writes"].as_array().unwrap() {
         let key = w["key"].as_str().unwrap();
         let value = kcache::value::encode_json(&w["value_json"].to_string()).unwrap();
-        let secs = w["set_ttl_seconds"].to_string();
-        c.set(key, &value, ttl(&secs)).unwrap();
+        let seconds = w["set_ttl_seconds"].to_string();
+        c.set(key, &value, secs(&seconds)).unwrap();
         let full = format!("{prefix}{key}");
         let got: Option<Vec<u8>> = q!(&mut conn, "GET", &full);
         let pttl: i64 = q!(&mut conn, "PTTL", &full);
@@ -241,13 +216,13 @@ fn ttls_kinto_refuses_are_stored_or_removed() {
     let mut conn = raw(&url);
     let mut c = cache(&url, &prefix);
     // Kinto: "invalid expire time in 'psetex' command" for 0.0005 and 0 (reference §11.31).
-    c.set("sub-ms", &string("v"), ttl("0.0005")).unwrap();
+    c.set("sub-ms", &string("v"), secs("0.0005")).unwrap();
     let pttl: i64 = q!(&mut conn, "PTTL", &format!("{prefix}sub-ms"));
     assert!(pttl <= 1, "a 0.0005 s entry lives 1 ms at most: {pttl}");
     std::thread::sleep(Duration::from_millis(3));
     assert_eq!(c.get("sub-ms").unwrap(), None);
-    c.set("zero", &string("v"), ttl("60")).unwrap();
-    c.set("zero", &string("v"), ttl("0")).unwrap();
+    c.set("zero", &string("v"), secs("60")).unwrap();
+    c.set("zero", &string("v"), secs("0")).unwrap();
     assert_eq!(q!(i64; &mut conn, "EXISTS", &format!("{prefix}zero")), 0, "TTL 0 removes the key");
     // A negative TTL is refused before anything is sent.
     env(&url, &prefix).run(&["set", "neg", "v", "-5"]).code(2);
@@ -259,7 +234,7 @@ fn sub_second_ttl_expires_on_time_and_long_ttls_hold() {
     let Some((url, prefix)) = rig() else { return };
     let mut conn = raw(&url);
     let mut c = cache(&url, &prefix);
-    c.set("short", &string("v"), ttl("0.3")).unwrap();
+    c.set("short", &string("v"), secs("0.3")).unwrap();
     let pttl: i64 = q!(&mut conn, "PTTL", &format!("{prefix}short"));
     assert!(pttl > 200 && pttl <= 300, "{pttl}");
     assert_eq!(c.get("short").unwrap(), Some(string("v")));
@@ -269,11 +244,11 @@ fn sub_second_ttl_expires_on_time_and_long_ttls_hold() {
     assert_eq!(c.get("short").unwrap(), None);
     assert_eq!(c.ttl("short").unwrap(), Remaining::Missing);
 
-    c.set("long", &string("v"), ttl("40d")).unwrap();
+    c.set("long", &string("v"), secs("40d")).unwrap();
     let pttl: i64 = q!(&mut conn, "PTTL", &format!("{prefix}long"));
     assert!(pttl > 3_456_000_000 - 1000 && pttl <= 3_456_000_000, "{pttl}");
     env(&url, &prefix).run(&["ttl", "long"]).ok().stdout_is("3456000\n");
-    assert!(c.expire("long", ttl("36500d")).unwrap(), "100 years");
+    assert!(c.expire("long", secs("36500d")).unwrap(), "100 years");
     let pttl: i64 = q!(&mut conn, "PTTL", &format!("{prefix}long"));
     assert!(pttl > 3_153_600_000_000 - 1000, "{pttl}");
     // An entry another client wrote without expiry.
@@ -288,7 +263,7 @@ fn concurrent_deletes_hand_the_value_to_one_caller_only() {
     let mut c = cache(&url, &prefix);
     for round in 0..30 {
         let key = format!("nonce{round}");
-        c.set(&key, &string("once"), ttl("60")).unwrap();
+        c.set(&key, &string("once"), secs("60")).unwrap();
         let winners: usize = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
                 .map(|_| {
@@ -320,9 +295,9 @@ fn prefixed_flush_takes_glob_characters_literally() {
     for (prefix, sibling) in &cases {
         let mut target = cache(&url, prefix);
         let mut other = cache(&url, sibling);
-        target.set("k", &string("t"), ttl("60")).unwrap();
-        target.set("k2", &string("t"), ttl("60")).unwrap();
-        other.set("k", &string("o"), ttl("60")).unwrap();
+        target.set("k", &string("t"), secs("60")).unwrap();
+        target.set("k2", &string("t"), secs("60")).unwrap();
+        other.set("k", &string("o"), secs("60")).unwrap();
         target.flush(false).unwrap();
         assert_eq!(target.get("k").unwrap(), None, "{prefix}");
         assert_eq!(target.get("k2").unwrap(), None, "{prefix}");
@@ -342,7 +317,7 @@ fn prefixed_flush_walks_every_scan_page() {
     }
     let _: () = pipe.query(&mut conn).unwrap();
     let keep = format!("{}:", unique("keep"));
-    cache(&url, &keep).set("k", &string("v"), ttl("60")).unwrap();
+    cache(&url, &keep).set("k", &string("v"), secs("60")).unwrap();
     env(&url, &prefix).run(&["flush"]).ok().stdout_is("");
     let left: i64 = redis::cmd("EXISTS").arg(&keys).query(&mut conn).unwrap();
     assert_eq!(left, 0);
@@ -355,17 +330,17 @@ fn flush_without_prefix_empties_the_database_and_only_it() {
     let mut c0 = cache(&server.url("", 0), "");
     let mut other = cache(&server.url("", 0), "app:");
     let mut db1 = cache(&server.url("", 1), "");
-    c0.set("a", &string("v"), ttl("60")).unwrap();
-    other.set("b", &string("v"), ttl("60")).unwrap();
-    db1.set("c", &string("v"), ttl("60")).unwrap();
+    c0.set("a", &string("v"), secs("60")).unwrap();
+    other.set("b", &string("v"), secs("60")).unwrap();
+    db1.set("c", &string("v"), secs("60")).unwrap();
     let mut conn = raw(&server.url("", 0));
     let _: () = q!(&mut conn, "HSET", "not-ours", "f", "v");
     env(&server.url("", 0), "").run(&["flush"]).ok();
     assert_eq!(q!(i64; &mut conn, "DBSIZE"), 0, "FLUSHDB, as Kinto");
     assert_eq!(db1.get("c").unwrap(), Some(string("v")), "another database is untouched");
     // `--all` with a prefix is the same FLUSHDB.
-    other.set("b", &string("v"), ttl("60")).unwrap();
-    c0.set("a", &string("v"), ttl("60")).unwrap();
+    other.set("b", &string("v"), secs("60")).unwrap();
+    c0.set("a", &string("v"), secs("60")).unwrap();
     env(&server.url("", 0), "app:").run(&["flush", "--all"]).ok();
     assert_eq!(q!(i64; &mut conn, "DBSIZE"), 0);
 }
@@ -597,13 +572,13 @@ fn old_servers_without_getdel_or_unlink() {
     let Some(server) = OwnRedis::start(&renamed) else { return };
     let url = server.url("", 0);
     let mut c = cache(&url, "old:");
-    c.set("k", &string("v"), ttl("60")).unwrap();
+    c.set("k", &string("v"), secs("60")).unwrap();
     assert_eq!(c.delete("k").unwrap(), Some(string("v")), "MULTI GET DEL EXEC");
     assert_eq!(c.delete("k").unwrap(), None);
-    c.set("k", &string("v"), ttl("60")).unwrap();
+    c.set("k", &string("v"), secs("60")).unwrap();
     assert_eq!(c.delete("k").unwrap(), Some(string("v")), "the fallback is remembered");
-    c.set("a", &string("v"), ttl("60")).unwrap();
-    cache(&url, "keep:").set("a", &string("v"), ttl("60")).unwrap();
+    c.set("a", &string("v"), secs("60")).unwrap();
+    cache(&url, "keep:").set("a", &string("v"), secs("60")).unwrap();
     c.flush(false).unwrap();
     assert_eq!(c.get("a").unwrap(), None, "DEL instead of UNLINK");
     assert_eq!(cache(&url, "keep:").get("a").unwrap(), Some(string("v")));
@@ -664,20 +639,6 @@ fn every_command_through_the_binary() {
 
 use kcache::backend::{GroupOp, GroupResult};
 
-/// One operation through the single-operation methods of `Cache`, as a group result.
-fn alone(c: &mut Cache, op: &GroupOp<'_>) -> kcache::error::Result<GroupResult> {
-    Ok(match *op {
-        GroupOp::Get(k) => GroupResult::Value(c.get(k)?),
-        GroupOp::Set(k, v, t) => {
-            c.set(k, v, t)?;
-            GroupResult::Stored
-        }
-        GroupOp::Ttl(k) => GroupResult::Remaining(c.ttl(k)?),
-        GroupOp::Expire(k, t) => GroupResult::Existed(c.expire(k, t)?),
-        GroupOp::Delete(k) => GroupResult::Value(c.delete(k)?),
-    })
-}
-
 /// Whether a group's result is the one-by-one result: the same value, or the same error
 /// (status, message chain, hint); remaining TTLs within 200 ms of each other (the two runs
 /// happen at different moments). A bad key is refused by `Cache` before the backend, with the
@@ -724,19 +685,19 @@ fn group_is_one_by_one_in_one_round_trip(server: &OwnRedis, old: bool) {
     let ops = [
         GroupOp::Get("k"),
         GroupOp::Ttl("k"),
-        GroupOp::Expire("k", ttl("10")),
+        GroupOp::Expire("k", secs("10")),
         GroupOp::Delete("k"),
-        GroupOp::Set("k", &v1, ttl("60")),
+        GroupOp::Set("k", &v1, secs("60")),
         GroupOp::Get("k"),
         GroupOp::Ttl("k"),
-        GroupOp::Set("k2", &v2, ttl("1.5")),
+        GroupOp::Set("k2", &v2, secs("1.5")),
         GroupOp::Ttl("k2"),
         GroupOp::Get("hash"), // WRONGTYPE in the middle
-        GroupOp::Expire("k", ttl("0.8")),
+        GroupOp::Expire("k", secs("0.8")),
         GroupOp::Ttl("k"),
-        GroupOp::Set("k", &v3, ttl("0")), // TTL 0: removes it
+        GroupOp::Set("k", &v3, secs("0")), // TTL 0: removes it
         GroupOp::Get("k"),
-        GroupOp::Expire("k", ttl("5")),
+        GroupOp::Expire("k", secs("5")),
         GroupOp::Delete("k2"),
         GroupOp::Delete("k2"),
         GroupOp::Get(""), // refused before anything is sent
@@ -745,11 +706,11 @@ fn group_is_one_by_one_in_one_round_trip(server: &OwnRedis, old: bool) {
         GroupOp::Get("empty"),
         GroupOp::Delete("hash"), // WRONGTYPE (or, in a transaction, removed all the same)
         GroupOp::Ttl("hash"),
-        GroupOp::Set("k3", &v3, ttl("0.0005")), // 1 ms
-        GroupOp::Set("k4", &v3, ttl("60")),
-        GroupOp::Expire("k4", ttl("0")), // TTL 0: removes it
+        GroupOp::Set("k3", &v3, secs("0.0005")), // 1 ms
+        GroupOp::Set("k4", &v3, secs("60")),
+        GroupOp::Expire("k4", secs("0")), // TTL 0: removes it
         GroupOp::Get("k4"),
-        GroupOp::Set("k4", &v2, ttl("36500d")),
+        GroupOp::Set("k4", &v2, secs("36500d")),
         GroupOp::Ttl("k4"),
         GroupOp::Delete("k4"),
     ];
@@ -813,10 +774,10 @@ fn the_first_group_learns_how_to_delete() {
         let url = server.url("", 0);
         let v = string("v");
         let ops = [
-            GroupOp::Set("a", &v, ttl("60")),
+            GroupOp::Set("a", &v, secs("60")),
             GroupOp::Delete("a"),
             GroupOp::Delete("a"),
-            GroupOp::Set("a", &v, ttl("60")),
+            GroupOp::Set("a", &v, secs("60")),
             GroupOp::Delete("a"),
             GroupOp::Get("a"),
         ];
@@ -838,7 +799,7 @@ fn a_group_on_a_dead_server_fails_every_operation_at_once() {
     let s = settings(&server.url("", 0), "", &[("pool_timeout", Raw::Int(1))]);
     let mut c = kcache::backend::open(&s).unwrap();
     let v = string("v");
-    let mut ops = vec![GroupOp::Get("a"), GroupOp::Set("a", &v, ttl("9")), GroupOp::Delete("a"), GroupOp::Ttl("b")];
+    let mut ops = vec![GroupOp::Get("a"), GroupOp::Set("a", &v, secs("9")), GroupOp::Delete("a"), GroupOp::Ttl("b")];
     ops.extend([GroupOp::Get("c"); 16]);
     let started = Instant::now();
     let got = c.run_group(&ops);

@@ -81,6 +81,16 @@ fn probe(port: u16, request: &[u8]) -> Option<String> {
     Some(line)
 }
 
+/// [`probe`] over a unix socket.
+fn probe_unix(path: &Path, request: &[u8]) -> Option<String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(request).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    Some(line)
+}
+
 /// Polls `ready` until it holds or `child` died or [`STARTUP`] passed; `Ok` when ready.
 fn wait_ready(child: &mut Child, mut ready: impl FnMut() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + STARTUP;
@@ -107,21 +117,34 @@ fn kill(child: &mut Option<Child>) {
 
 // ---- memcached -------------------------------------------------------------------------------
 
-/// A memcached of one test's own; SIGKILLed on [`OwnMemcached::kill`] and on drop.
+/// A memcached of one test's own, on a free loopback port or a unix socket; SIGKILLed on
+/// [`OwnMemcached::kill`] and on drop.
 pub struct OwnMemcached {
     child: Option<Child>,
+    /// The TCP port (0 on a unix socket).
     pub port: u16,
+    socket: Option<PathBuf>,
 }
 
 impl OwnMemcached {
     /// Starts one on a free port (`None`: skipped, memcached is not installed).
     pub fn start() -> Option<OwnMemcached> {
+        Self::start_on(None)
+    }
+
+    /// Starts one listening on the unix socket `path` only.
+    pub fn unix(path: &Path) -> Option<OwnMemcached> {
+        Self::start_on(Some(path.to_path_buf()))
+    }
+
+    fn start_on(socket: Option<PathBuf>) -> Option<OwnMemcached> {
         if !require(installed("memcached", "-V"), "memcached") {
             return None;
         }
         let mut last = String::new();
         for _ in 0..3 {
-            let mut server = OwnMemcached { child: None, port: free_port() };
+            let port = if socket.is_some() { 0 } else { free_port() };
+            let mut server = OwnMemcached { child: None, port, socket: socket.clone() };
             match server.spawn() {
                 Ok(()) => return Some(server),
                 Err(e) => last = e,
@@ -130,16 +153,28 @@ impl OwnMemcached {
         panic!("memcached did not start: {last}");
     }
 
+    /// Ready once it has answered `version` (a connection that only connected may not be
+    /// counted in `total_connections` yet: memcached hands it to a worker thread first).
     fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new("memcached");
-        cmd.args(["-l", "127.0.0.1", "-p", &self.port.to_string(), "-U", "0", "-m", "64"]);
+        match &self.socket {
+            Some(path) => cmd.arg("-s").arg(path).args(["-a", "0766"]),
+            None => cmd.args(["-l", "127.0.0.1", "-p", &self.port.to_string()]),
+        };
+        cmd.args(["-U", "0", "-m", "64"]);
         if is_root() {
             cmd.args(["-u", "nobody"]);
         }
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
-        let port = self.port;
-        let ready = wait_ready(&mut child, || probe(port, b"version\r\n").is_some_and(|l| l.starts_with("VERSION")));
+        let (port, socket) = (self.port, self.socket.clone());
+        let ready = wait_ready(&mut child, || {
+            let reply = match &socket {
+                Some(path) => probe_unix(path, b"version\r\n"),
+                None => probe(port, b"version\r\n"),
+            };
+            reply.is_some_and(|l| l.starts_with("VERSION"))
+        });
         self.child = Some(child);
         if ready.is_err() {
             kill(&mut self.child);
@@ -147,9 +182,12 @@ impl OwnMemcached {
         ready
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT`, or `unix:PATH`.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.socket {
+            Some(path) => format!("unix:{}", path.display()),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     /// Kills the server (SIGKILL) and waits until it is gone. Its data is lost.

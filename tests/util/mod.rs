@@ -166,3 +166,52 @@ pub fn rows(path: &Path) -> i64 {
     }
     db(path).query_row("SELECT count(*) FROM cache", [], |r| r.get(0)).unwrap_or(0)
 }
+
+// ---- small helpers shared by the backend tests ------------------------------------------------
+
+/// A TTL argument, parsed as the command line parses it.
+pub fn secs(s: &str) -> kcache::ttl::Ttl {
+    s.parse().expect("ttl")
+}
+
+/// A string value as Kinto encodes it (a JSON string).
+pub fn string(s: &str) -> String {
+    kcache::value::encode_string(s)
+}
+
+/// The time left of a live entry (panics on a missing one or one without expiry).
+#[track_caller]
+pub fn left(r: kcache::ttl::Remaining) -> std::time::Duration {
+    match r {
+        kcache::ttl::Remaining::Left(d) => d,
+        other => panic!("expected a remaining TTL, got {other:?}"),
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (for passwords in URLs).
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs one operation of a batch group alone, through the single-operation methods of `Cache`.
+pub fn alone(
+    c: &mut kcache::backend::Cache,
+    op: &kcache::backend::GroupOp<'_>,
+) -> kcache::error::Result<kcache::backend::GroupResult> {
+    use kcache::backend::{GroupOp, GroupResult};
+    Ok(match *op {
+        GroupOp::Get(k) => GroupResult::Value(c.get(k)?),
+        GroupOp::Set(k, v, t) => {
+            c.set(k, v, t)?;
+            GroupResult::Stored
+        }
+        GroupOp::Ttl(k) => GroupResult::Remaining(c.ttl(k)?),
+        GroupOp::Expire(k, t) => GroupResult::Existed(c.expire(k, t)?),
+        GroupOp::Delete(k) => GroupResult::Value(c.delete(k)?),
+    })
+}
