@@ -1,41 +1,12 @@
 //! `kcache batch` through the real binary: the protocol, order, per-key order under --jobs,
 //! barriers, --keep-going, exit status, bad lines; on every backend the rig provides.
 
+use crate::servers::replies;
 use crate::util::Env;
 use serde_json::Value;
 
-/// An environment for `backend`, or None (skipped loudly) when its server is missing.
-fn env_for(backend: &str) -> Option<(Env, Option<Box<dyn std::any::Any>>)> {
-    let prefix = format!("{}:", crate::util::unique("b"));
-    let env = Env::new().var("KINTO_CACHE_PREFIX", &prefix);
-    Some(match backend {
-        "sqlite" => (env, None),
-        "memory" => (env.var("KINTO_CACHE_BACKEND", "memory"), None),
-        "postgresql" => {
-            let admin = crate::rig::server("KCACHE_TEST_PG_URL")?;
-            let db = crate::conformance::TempDatabase::new(&admin);
-            let env = env.var("KINTO_CACHE_BACKEND", "postgresql").var("KINTO_CACHE_URL", &db.url);
-            env.run(&["migrate"]).ok();
-            (env, Some(Box::new(db)))
-        }
-        "memcached" => {
-            let hosts = crate::rig::server("KCACHE_TEST_MEMCACHED")?;
-            (env.var("KINTO_CACHE_BACKEND", "memcached").var("KINTO_CACHE_HOSTS", &hosts), None)
-        }
-        "redis" => {
-            let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
-            (env.var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url), None)
-        }
-        other => panic!("no batch environment for {other}"),
-    })
-}
-
-fn replies(stdout: &str) -> Vec<Value> {
-    stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect()
-}
-
 fn protocol(backend: &str) {
-    let Some((env, _guard)) = env_for(backend) else { return };
+    let Some((env, _guard)) = crate::servers::backend_env(backend) else { return };
     let input = r#"set a "hello world" 60
 # a comment, then a blank line
 
@@ -76,7 +47,7 @@ set k - 10
 }
 
 fn stops_at_the_first_error_without_keep_going(backend: &str) {
-    let Some((env, _guard)) = env_for(backend) else { return };
+    let Some((env, _guard)) = crate::servers::backend_env(backend) else { return };
     let out = env.run_stdin(&["batch"], Some(b"set a 1 60\nset b 2 10x\nset c 3 60\n"));
     out.code(2);
     let r = replies(&out.stdout);
@@ -93,12 +64,12 @@ fn stops_at_the_first_error_without_keep_going(backend: &str) {
 }
 
 fn status_is_0_when_only_misses(backend: &str) {
-    let Some((env, _guard)) = env_for(backend) else { return };
+    let Some((env, _guard)) = crate::servers::backend_env(backend) else { return };
     env.run_stdin(&["batch"], Some(b"get nope\ndelete nope\nexpire nope 5\n")).code(0);
 }
 
 fn jobs_keep_per_key_order_and_barriers(backend: &str) {
-    let Some((env, _guard)) = env_for(backend) else { return };
+    let Some((env, _guard)) = crate::servers::backend_env(backend) else { return };
     let mut input = String::new();
     for i in 0..600 {
         input.push_str(&format!("set k{} v{i} 60\nget k{}\n", i % 13, i % 13));
@@ -141,7 +112,7 @@ fn jobs_keep_per_key_order_and_barriers(backend: &str) {
 }
 
 fn keep_going_with_jobs_reports_every_line(backend: &str) {
-    let Some((env, _guard)) = env_for(backend) else { return };
+    let Some((env, _guard)) = crate::servers::backend_env(backend) else { return };
     let mut input = String::new();
     for i in 0..50 {
         input.push_str(&format!("set k{i} v 60\n"));

@@ -4,7 +4,7 @@
 //! (8 concurrent `kcache migrate` on an empty PostgreSQL database are tested in
 //! tests/postgresql.rs, `concurrent_migrates_create_each_object_once`.)
 
-use crate::servers::{RigDb, replies, status};
+use crate::servers::{replies, status};
 use crate::util::{BIN, Env};
 use serde_json::Value;
 use std::io::Write;
@@ -16,34 +16,6 @@ const LINES: usize = 500;
 const KEYS: usize = 50;
 /// Every process of a load test must be done by then.
 const DEADLINE: Duration = Duration::from_secs(90);
-
-/// The environment of one load test on `backend` (`None`: skipped), with what must outlive it.
-fn env_for(backend: &str) -> Option<(Env, Option<RigDb>)> {
-    let prefix = format!("{}:", crate::util::unique("load"));
-    let env = Env::new().var("KINTO_CACHE_PREFIX", &prefix);
-    Some(match backend {
-        "sqlite" => {
-            // An existing file: the race of first writes on a fresh file has its own test,
-            // sqlite_concurrent_first_writes_on_a_fresh_file_never_see_a_locked_database.
-            env.run(&["migrate"]).ok();
-            (env, None)
-        }
-        "postgresql" => {
-            let db = RigDb::create()?;
-            db.migrate();
-            (env.var("KINTO_CACHE_BACKEND", "postgresql").var("KINTO_CACHE_URL", &db.url()), Some(db))
-        }
-        "memcached" => {
-            let hosts = crate::rig::server("KCACHE_TEST_MEMCACHED")?;
-            (env.var("KINTO_CACHE_BACKEND", "memcached").var("KINTO_CACHE_HOSTS", &hosts), None)
-        }
-        "redis" => {
-            let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
-            (env.var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url), None)
-        }
-        other => panic!("no load environment for {other}"),
-    })
-}
 
 /// The key of line `i` of worker `w`.
 fn key_of(w: usize, i: usize) -> usize {
@@ -114,7 +86,7 @@ fn run_batches(env: &Env, inputs: Vec<(Vec<&str>, String)>) -> Vec<(i32, String,
 }
 
 fn sixteen_batches_on_fifty_keys(backend: &str) {
-    let Some((env, _db)) = env_for(backend) else { return };
+    let Some((env, _db)) = crate::servers::backend_env(backend) else { return };
     let inputs = (0..WORKERS)
         .map(|w| {
             let args = if w % 2 == 0 { vec!["batch"] } else { vec!["batch", "--jobs", "4"] };

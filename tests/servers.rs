@@ -695,6 +695,37 @@ pub fn sq(word: &str) -> String {
 
 // ---- a database of one test's own on the rig's PostgreSQL ------------------------------------
 
+/// A kcache environment on the rig's `backend` under a prefix of its own (PostgreSQL: a fresh,
+/// migrated database, returned to outlive the test; sqlite: a migrated file), or `None`
+/// (skipped loudly outside CI) when that server is missing.
+pub fn backend_env(backend: &str) -> Option<(Env, Option<RigDb>)> {
+    let prefix = format!("{}:", crate::util::unique("e"));
+    let env = Env::new().var("KINTO_CACHE_PREFIX", &prefix);
+    Some(match backend {
+        "sqlite" => {
+            // An existing file: the race of first writes on a fresh file has its own test,
+            // sqlite_concurrent_first_writes_on_a_fresh_file_never_see_a_locked_database.
+            env.run(&["migrate"]).ok();
+            (env, None)
+        }
+        "memory" => (env.var("KINTO_CACHE_BACKEND", "memory"), None),
+        "postgresql" => {
+            let db = RigDb::create()?;
+            db.migrate();
+            (env.var("KINTO_CACHE_BACKEND", "postgresql").var("KINTO_CACHE_URL", &db.url()), Some(db))
+        }
+        "memcached" => {
+            let hosts = crate::rig::server("KCACHE_TEST_MEMCACHED")?;
+            (env.var("KINTO_CACHE_BACKEND", "memcached").var("KINTO_CACHE_HOSTS", &hosts), None)
+        }
+        "redis" => {
+            let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
+            (env.var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url), None)
+        }
+        other => panic!("no environment for the backend {other}"),
+    })
+}
+
 /// A database of one test's own on the rig's server (`KCACHE_TEST_PG_URL`), dropped with the
 /// roles the test made when it goes. kcache reaches it through the rig's unix socket (trust,
 /// no SCRAM cost) when there is one.
