@@ -50,8 +50,8 @@
 //! on the address. With several hosts, the first host that has an entry gives the password
 //! (one `postgres::Config` holds one password).
 //!
-//! `sslmode` takes libpq's six values, mapped onto tokio-postgres's three modes and the
-//! native-tls connector:
+//! `sslmode` takes libpq's six values, mapped onto tokio-postgres's three modes and the rustls
+//! connector of the `tls` module (which says how each check is done):
 //! - `disable`: no TLS.
 //! - `allow`, `prefer` (the default): `Prefer`, accepting any certificate and host name (libpq
 //!   does not verify in these modes). tokio-postgres tries TLS first and, when the server
@@ -67,7 +67,7 @@
 //! A root file (PEM, one or more certificates) replaces the built-in roots. A client certificate
 //! is `sslcert` (an error if it is missing) or `~/.postgresql/postgresql.crt` if it exists, with
 //! the key `sslkey` or `~/.postgresql/postgresql.key`; the key must not be readable by group or
-//! others (libpq's rule) and may be PKCS#8 or PKCS#1 RSA PEM. When every host is a socket folder
+//! others (libpq's rule) and may be PKCS#8, PKCS#1 RSA or SEC1 EC PEM (not encrypted). When every host is a socket folder
 //! TLS never applies (libpq ignores `sslmode` there): the mode becomes `Disable` and no file is
 //! read. A build without the `tls` feature connects in clear for `disable`, `allow` and
 //! `prefer` and refuses the other modes, except on sockets.
@@ -94,85 +94,14 @@ fn secret(text: &str) {
     crate::error::register_secret(text);
 }
 
+#[cfg(feature = "tls")]
+mod tls;
+
 /// The TLS connector type every PostgreSQL connection uses.
 #[cfg(feature = "tls")]
-pub use lazy_tls::Tls;
+pub use tls::Tls;
 #[cfg(not(feature = "tls"))]
 pub type Tls = postgres::NoTls;
-
-/// A TLS connector built on first use. Setting up OpenSSL 3 (`SSL_CTX_new`) costs ~45 ms here,
-/// more than a whole one-shot command: a connection that never negotiates TLS (a socket,
-/// `sslmode=disable`, a server without TLS) must not pay for it.
-#[cfg(feature = "tls")]
-mod lazy_tls {
-    use postgres::tls::{MakeTlsConnect, TlsConnect};
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncRead, AsyncWrite};
-
-    struct Shared {
-        builder: native_tls::TlsConnectorBuilder,
-        built: Mutex<Option<native_tls::TlsConnector>>,
-    }
-
-    impl Shared {
-        fn connector(&self) -> Result<native_tls::TlsConnector, native_tls::Error> {
-            let mut built = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(c) = built.as_ref() {
-                return Ok(c.clone());
-            }
-            let c = self.builder.build()?;
-            *built = Some(c.clone());
-            Ok(c)
-        }
-    }
-
-    /// The `MakeTlsConnect` handed to the pool: cheap to clone, builds the connector once.
-    #[derive(Clone)]
-    pub struct Tls(Arc<Shared>);
-
-    impl Tls {
-        pub(super) fn new(builder: native_tls::TlsConnectorBuilder) -> Tls {
-            Tls(Arc::new(Shared { builder, built: Mutex::new(None) }))
-        }
-    }
-
-    /// One connection's TLS handshake, for `domain`.
-    pub struct Connect {
-        shared: Arc<Shared>,
-        domain: String,
-    }
-
-    impl<S> MakeTlsConnect<S> for Tls
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        type Stream = postgres_native_tls::TlsStream<S>;
-        type TlsConnect = Connect;
-        type Error = native_tls::Error;
-
-        fn make_tls_connect(&mut self, domain: &str) -> Result<Connect, native_tls::Error> {
-            Ok(Connect { shared: Arc::clone(&self.0), domain: domain.to_string() })
-        }
-    }
-
-    impl<S> TlsConnect<S> for Connect
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        type Stream = postgres_native_tls::TlsStream<S>;
-        type Error = native_tls::Error;
-        type Future = Pin<Box<dyn Future<Output = Result<Self::Stream, native_tls::Error>> + Send>>;
-
-        fn connect(self, stream: S) -> Self::Future {
-            Box::pin(async move {
-                let connector = self.shared.connector()?;
-                postgres_native_tls::TlsConnector::new(connector, &self.domain).connect(stream).await
-            })
-        }
-    }
-}
 
 /// Everything needed to open connections to one server.
 pub struct Target {
@@ -795,160 +724,12 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
 
 #[cfg(feature = "tls")]
 fn build_tls(plan: &TlsPlan) -> Result<Tls> {
-    let mut builder = native_tls::TlsConnector::builder();
-    match &plan.verify {
-        None => {
-            // Nothing is verified, so the system's roots need not be loaded.
-            builder.danger_accept_invalid_certs(true);
-            builder.danger_accept_invalid_hostnames(true);
-            builder.disable_built_in_roots(true);
-        }
-        Some(verify) => {
-            if let Roots::File(path) = &verify.roots {
-                let pem = read_file(path, "root certificate file (sslrootcert)")?;
-                let bad = |e: String| Error::input(format!("{} holds no PEM certificate{e}", path.display()));
-                let certs = native_tls::Certificate::stack_from_pem(&pem).map_err(|e| bad(format!(": {e}")))?;
-                if certs.is_empty() {
-                    return Err(bad(String::new()));
-                }
-                for cert in certs {
-                    builder.add_root_certificate(cert);
-                }
-                builder.disable_built_in_roots(true);
-            }
-            if !verify.hostname {
-                builder.danger_accept_invalid_hostnames(true);
-            }
-        }
-    }
-    if let Some((cert, key)) = &plan.identity {
-        let cert_pem = read_file(cert, "client certificate file (sslcert)")?;
-        let key_pem = pkcs8_key(&read_file(key, "private key file (sslkey)")?, key)?;
-        let identity = native_tls::Identity::from_pkcs8(&cert_pem, &key_pem).map_err(|e| {
-            Error::input(format!(
-                "cannot use the client certificate {} with the key {}: {e}",
-                cert.display(),
-                key.display()
-            ))
-        })?;
-        builder.identity(identity);
-    }
-    Ok(Tls::new(builder))
+    tls::build(plan)
 }
 
 #[cfg(not(feature = "tls"))]
 fn build_tls(_plan: &TlsPlan) -> Result<Tls> {
     Ok(postgres::NoTls)
-}
-
-/// The private key as native-tls wants it: PKCS#8 PEM. A PKCS#1 RSA key (`BEGIN RSA PRIVATE
-/// KEY`, what older OpenSSL wrote) is wrapped into PKCS#8; other forms are refused with a hint.
-#[cfg(feature = "tls")]
-fn pkcs8_key(pem: &[u8], path: &Path) -> Result<Vec<u8>> {
-    const PKCS8: &str = "-----BEGIN PRIVATE KEY-----";
-    const PKCS1_BEGIN: &str = "-----BEGIN RSA PRIVATE KEY-----";
-    const PKCS1_END: &str = "-----END RSA PRIVATE KEY-----";
-    let convert = "convert it with: openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8";
-    let text = String::from_utf8_lossy(pem);
-    if let Some(start) = text.find(PKCS8) {
-        return Ok(text[start..].as_bytes().to_vec());
-    }
-    if let Some(start) = text.find(PKCS1_BEGIN) {
-        let body = &text[start + PKCS1_BEGIN.len()..];
-        let body = body.find(PKCS1_END).map_or(body, |end| &body[..end]);
-        if body.contains(':') {
-            return Err(Error::input(format!(
-                "the private key {} is encrypted, which kcache does not support",
-                path.display()
-            ))
-            .with_hint(convert));
-        }
-        let der = base64_decode(body)
-            .ok_or_else(|| Error::input(format!("the private key {} is not valid PEM", path.display())))?;
-        return Ok(rsa_pkcs1_to_pkcs8_pem(&der).into_bytes());
-    }
-    let what = if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
-        "is encrypted, which kcache does not support"
-    } else if text.contains("PRIVATE KEY-----") {
-        "is not in PKCS#8 form"
-    } else {
-        "holds no PEM private key"
-    };
-    Err(Error::input(format!("the private key {} {what}", path.display())).with_hint(convert))
-}
-
-/// Wraps a DER RSAPrivateKey (PKCS#1) into a PKCS#8 PrivateKeyInfo, as PEM.
-#[cfg(feature = "tls")]
-fn rsa_pkcs1_to_pkcs8_pem(pkcs1: &[u8]) -> String {
-    fn der_len(n: usize) -> Vec<u8> {
-        if n < 0x80 {
-            return vec![n as u8];
-        }
-        let bytes: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
-        let mut out = vec![0x80 | bytes.len() as u8];
-        out.extend(bytes);
-        out
-    }
-    // version 0, AlgorithmIdentifier { rsaEncryption (1.2.840.113549.1.1.1), NULL }
-    let mut info = vec![0x02, 0x01, 0x00];
-    info.extend([0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00]);
-    info.push(0x04);
-    info.extend(der_len(pkcs1.len()));
-    info.extend_from_slice(pkcs1);
-    let mut der = vec![0x30];
-    der.extend(der_len(info.len()));
-    der.extend(info);
-    let encoded = base64_encode(&der);
-    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-    for line in encoded.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str("-----END PRIVATE KEY-----\n");
-    pem
-}
-
-#[cfg(feature = "tls")]
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-#[cfg(feature = "tls")]
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        if c.is_ascii_whitespace() {
-            continue;
-        }
-        if c == b'=' {
-            break;
-        }
-        let v = BASE64.iter().position(|b| *b == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
-#[cfg(feature = "tls")]
-fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(BASE64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The effective uid, as the owner of `/proc/self` (no libc binding needed).
@@ -1374,7 +1155,7 @@ mod tests {
 
     /// `openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost -days 36500`.
     #[cfg(feature = "tls")]
-    const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----
+    pub(super) const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----
 MIIDCzCCAfOgAwIBAgIUavo+QMcmOm/EMd9emEvZamimT3YwDQYJKoZIhvcNAQEL
 BQAwFDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyNTE1MDIyN1oYDzIxMjYx
 MTAxMTUwMjI3WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwggEiMA0GCSqGSIb3DQEB
@@ -1396,7 +1177,7 @@ bDeHaskbdH1Z905Gw1kL
 ";
     /// Its key, as PKCS#8 (what `openssl req` writes).
     #[cfg(feature = "tls")]
-    const KEY_PKCS8_PEM: &str = "-----BEGIN PRIVATE KEY-----
+    pub(super) const KEY_PKCS8_PEM: &str = "-----BEGIN PRIVATE KEY-----
 MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC9Qwqrgp0NGgUz
 gYk1L6lVa+fve2edQSKxV6X/KGUFo745HcHnCN0XPIbx1TYEGNXmHDE2OdxZcfWd
 iwKbbCTsWkHekM590ju//aHj97eQsFIkboRqAHGSRJiWaF13aTW7p4VUg8QF4hmb
@@ -1427,7 +1208,7 @@ GhSveqyZL6KSy7ajNgvBDeA=
 ";
     /// The same key as PKCS#1 (`openssl rsa -traditional`).
     #[cfg(feature = "tls")]
-    const KEY_PKCS1_PEM: &str = "-----BEGIN RSA PRIVATE KEY-----
+    pub(super) const KEY_PKCS1_PEM: &str = "-----BEGIN RSA PRIVATE KEY-----
 MIIEowIBAAKCAQEAvUMKq4KdDRoFM4GJNS+pVWvn73tnnUEisVel/yhlBaO+OR3B
 5wjdFzyG8dU2BBjV5hwxNjncWXH1nYsCm2wk7FpB3pDOfdI7v/2h4/e3kLBSJG6E
 agBxkkSYlmhdd2k1u6eFVIPEBeIZmz1Lo3GX0lgN6gLMCSVW6dmLPZowUNgbXap8
@@ -1457,7 +1238,7 @@ tfjgjXanWnb4grfZRwZ05zUS2agflBoUr3qsmS+iksu2ozYLwQ3g
 ";
     /// A second, unrelated self-signed certificate (EC P-256, CN=second-ca).
     #[cfg(feature = "tls")]
-    const CERT2_PEM: &str = "-----BEGIN CERTIFICATE-----
+    pub(super) const CERT2_PEM: &str = "-----BEGIN CERTIFICATE-----
 MIIBgDCCASWgAwIBAgIUD9R50zyr0Sg5LegGIm7EsJVTZ/8wCgYIKoZIzj0EAwIw
 FDESMBAGA1UEAwwJc2Vjb25kLWNhMCAXDTI2MTEyNTE1MDIyN1oYDzIxMjYxMTAx
 MTUwMjI3WjAUMRIwEAYDVQQDDAlzZWNvbmQtY2EwWTATBgcqhkjOPQIBBggqhkjO
@@ -2254,25 +2035,6 @@ ZxImMA==
         let url = format!("postgresql://u@h/db?sslcert={}&sslkey={}", cert.display(), enc.display());
         let Err(e) = fx.resolve(&url) else { panic!("encrypted key accepted") };
         assert!(unredacted(&e).contains("is encrypted") && e.hint().is_some_and(|h| h.contains("openssl pkcs8")));
-    }
-
-    #[cfg(feature = "tls")]
-    #[test]
-    fn pkcs1_keys_are_wrapped_into_the_same_pkcs8_as_openssl() {
-        let der1 =
-            base64_decode(KEY_PKCS1_PEM.lines().filter(|l| !l.starts_with("-----")).collect::<String>().as_str())
-                .expect("base64");
-        let wrapped = rsa_pkcs1_to_pkcs8_pem(&der1);
-        let body = |pem: &str| pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
-        assert_eq!(body(&wrapped), body(KEY_PKCS8_PEM));
-        assert!(wrapped.lines().all(|l| l.len() <= 64));
-        for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"fooba", b"foobar"] {
-            assert_eq!(base64_decode(&base64_encode(data)).as_deref(), Some(data));
-        }
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_decode("Zm8=\n").as_deref(), Some(&b"fo"[..]));
-        assert_eq!(base64_decode("Zm*="), None);
     }
 
     #[cfg(not(feature = "tls"))]

@@ -245,14 +245,20 @@ fn classify_connect(e: postgres::Error, location: &str) -> Error {
         }
         Some(_) => Error::backend(what, e),
         // postgres::Error's Display shows only its kind; the reason is in its source chain.
-        None if std::iter::successors(std::error::Error::source(&e), |c| c.source())
-            .any(|c| c.to_string().contains("password missing")) =>
-        {
-            Error::backend(what, e)
-                .with_hint("the server wants a password: give it in the URL, PGPASSWORD or ~/.pgpass (mode 0600)")
-        }
+        None if cause_has(&e, "password missing") => Error::backend(what, e)
+            .with_hint("the server wants a password: give it in the URL, PGPASSWORD or ~/.pgpass (mode 0600)"),
+        // rustls: "invalid peer certificate: UnknownIssuer", "...: certificate not valid for name ...".
+        None if cause_has(&e, "invalid peer certificate") => Error::backend(what, e).with_hint(
+            "the server's certificate is not trusted for this host: give its CA with sslrootcert=FILE, \
+             connect by the name it was issued for, or choose sslmode=require to skip the check",
+        ),
         None => Error::unavailable(what, e),
     }
+}
+
+/// Whether a message in the source chain of `e` contains `text`.
+fn cause_has(e: &postgres::Error, text: &str) -> bool {
+    std::iter::successors(std::error::Error::source(e), |c| c.source()).any(|c| c.to_string().contains(text))
 }
 
 /// A string literal safe whatever `standard_conforming_strings` says: `E'...'` with `\` and

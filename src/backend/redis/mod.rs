@@ -297,10 +297,10 @@ fn is_unknown_command(e: &RedisError) -> bool {
     e.code() == Some("ERR") && e.detail().is_some_and(|d| d.to_ascii_lowercase().starts_with("unknown command"))
 }
 
-/// A TLS handshake that failed on the certificate: a setting to fix, not worth retrying.
+/// A TLS handshake that failed on the certificate (rustls: "invalid peer certificate: ..."): a
+/// setting to fix, not worth retrying.
 fn is_untrusted_certificate(e: &RedisError) -> bool {
-    let shown = e.to_string();
-    shown.contains("SSL Handshake error") && shown.contains("certificate")
+    e.to_string().contains("invalid peer certificate")
 }
 
 /// The error codes that mean "not now": worth retrying.

@@ -5,7 +5,8 @@
 //! - `redis://[[user]:password@]host[:port][/db]`: TCP; no host means `localhost`, no port 6379,
 //!   no db (or a bare trailing `/`, which crashes Kinto: reference §5.1) db 0;
 //! - `rediss://...`: the same over TLS, verifying the certificate against the system's trust
-//!   store (OpenSSL's, so `SSL_CERT_FILE` works), or against `?ssl_ca_certs=/path/ca.pem`
+//!   store (found as OpenSSL finds it, so `SSL_CERT_FILE` and `SSL_CERT_DIR` work), or against
+//!   `?ssl_ca_certs=/path/ca.pem`
 //!   (redis-py's name); `#insecure` (the redis crate's spelling) or `?ssl_cert_reqs=none`
 //!   (redis-py's) skips the check;
 //! - `redis+unix:///path/to/socket[?db=N]` and `unix:///path/to/socket[?db=N]`: a unix socket;
