@@ -947,3 +947,24 @@ fn quiet_keeps_errors() {
     let out = rejects(&env, &["-q", "--backend", "mongodb", "set", "k", "v", "60"], &["mongodb"]);
     assert!(out.stderr.starts_with("kcache: error: "), "{}", out.stderr);
 }
+
+#[test]
+fn tiny_pool_timeouts_and_recycles_become_a_millisecond_not_a_panic() {
+    // Found by hostile::toml_loader_never_panics_and_checks_every_setting: 2.2e-308 s rounded to
+    // a zero duration, which r2d2 and socket timeouts refuse with a panic.
+    let closed = crate::servers::free_port();
+    for backend in ["redis", "postgresql", "memcached"] {
+        for (var, value) in [("KINTO_CACHE_POOL_TIMEOUT", "1e-12"), ("KINTO_CACHE_POOL_RECYCLE", "0")] {
+            let (url_var, url) = match backend {
+                "memcached" => ("KINTO_CACHE_HOSTS", format!("127.0.0.1:{closed}")),
+                "redis" => ("KINTO_CACHE_URL", format!("redis://127.0.0.1:{closed}/0")),
+                _ => ("KINTO_CACHE_URL", format!("postgresql://u@127.0.0.1:{closed}/db")),
+            };
+            let env = Env::new().var("KINTO_CACHE_BACKEND", backend).var(url_var, &url).var(var, value);
+            env.run(&["get", "k"]).code(3).one_error_line();
+            env.run(&["-v", "get", "k"])
+                .code(3)
+                .stderr_has(&format!("setting {} = ", var.trim_start_matches("KINTO_CACHE_").to_lowercase()));
+        }
+    }
+}

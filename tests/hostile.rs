@@ -250,7 +250,8 @@ proptest! {
         if let Ok(s) = kcache::settings::Settings::from_layer(&layer) {
             prop_assert!((1..=10_000).contains(&s.pool_size), "{text}");
             prop_assert!(s.max_overflow <= 10_000, "{text}");
-            prop_assert!(s.pool_timeout.is_none_or(|t| t > Duration::ZERO), "{text}");
+            prop_assert!(s.pool_timeout.is_none_or(|t| t >= Duration::from_millis(1)), "{text}");
+            prop_assert!(s.pool_recycle.is_none_or(|t| t >= Duration::from_millis(1)), "{text}");
             prop_assert!(!s.prefix.chars().any(char::is_control), "{text}");
         }
     }

@@ -238,6 +238,12 @@ fn as_seconds(e: &Entry, name: &str, min: f64, expected: &str) -> Result<f64> {
     if v.is_finite() && v >= min && v <= 1e9 { Ok(v) } else { Err(bad(e, name, expected)) }
 }
 
+/// `seconds` (0 or more) as a duration of at least 1 ms: the pool and socket timeouts refuse a
+/// zero duration, which a tiny value (`1e-12`) would otherwise round to.
+fn at_least_a_millisecond(seconds: f64) -> Duration {
+    Duration::from_secs_f64(seconds).max(Duration::from_millis(1))
+}
+
 /// Splits a host list on spaces, commas and new lines (Kinto's `aslist`, plus commas).
 pub fn split_hosts(s: &str) -> Vec<String> {
     s.split(|c: char| c.is_whitespace() || c == ',').filter(|h| !h.is_empty()).map(str::to_string).collect()
@@ -377,7 +383,7 @@ impl Settings {
         let pool_recycle = match get("pool_recycle") {
             Some(e) => {
                 let v = as_seconds(e, "pool_recycle", -1.0, "a number of seconds, or -1 for never")?;
-                if v < 0.0 { None } else { Some(Duration::from_secs_f64(v)) }
+                if v < 0.0 { None } else { Some(at_least_a_millisecond(v)) }
             }
             None => None,
         };
@@ -393,7 +399,7 @@ impl Settings {
                 if v <= 0.0 {
                     return Err(bad(e, "pool_timeout", "a number of seconds greater than 0"));
                 }
-                Some(Duration::from_secs_f64(v))
+                Some(at_least_a_millisecond(v))
             }
             None => None,
         };
