@@ -14,8 +14,16 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
+/// `n` cases, times `KCACHE_TEST_FUZZ_SCALE` (default 1) for a longer hunt.
 fn cases(n: u32) -> ProptestConfig {
-    ProptestConfig { cases: n, ..ProptestConfig::default() }
+    let scale = std::env::var("KCACHE_TEST_FUZZ_SCALE").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(1);
+    let default = ProptestConfig::default();
+    let scale = scale.max(1);
+    ProptestConfig {
+        cases: n.saturating_mul(scale),
+        max_global_rejects: default.max_global_rejects.saturating_mul(scale),
+        ..default
+    }
 }
 
 // ---- TTL -------------------------------------------------------------------------------------
