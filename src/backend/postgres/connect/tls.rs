@@ -109,7 +109,8 @@ fn client_identity(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'stati
     let key_pem = read_file(key, "private key file (sslkey)")?;
     let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
         let text = String::from_utf8_lossy(&key_pem);
-        let what = if text.contains("ENCRYPTED") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        // `BEGIN ENCRYPTED PRIVATE KEY`, or a traditional key's `Proc-Type: 4,ENCRYPTED`.
+        let what = if text.contains("ENCRYPTED") {
             "is encrypted, which kcache does not support"
         } else {
             "holds no PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)"
