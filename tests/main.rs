@@ -30,3 +30,46 @@ fn no_forgotten_test_files() {
         }
     }
 }
+
+/// Every test the README's Guarantees section names exists (`*` in a name matches any run of
+/// characters; `module::tests::name` is a unit test in `src/module.rs`).
+#[test]
+fn the_readme_guarantees_name_tests_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## Guarantees")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Guarantees section in the README");
+    let mut named = 0;
+    for quoted in section.split('`').skip(1).step_by(2) {
+        let Some((module, pattern)) = quoted.split_once("::") else { continue };
+        if !quoted.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_:*".contains(c)) {
+            continue;
+        }
+        let (file, pattern) = match pattern.strip_prefix("tests::") {
+            Some(unit) => (root.join("src").join(format!("{module}.rs")), unit),
+            None => (root.join("tests").join(format!("{module}.rs")), pattern),
+        };
+        let source = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{quoted}: {}: {e}", file.display()));
+        let found = source
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("fn "))
+            .map(|rest| rest.split(['(', '<']).next().unwrap_or_default())
+            .any(|name| glob(pattern, name));
+        assert!(found, "the README's Guarantees name {quoted}, which matches no test");
+        named += 1;
+    }
+    assert!(named >= 10, "only {named} test names found in the Guarantees section");
+}
+
+/// `pattern` with `*` wildcards matches the whole of `name`.
+fn glob(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => name
+            .strip_prefix(head)
+            .is_some_and(|tail| (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob(rest, &tail[i..]))),
+    }
+}
