@@ -807,9 +807,7 @@ fn postgresql_passwords_never_appear_in_any_failure() {
         fails_without_secrets(&env, &[], statuses, &secrets, &format!("{failure}, .pgpass"));
         // A config file (TOML and Kinto's INI), mode 0600.
         let env = Env::new();
-        let toml =
-            env.write("c.toml", &format!("[cache]\nbackend = \"postgresql\"\nurl = {}\n", toml_string(with_password)));
-        set_mode(&toml, 0o600);
+        let toml = private_toml(&env, "postgresql", with_password);
         fails_without_secrets(
             &env,
             &["-c", toml.to_str().expect("utf-8")],
@@ -837,6 +835,13 @@ fn postgresql_passwords_never_appear_in_any_failure() {
 
 fn toml_string(s: &str) -> String {
     serde_json::to_string(s).expect("json")
+}
+
+/// `c.toml` in `env`'s home for `backend` at `url`, readable by its owner only.
+fn private_toml(env: &Env, backend: &str, url: &str) -> std::path::PathBuf {
+    let path = env.write("c.toml", &format!("[cache]\nbackend = \"{backend}\"\nurl = {}\n", toml_string(url)));
+    set_mode(&path, 0o600);
+    path
 }
 
 fn set_mode(path: &Path, mode: u32) {
@@ -872,9 +877,7 @@ fn redis_passwords_never_appear_in_any_failure() {
         let env = Env::new().var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_POOL_TIMEOUT", "1");
         fails_without_secrets(&env, &["--url", with_password], statuses, &secrets, &format!("{failure}, --url"));
         let env = Env::new().var("KINTO_CACHE_POOL_TIMEOUT", "1");
-        let toml =
-            env.write("c.toml", &format!("[cache]\nbackend = \"redis\"\nurl = {}\n", toml_string(with_password)));
-        set_mode(&toml, 0o600);
+        let toml = private_toml(&env, "redis", with_password);
         fails_without_secrets(
             &env,
             &["-c", toml.to_str().expect("utf-8")],
