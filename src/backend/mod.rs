@@ -364,39 +364,37 @@ impl Cache {
         self.inner.migrate(dry_run).map_err(|e| e.context(ctx))
     }
 
-    /// Kinto's heartbeat made deterministic: write the heartbeat key, read it back, delete it.
-    /// Every step must succeed. Kinto deletes on a coin toss and so passes half the time against
-    /// a dead memcached (reference §1.2, #2107); kcache's backends report failures instead of
-    /// missing data, and the read-back is checked too. Concurrent pings share the key (as
-    /// Kinto's do): one may delete it between another's write and read, so a missing read-back
-    /// is retried a few times before it counts as a failure.
+    /// Kinto's heartbeat made deterministic: write a heartbeat key, read it back, delete it,
+    /// each step checked. Kinto deletes on a coin toss and so passes half the time against a dead
+    /// memcached (reference §1.2, #2107); kcache's backends report failures instead of missing
+    /// data, and the read-back is checked too.
+    ///
+    /// The key is this ping's own, [`HEARTBEAT_KEY`] followed by the process id and the time
+    /// (`__heartbeat__1f2e-18a3c...`): on Kinto's shared `__heartbeat__`, any other ping (another
+    /// kcache, or Kinto's own heartbeat, which deletes it at random) could remove the entry
+    /// between the write and the read, and a healthy backend would fail. Where the prefix leaves
+    /// no room for the longer key (memcached: 250 bytes), `__heartbeat__` itself is used.
     pub fn ping(&mut self) -> Result<()> {
+        let key = self.heartbeat_key();
         let alive = crate::value::encode_string("alive");
         let ttl = Ttl::from_duration(std::time::Duration::from_secs(3600));
         let what = format!("ping {} at {}", self.inner.name(), self.inner.location());
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            self.set(HEARTBEAT_KEY, &alive, ttl)?;
-            match self.get(HEARTBEAT_KEY)? {
-                Some(v) if v == alive => break,
-                Some(_) => {
-                    return Err(Error::backend(
-                        what,
-                        anyhow::anyhow!("the heartbeat key did not read back what was written"),
-                    ));
-                }
-                None if attempts < 5 => continue,
-                None => {
-                    return Err(Error::backend(
-                        what,
-                        anyhow::anyhow!("the heartbeat key vanished right after it was written"),
-                    ));
-                }
+        self.set(&key, &alive, ttl)?;
+        let read = self.get(&key)?;
+        self.delete(&key)?;
+        match read {
+            Some(v) if v == alive => Ok(()),
+            Some(_) => {
+                Err(Error::backend(what, anyhow::anyhow!("the heartbeat key did not read back what was written")))
             }
+            None => Err(Error::backend(what, anyhow::anyhow!("the heartbeat key vanished right after it was written"))),
         }
-        self.delete(HEARTBEAT_KEY)?;
-        Ok(())
+    }
+
+    fn heartbeat_key(&self) -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let own = format!("{HEARTBEAT_KEY}{:x}-{:x}", std::process::id(), nanos);
+        if self.full_key(&own).is_ok() { own } else { HEARTBEAT_KEY.to_string() }
     }
 }
 
@@ -476,5 +474,12 @@ mod tests {
         let mut c = cache("x:");
         c.ping().unwrap();
         assert_eq!(c.get(HEARTBEAT_KEY).unwrap(), None);
+        // A key of its own: Kinto's shared `__heartbeat__`, set by someone else, is left alone.
+        let alive = crate::value::encode_string("someone else's");
+        c.set(HEARTBEAT_KEY, &alive, Ttl::from_duration(std::time::Duration::from_secs(60))).unwrap();
+        c.ping().unwrap();
+        assert_eq!(c.get(HEARTBEAT_KEY).unwrap(), Some(alive));
+        let own = c.heartbeat_key();
+        assert!(own.starts_with(HEARTBEAT_KEY) && own.len() > HEARTBEAT_KEY.len(), "{own}");
     }
 }
