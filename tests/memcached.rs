@@ -469,6 +469,27 @@ fn a_stopped_server_is_status_3_naming_it_quickly() {
 }
 
 #[test]
+fn ping_checks_every_server_every_time() {
+    let Some([live]) = own::<1>() else { return };
+    let dead = format!("127.0.0.1:{}", crate::servers::free_port());
+    for hosts in [[live.host(), dead.clone()], [dead.clone(), live.host()]] {
+        let e = env(&hosts, "p:").var("KINTO_CACHE_POOL_TIMEOUT", "1");
+        for _ in 0..5 {
+            e.run(&["ping"]).code(3).one_error_line().stderr_has(&dead);
+        }
+    }
+    let Some(servers) = own::<3>() else { return };
+    let hosts: Vec<String> = servers.iter().map(|s| s.host()).collect();
+    let hits = |s: &OwnMemcached| s.stat("get_hits");
+    let before: Vec<u64> = servers.iter().map(hits).collect();
+    env(&hosts, "p:").run(&["ping"]).ok().stdout_is("ok\n");
+    for (i, s) in servers.iter().enumerate() {
+        assert!(hits(s) > before[i], "server {i}: its heartbeat was written and read back");
+        assert_eq!(s.stat("curr_items"), 0, "server {i}: the heartbeat was deleted");
+    }
+}
+
+#[test]
 fn no_failover_a_key_whose_server_is_down_is_an_error() {
     let Some([live]) = own::<1>() else { return };
     let dead = format!("127.0.0.1:{}", crate::servers::free_port());

@@ -123,6 +123,11 @@ pub trait Backend: Send {
     fn check_key(&self, _key: &str) -> Result<()> {
         Ok(())
     }
+    /// What `ping` appends to its heartbeat key (the full key `key`) so that every server is
+    /// checked: one suffix per server. Default: one server, no suffix.
+    fn heartbeat_suffixes(&self, _key: &str) -> Vec<String> {
+        vec![String::new()]
+    }
     /// Refuses a flush scope this backend cannot honour. Called before any I/O.
     fn check_flush(&self, _scope: FlushScope<'_>) -> Result<()> {
         Ok(())
@@ -375,20 +380,24 @@ impl Cache {
     /// between the write and the read, and a healthy backend would fail. Where the prefix leaves
     /// no room for the longer key (memcached: 250 bytes), `__heartbeat__` itself is used.
     pub fn ping(&mut self) -> Result<()> {
-        let key = self.heartbeat_key();
+        let base = self.heartbeat_key();
         let alive = crate::value::encode_string("alive");
         let ttl = Ttl::from_duration(std::time::Duration::from_secs(3600));
         let what = format!("ping {} at {}", self.inner.name(), self.inner.location());
-        self.set(&key, &alive, ttl)?;
-        let read = self.get(&key)?;
-        self.delete(&key)?;
-        match read {
-            Some(v) if v == alive => Ok(()),
-            Some(_) => {
-                Err(Error::backend(what, anyhow::anyhow!("the heartbeat key did not read back what was written")))
-            }
-            None => Err(Error::backend(what, anyhow::anyhow!("the heartbeat key vanished right after it was written"))),
+        let full = format!("{}{base}", self.prefix);
+        for suffix in self.inner.heartbeat_suffixes(&full) {
+            let key = format!("{base}{suffix}");
+            self.set(&key, &alive, ttl)?;
+            let read = self.get(&key)?;
+            self.delete(&key)?;
+            let problem = match read {
+                Some(v) if v == alive => continue,
+                Some(_) => "the heartbeat key did not read back what was written",
+                None => "the heartbeat key vanished right after it was written",
+            };
+            return Err(Error::backend(what, anyhow::anyhow!(problem)));
         }
+        Ok(())
     }
 
     fn heartbeat_key(&self) -> String {

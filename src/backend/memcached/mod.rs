@@ -341,6 +341,30 @@ impl Backend for Memcached {
         Ok(Box::new(Memcached { shared: Arc::clone(&self.shared) }))
     }
 
+    /// `-0`, `-1`, ...: the first suffix that lands on each server, in server order, so that a
+    /// ping checks every server (python-memcached's `__heartbeat__` reaches only one). A suffix
+    /// that would make the key too long leaves that server to the others' check; with no
+    /// suffix that fits, the key alone.
+    fn heartbeat_suffixes(&self, key: &str) -> Vec<String> {
+        let servers = self.shared.servers.len();
+        let mut found: Vec<Option<String>> = vec![None; servers];
+        for n in 0..servers * 64 {
+            let suffix = format!("-{n}");
+            if key.len() + suffix.len() > MAX_KEY_BYTES {
+                break;
+            }
+            let slot = &mut found[self.server_index(&format!("{key}{suffix}"))];
+            if slot.is_none() {
+                *slot = Some(suffix);
+            }
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+        }
+        let suffixes: Vec<String> = found.into_iter().flatten().collect();
+        if suffixes.is_empty() { vec![String::new()] } else { suffixes }
+    }
+
     /// python-memcached's `check_key`: 1 to 250 bytes of UTF-8, prefix included, every byte in
     /// `[\x21-\x7e\x80-\xff]` (no space, no control character, no DEL).
     fn check_key(&self, key: &str) -> Result<()> {
@@ -488,6 +512,21 @@ mod tests {
         assert_eq!(m.server("__heartbeat__").location, "a:1"); // 3465 % 3 = 0
         assert_eq!(m.server("kinto:abc").location, "a:1"); // 29232 % 3 = 0
         assert_eq!(backend(&[("hosts", "a:1 b:2")]).server("a").location, "b:2"); // 26807 % 2 = 1
+    }
+
+    #[test]
+    fn a_ping_reaches_every_server() {
+        for hosts in ["a:1", "a:1 b:2", "a:1 b:2 c:3", "a:1 b:2 a:1", "a:1 b:2 c:3 d:4 e:5"] {
+            let m = backend(&[("hosts", hosts)]);
+            let key = "p:__heartbeat__1f2e-18a3c";
+            let suffixes = m.heartbeat_suffixes(key);
+            let reached: Vec<usize> = suffixes.iter().map(|s| m.server_index(&format!("{key}{s}"))).collect();
+            assert_eq!(reached, (0..m.servers()).collect::<Vec<_>>(), "{hosts}: {suffixes:?}");
+        }
+        // No room for a suffix: the key alone.
+        let m = backend(&[("hosts", "a:1 b:2")]);
+        let long = "k".repeat(MAX_KEY_BYTES - 1);
+        assert_eq!(m.heartbeat_suffixes(&long), vec![String::new()]);
     }
 
     #[test]
