@@ -378,7 +378,8 @@ impl Cache {
     /// (`__heartbeat__1f2e-18a3c...`): on Kinto's shared `__heartbeat__`, any other ping (another
     /// kcache, or Kinto's own heartbeat, which deletes it at random) could remove the entry
     /// between the write and the read, and a healthy backend would fail. Where the prefix leaves
-    /// no room for the longer key (memcached: 250 bytes), `__heartbeat__` itself is used.
+    /// no room for the longer key (memcached: 250 bytes), `__heartbeat__` itself is used. A
+    /// backend with several servers gets one heartbeat per server ([`Backend::heartbeat_suffixes`]).
     pub fn ping(&mut self) -> Result<()> {
         let base = self.heartbeat_key();
         let alive = crate::value::encode_string("alive");
