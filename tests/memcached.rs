@@ -6,7 +6,7 @@
 //! python-memcached 1.62); the tests read and write servers with raw ASCII commands ([`Raw`]).
 
 use crate::servers::OwnMemcached;
-use crate::util::{Env, alone, left, secs, string, unique};
+use crate::util::{Env, left, secs, string, unique};
 use kcache::backend::Cache;
 use kcache::backend::memcached::hosts;
 use kcache::error::ErrorKind;
@@ -732,7 +732,7 @@ fn a_group_gives_exactly_what_one_by_one_gives() {
         GroupOp::Set(&d, &v1, secs("30d")),
         GroupOp::Ttl(&d),
     ];
-    let single: Vec<_> = ops.iter().map(|op| alone(&mut c, op)).collect();
+    let single: Vec<_> = ops.iter().map(|op| op.run_alone_on(&mut c)).collect();
     // The same starting point (nothing under the prefix), then the same operations as a group.
     for k in &taken {
         c.delete(k).unwrap();
@@ -924,7 +924,7 @@ fn a_group_fails_only_the_operations_of_a_server_that_is_down_naming_it() {
                 assert!(e.render(false)[0].contains(&hosts[1]), "round {round} op {i}: {e}");
             }
         }
-        let single: Vec<_> = ops.iter().map(|op| alone(&mut c, op)).collect();
+        let single: Vec<_> = ops.iter().map(|op| op.run_alone_on(&mut c)).collect();
         for (i, (g, s)) in grouped.iter().zip(&single).enumerate() {
             assert_eq!(g.is_ok(), s.is_ok(), "round {round} op {i}: {g:?} vs {s:?}");
             if let (Err(g), Err(s)) = (g, s) {

@@ -7,7 +7,7 @@
 //! whole-database flush or an old server's missing commands start their own `redis-server` on a
 //! free port in a temp dir, killed when the test ends ([`OwnRedis`]).
 
-use crate::util::{Env, Out, alone, encode, left, secs, string, unique};
+use crate::util::{Env, Out, encode, left, secs, string, unique};
 use kcache::backend::Cache;
 use kcache::settings::{Layer, Raw, Settings};
 use kcache::ttl::Remaining;
@@ -722,7 +722,7 @@ fn group_is_one_by_one_in_one_round_trip(server: &OwnRedis, old: bool) {
     let before = server_counters(&mut conn);
     let got = grouped.run_group(&ops);
     let after = server_counters(&mut conn);
-    let want: Vec<_> = ops.iter().map(|op| alone(&mut single, op)).collect();
+    let want: Vec<_> = ops.iter().map(|op| op.run_alone_on(&mut single)).collect();
     assert_eq!(got.len(), ops.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(same(g, w), "operation {i} {:?}: grouped {g:?}, one by one {w:?}", ops[i]);
@@ -746,7 +746,7 @@ fn group_is_one_by_one_in_one_round_trip(server: &OwnRedis, old: bool) {
     // Which could fail: one by one, every operation is a read of its own.
     let before = server_counters(&mut conn);
     for op in &ops {
-        let _ = alone(&mut single, op);
+        let _ = op.run_alone_on(&mut single);
     }
     let after = server_counters(&mut conn);
     let operations = (ops.len() - 1) as u64;
@@ -768,7 +768,7 @@ fn a_group_on_a_server_without_getdel_is_one_pipeline_too() {
 #[test]
 fn the_first_group_learns_how_to_delete() {
     // Before any delete, the server's GETDEL is unknown: the first delete of a group goes
-    // alone, and the results are the same.
+    // and the results are the same.
     for extra in [&[][..], &["--rename-command", "GETDEL", ""][..]] {
         let Some(server) = OwnRedis::start(extra) else { return };
         let url = server.url("", 0);
@@ -783,7 +783,7 @@ fn the_first_group_learns_how_to_delete() {
         ];
         let got = cache(&url, "g:").run_group(&ops);
         let mut single = cache(&url, "s:");
-        let want: Vec<_> = ops.iter().map(|op| alone(&mut single, op)).collect();
+        let want: Vec<_> = ops.iter().map(|op| op.run_alone_on(&mut single)).collect();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(same(g, w), "{extra:?} operation {i}: grouped {g:?}, one by one {w:?}");
         }

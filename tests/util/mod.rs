@@ -197,21 +197,3 @@ pub fn encode(s: &str) -> String {
         })
         .collect()
 }
-
-/// Runs one operation of a batch group alone, through the single-operation methods of `Cache`.
-pub fn alone(
-    c: &mut kcache::backend::Cache,
-    op: &kcache::backend::GroupOp<'_>,
-) -> kcache::error::Result<kcache::backend::GroupResult> {
-    use kcache::backend::{GroupOp, GroupResult};
-    Ok(match *op {
-        GroupOp::Get(k) => GroupResult::Value(c.get(k)?),
-        GroupOp::Set(k, v, t) => {
-            c.set(k, v, t)?;
-            GroupResult::Stored
-        }
-        GroupOp::Ttl(k) => GroupResult::Remaining(c.ttl(k)?),
-        GroupOp::Expire(k, t) => GroupResult::Existed(c.expire(k, t)?),
-        GroupOp::Delete(k) => GroupResult::Value(c.delete(k)?),
-    })
-}
