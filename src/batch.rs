@@ -25,6 +25,10 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 /// Commands in flight at most with `--jobs` (bounded memory).
 pub const WINDOW: usize = 4096;
 
+/// The stack of each batch thread: room for a value nested [`crate::value::MAX_DEPTH`] levels
+/// deep even in a debug build (the default 2 MiB holds it only in a release build).
+pub const WORKER_STACK: usize = 8 << 20;
+
 /// Consecutive keyed commands sent together in one group (one pipeline, one multi-statement
 /// query): enough to hide the round trip, small enough to keep answers flowing.
 pub const GROUP: usize = 256;
@@ -211,7 +215,10 @@ pub fn parse_line(line: &str) -> Result<Option<Op>, String> {
 fn document(stored: &str) -> Result<String, Error> {
     // What kcache and Kinto write is compact JSON on one line: check it and pass it through.
     // Anything else (a writer that pretty-printed) is parsed and written compact.
-    if !stored.contains(['\n', '\r']) && serde_json::from_str::<&serde_json::value::RawValue>(stored).is_ok() {
+    if !stored.contains(['\n', '\r'])
+        && value::within_depth(stored)
+        && serde_json::from_str::<&serde_json::value::RawValue>(stored).is_ok()
+    {
         return Ok(stored.trim().to_string());
     }
     let doc = value::parse_stored(stored).map_err(|e| Error::backend("read the stored value", anyhow::anyhow!(e)))?;
@@ -554,7 +561,8 @@ fn run_parallel<W: Write + Send>(
             let reply_tx = reply_tx.clone();
             let progress = Arc::clone(&progress);
             let stop = Arc::clone(&stop);
-            workers.push(scope.spawn(move || {
+            let worker = std::thread::Builder::new().stack_size(WORKER_STACK);
+            let worker = worker.spawn_scoped(scope, move || {
                 let mut group: Vec<(u64, Op)> = Vec::with_capacity(GROUP);
                 while let Ok(first) = rx.recv() {
                     // Whatever else is already queued goes out in the same group.
@@ -573,7 +581,8 @@ fn run_parallel<W: Write + Send>(
                     progress.add(group.len() as u64);
                     group.clear();
                 }
-            }));
+            });
+            workers.push(worker.map_err(|e| Error::unavailable("start a batch thread", e))?);
         }
 
         // The writer: puts replies back in input order. Lines that produced no reply (blank,

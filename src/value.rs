@@ -28,8 +28,66 @@ pub fn encode_string(s: &str) -> String {
 
 /// Parses `text` as any JSON document (`set --json`) and encodes it as Kinto would.
 pub fn encode_json(text: &str) -> Result<String, ValueError> {
-    let doc: Value = serde_json::from_str(text).map_err(|e| ValueError(format!("invalid JSON: {e}")))?;
+    let doc = parse(text).map_err(|e| ValueError(format!("invalid JSON: {e}")))?;
     encode(&doc)
+}
+
+/// How deeply arrays and objects may nest in a value kcache reads or writes. Python's `json`
+/// (Kinto's reader) stops near 1,000 levels (its recursion limit: 995 read, 1,000 refused, on
+/// Python 3.11); serde_json's default stops at 128. Every path (one-shot, batch, memcached's
+/// envelope) parses through [`parse`], so they all accept the same documents. The stack this
+/// needs (under 2 MiB in a release build) is checked by a test on a batch worker's stack.
+pub const MAX_DEPTH: usize = 2048;
+
+/// Parses any JSON document up to [`MAX_DEPTH`] levels deep. The depth is checked first by a
+/// scan that does not recurse, so that a hostile value cannot overflow the stack.
+pub fn parse(text: &str) -> Result<Value, ValueError> {
+    parse_within(text, MAX_DEPTH)
+}
+
+/// [`parse`] for a document that wraps a value in `levels - MAX_DEPTH` levels of its own (the
+/// memcached envelope: one).
+pub fn parse_within(text: &str, levels: usize) -> Result<Value, ValueError> {
+    check_depth(text, levels)
+        .map_err(|_| ValueError(format!("arrays and objects nest more than {MAX_DEPTH} levels deep")))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let doc = <Value as serde::Deserialize>::deserialize(&mut de).and_then(|doc| de.end().map(|()| doc));
+    doc.map_err(|e| ValueError(e.to_string()))
+}
+
+/// Whether `text` nests no deeper than [`MAX_DEPTH`] (what [`parse`] checks first).
+pub fn within_depth(text: &str) -> bool {
+    check_depth(text, MAX_DEPTH).is_ok()
+}
+
+/// `Err(depth)` when arrays and objects in `text` nest deeper than `max`. Brackets
+/// inside strings do not count; the text need not be valid JSON (the parser says so after).
+fn check_depth(text: &str, max: usize) -> Result<(), usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Encodes a parsed document as Kinto would.
@@ -172,8 +230,7 @@ pub enum Shown {
 
 /// Decodes stored JSON text for printing. With `as_json`, every document is printed as JSON.
 pub fn show(stored: &str, as_json: bool) -> Result<Shown, ValueError> {
-    let doc: Value =
-        serde_json::from_str(stored).map_err(|e| ValueError(format!("the stored value is not valid JSON ({e})")))?;
+    let doc = parse_stored(stored)?;
     match doc {
         Value::String(s) if !as_json => Ok(Shown::Raw(s)),
         doc => Ok(Shown::Json(doc.to_string())),
@@ -182,7 +239,7 @@ pub fn show(stored: &str, as_json: bool) -> Result<Shown, ValueError> {
 
 /// The stored JSON document itself, for batch output.
 pub fn parse_stored(stored: &str) -> Result<Value, ValueError> {
-    serde_json::from_str(stored).map_err(|e| ValueError(format!("the stored value is not valid JSON ({e})")))
+    parse(stored).map_err(|e| ValueError(format!("the stored value is not valid JSON ({e})")))
 }
 
 #[cfg(test)]
@@ -242,6 +299,44 @@ mod tests {
         for bad in ["NaN", "Infinity", "-Infinity", "1e999", "-1e400", "{", "'x'", "", "[1,]", "01"] {
             assert!(encode_json(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    /// A document as deep as kcache reads, nested arrays and objects, from Python's limit to
+    /// [`MAX_DEPTH`]: parsed, shown, encoded and dropped on the stack of a batch worker thread
+    /// (in a debug build, which needs several times the stack of a release build).
+    #[test]
+    fn deep_documents_read_like_python_and_within_a_worker_stack() {
+        fn nested(levels: usize) -> String {
+            let mut s = String::new();
+            for i in 0..levels {
+                s.push_str(if i % 2 == 0 { "[" } else { "{\"a\":" });
+            }
+            s.push_str("\"x]}\\\"[{\"");
+            for i in (0..levels).rev() {
+                s.push(if i % 2 == 0 { ']' } else { '}' });
+            }
+            s
+        }
+        let worker = std::thread::Builder::new().stack_size(crate::batch::WORKER_STACK);
+        worker
+            .spawn(|| {
+                for levels in [128, 200, 995, MAX_DEPTH] {
+                    let text = nested(levels);
+                    assert_eq!(enc(&text), text, "{levels} levels");
+                    assert!(matches!(show(&text, false), Ok(Shown::Json(ref s)) if *s == text), "{levels} levels");
+                }
+                let too_deep = nested(MAX_DEPTH + 1);
+                let e = encode_json(&too_deep).unwrap_err();
+                assert!(e.0.contains("nest more than 2048 levels"), "{e}");
+                assert!(show(&too_deep, true).is_err());
+                assert!(!within_depth(&too_deep) && within_depth(&nested(MAX_DEPTH)));
+                // Brackets inside strings do not count.
+                let flat = format!("\"{}\"", "[".repeat(5000));
+                assert_eq!(enc(&flat), flat);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

@@ -27,6 +27,31 @@ fn values_are_stored_as_kinto_writes_them() {
     env.run(&["get", "j"]).ok().stdout_is("{\"b\":1.0,\"a\":[true,null,\"ü\"]}\n");
 }
 
+/// A value nested 200 levels deep (as Kinto, through Python's `json`, writes and reads it) is
+/// read by one-shot commands and by a batch alike; past kcache's limit both refuse it.
+#[test]
+fn deeply_nested_values_read_the_same_one_shot_and_in_a_batch() {
+    let env = Env::new();
+    for levels in [200, 995] {
+        let doc = format!("{}\"x\"{}", "[".repeat(levels), "]".repeat(levels));
+        env.run(&["set", "--json", "deep", &doc, "60"]).ok();
+        env.run(&["get", "deep"]).ok().stdout_is(&format!("{doc}\n"));
+        let out = env.run_stdin(&["batch"], Some(b"get deep\ndelete deep\n"));
+        out.ok().stdout_is(&format!(
+            "{{\"line\":1,\"status\":0,\"value\":{doc}}}\n{{\"line\":2,\"status\":0,\"value\":{doc}}}\n"
+        ));
+    }
+    let too_deep = format!("{}1{}", "[".repeat(2049), "]".repeat(2049));
+    env.run(&["set", "--json", "deep", &too_deep, "60"]).code(2).stderr_has("nest more than 2048 levels");
+    db(&env.default_db())
+        .execute("INSERT INTO cache (key, value, ttl) VALUES ('deep', ?1, NULL)", [&too_deep])
+        .expect("insert");
+    env.run(&["get", "deep"]).code(4).stderr_has("nest more than 2048 levels");
+    let out = env.run_stdin(&["batch"], Some(b"get deep\n"));
+    out.code(4);
+    assert!(out.stdout.contains("\"status\":4") && out.stdout.contains("nest more than 2048"), "{}", out.stdout);
+}
+
 #[test]
 fn stdin_value_is_read_byte_for_byte() {
     let env = Env::new();

@@ -5,7 +5,7 @@
 //! To add a backend: add an arm to `open` and its name to `for_backends!` at the bottom.
 
 use crate::util::{left, secs, string};
-use kcache::backend::Cache;
+use kcache::backend::{Cache, GroupOp, GroupResult};
 use kcache::error::ErrorKind;
 use kcache::settings::{Layer, Raw, Settings};
 use kcache::ttl::{Remaining, Ttl};
@@ -175,6 +175,29 @@ fn every_json_type_round_trips_byte_for_byte(fx: &mut Fixture) {
         let key = format!("doc{i}");
         fx.cache.set(&key, &encoded, secs("60")).unwrap();
         assert_eq!(fx.cache.get(&key).unwrap().as_deref(), Some(encoded.as_str()), "{doc}");
+    }
+}
+
+/// A document nested as deep as Python's `json` (Kinto) reads, and as deep as kcache reads:
+/// stored and read back whole, alone and in a group (memcached parses its envelope on reads).
+/// Run on a thread with the stack kcache gives its batch threads (a test thread's 2 MiB is too
+/// little for 2,048 levels in a debug build).
+fn deeply_nested_values_round_trip(fx: &mut Fixture) {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new().stack_size(kcache::batch::WORKER_STACK);
+        worker.spawn_scoped(scope, || deep_values(&mut fx.cache)).expect("thread").join().expect("no panic");
+    });
+}
+
+fn deep_values(cache: &mut Cache) {
+    for levels in [200, 995, value::MAX_DEPTH] {
+        let doc = format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+        let encoded = value::encode_json(&doc).unwrap();
+        cache.set("deep", &encoded, secs("60")).unwrap();
+        assert_eq!(cache.get("deep").unwrap().as_deref(), Some(doc.as_str()), "{levels} levels");
+        let group = cache.run_group(&[GroupOp::Get("deep"), GroupOp::Delete("deep")]);
+        let got: Vec<_> = group.into_iter().map(Result::unwrap).collect();
+        assert_eq!(got, vec![GroupResult::Value(Some(doc.clone())); 2], "{levels} levels");
     }
 }
 
@@ -401,6 +424,7 @@ macro_rules! for_backends {
                 overwrite_replaces_value_and_ttl,
                 every_json_type_round_trips_byte_for_byte,
                 unicode_keys_work,
+                deeply_nested_values_round_trip,
                 large_value,
                 delete_returns_the_value_once,
                 ttl_is_what_was_set,

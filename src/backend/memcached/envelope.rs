@@ -102,7 +102,8 @@ pub fn decode(bytes: &[u8], flags: u32) -> Result<Entry, String> {
         ));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())?;
-    let doc: Value = serde_json::from_str(text).map_err(|e| format!("it is not JSON ({e})"))?;
+    let doc: Value =
+        crate::value::parse_within(text, crate::value::MAX_DEPTH + 1).map_err(|e| format!("it is not JSON ({e})"))?;
     let Value::Object(map) = doc else {
         return Err("it is not a JSON object {\"value\": ..., \"ttl\": ...}".to_string());
     };
