@@ -35,13 +35,16 @@ pub struct Error {
     kind: ErrorKind,
     inner: anyhow::Error,
     hint: Option<String>,
+    /// Nothing of the operation reached the server (no connection could be had): a batch that
+    /// stops here reports this line only, not the lines of its group that shared the failure.
+    unsent: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, inner: anyhow::Error) -> Self {
-        Error { kind, inner, hint: None }
+        Error { kind, inner, hint: None, unsent: false }
     }
     /// Bad input: `what` says what is wrong and names the culprit.
     pub fn input(what: impl fmt::Display) -> Self {
@@ -58,6 +61,15 @@ impl Error {
     pub fn broken_pipe() -> Self {
         Self::new(ErrorKind::BrokenPipe, anyhow::anyhow!("broken pipe"))
     }
+    /// Marks a failure that happened before anything was sent (see [`Error::is_unsent`]).
+    pub fn unsent(mut self) -> Self {
+        self.unsent = true;
+        self
+    }
+    /// Whether nothing of the failed operation reached the server.
+    pub fn is_unsent(&self) -> bool {
+        self.unsent
+    }
     /// Adds a second line `kcache: hint: ...`.
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
@@ -68,12 +80,16 @@ impl Error {
         self.inner = self.inner.context(what.to_string());
         self
     }
-    /// A copy (the cause chain flattened into one message), to hand the same failure to
+    /// A copy (the same chain of messages, kind, hint and mark), to hand the same failure to
     /// several callers.
     pub fn duplicate(&self) -> Error {
-        let mut copy = Error::new(self.kind, anyhow::anyhow!("{:#}", self.inner));
-        copy.hint = self.hint.clone();
-        copy
+        let chain = self.chain();
+        let mut causes = chain.iter().rev();
+        let mut inner = anyhow::anyhow!("{}", causes.next().map(String::as_str).unwrap_or_default());
+        for what in causes {
+            inner = inner.context(what.clone());
+        }
+        Error { kind: self.kind, inner, hint: self.hint.clone(), unsent: self.unsent }
     }
 
     pub fn kind(&self) -> ErrorKind {

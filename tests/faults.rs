@@ -78,6 +78,19 @@ impl Own {
         }
     }
 
+    /// Freezes every process of the server (SIGSTOP): it still accepts TCP connections (the
+    /// kernel does) but answers nothing. It runs again when the guard is dropped (SIGCONT).
+    fn freeze(&self) -> Frozen {
+        let pids = match self {
+            Own::Pg(s) => s.pids(),
+            Own::Redis(s) => s.pids(),
+            Own::Memcached(s) => s.pids(),
+        };
+        assert!(!pids.is_empty(), "no process to freeze");
+        signal("-STOP", &pids);
+        Frozen(pids)
+    }
+
     /// Starts it again on the same port.
     fn up(&mut self) {
         match self {
@@ -86,6 +99,21 @@ impl Own {
             Own::Memcached(s) => s.restart(),
         }
     }
+}
+
+/// A frozen server; thawed on drop, whatever the test's outcome.
+struct Frozen(Vec<u32>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+fn signal(which: &str, pids: &[u32]) {
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let ok = std::process::Command::new("kill").arg(which).args(&pids).status().is_ok_and(|s| s.success());
+    assert!(ok, "kill {which} {pids:?}");
 }
 
 /// Statuses of `replies`.
@@ -518,6 +546,35 @@ fn postgresql_statement_timeout_behind_a_lock_is_status_3() {
     assert!(left > 590, "{left}");
 }
 
+/// Without `--keep-going`, a batch whose connection cannot be had (refused, or a wrong
+/// password) reports the first line and stops: the lines after it, read in the same group, were
+/// not attempted and are not reported. With `--keep-going`, every line is.
+#[test]
+fn a_batch_that_cannot_connect_reports_only_the_first_line() {
+    let port = crate::servers::free_port();
+    let mut cases = vec![
+        ("postgresql", "KINTO_CACHE_URL", format!("postgresql://u@127.0.0.1:{port}/db"), 3),
+        ("redis", "KINTO_CACHE_URL", format!("redis://127.0.0.1:{port}/0"), 3),
+        ("memcached", "KINTO_CACHE_HOSTS", format!("127.0.0.1:{port}"), 3),
+    ];
+    let redis = OwnRedis::start(&["--requirepass", "right-password-1"]);
+    if let Some(r) = &redis {
+        cases.push(("redis", "KINTO_CACHE_URL", format!("redis://:wrong-password@127.0.0.1:{}/0", r.port), 4));
+    }
+    for (backend, var, target, code) in cases {
+        let env = Env::new().var("KINTO_CACHE_BACKEND", backend).var(var, &target).var("KINTO_CACHE_POOL_TIMEOUT", "2");
+        let input = b"get a\nset b c 60\nget c\n";
+        let out = run_within(&env, &["batch"], Some(input), PHASE);
+        out.code(code);
+        let replies = crate::servers::replies(&out.stdout);
+        assert_eq!(statuses(&replies), vec![code as u64], "{backend} {target}: {}", out.stdout);
+        assert_eq!(replies[0]["line"], 1, "{}", out.stdout);
+        let out = run_within(&env, &["batch", "--keep-going"], Some(input), PHASE);
+        out.code(code);
+        assert_eq!(statuses(&crate::servers::replies(&out.stdout)), vec![code as u64; 3], "{}", out.stdout);
+    }
+}
+
 #[test]
 fn a_batch_against_a_dead_server_answers_every_line_at_once() {
     let port = crate::servers::free_port();
@@ -721,4 +778,158 @@ fn a_stopped_batch_never_runs_a_command_it_does_not_report_postgresql() {
     out.code(3);
     let stored: i64 = db.sql().query_one("SELECT count(*) FROM cache WHERE key = 'after'", &[]).expect("count").get(0);
     nothing_ran_unreported(&out, stored > 0);
+}
+
+// ---- a server that stops answering -----------------------------------------------------------
+
+/// How long a command may wait for a server that stopped answering, with pool_timeout 1 s, as
+/// the README says: PostgreSQL pool_timeout + 5 s; Redis its command timeout, 10 s; memcached
+/// pool_timeout. Plus [`BOUND`]'s slack for a loaded machine.
+fn hung_bound(kind: &str) -> Duration {
+    let wait = match kind {
+        "postgresql" => 6,
+        "redis" => 10,
+        _ => 1,
+    };
+    Duration::from_secs(wait) + BOUND
+}
+
+/// A server frozen with SIGSTOP (it accepts connections, answers nothing): a batch whose
+/// connection is open, then a one-shot command, each end with status 3 naming the server within
+/// the bound, and nothing after the failed line runs. Thawed, the server answers again.
+fn frozen_server(kind: &str) {
+    let Some(server) = Own::start(kind) else { return };
+    let env = server.env("hung:");
+    let address = server.address();
+    let bound = hung_bound(kind);
+    env.run(&["set", "k", "v", "600"]).ok();
+
+    let mut batch = Batch::spawn(&env, &["batch"]);
+    batch.send("set a 1 600\nget a\n");
+    all_status(&batch.read(2, PHASE), 0, "before the freeze");
+    let frozen = server.freeze();
+    let started = Instant::now();
+    batch.send("get k\nset b 2 600\n");
+    let end = batch.finish(bound + BOUND);
+    let took = started.elapsed();
+    // Both lines went out together (one group): each is reported, as not done.
+    assert_eq!(end.status, 3, "{end:?}");
+    assert!(!end.replies.is_empty(), "{end:?}");
+    all_status(&end.replies, 3, "after the freeze");
+    names_the_server(&end.replies[0], &address);
+    assert!(took < bound, "the batch took {took:?} (bound {bound:?})");
+
+    let started = Instant::now();
+    let out = run_within(&env, &["get", "k"], None, bound + BOUND);
+    let took = started.elapsed();
+    out.code(3).stderr_has(&address).one_error_line();
+    assert!(took < bound, "get took {took:?} (bound {bound:?})");
+
+    drop(frozen);
+    env.run(&["get", "k"]).ok().stdout_is("v\n");
+}
+
+#[test]
+fn postgresql_frozen_server_is_status_3_within_the_reply_timeout() {
+    frozen_server("postgresql");
+}
+
+#[test]
+fn redis_frozen_server_is_status_3_within_the_command_timeout() {
+    frozen_server("redis");
+}
+
+#[test]
+fn memcached_frozen_server_is_status_3_within_pool_timeout() {
+    frozen_server("memcached");
+}
+
+/// A TCP proxy to PostgreSQL on `upstream` that forwards both ways until the server has said
+/// ReadyForQuery once (the start-up exchange is over), then forwards nothing more and keeps the
+/// sockets open: a server, or a network, that stops answering after the connection was made.
+/// Serves `connections` connections, each until its client closes. Returns its port.
+fn stalling_proxy(upstream: u16, connections: usize) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().take(connections) {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+            let stalled = Arc::new(AtomicBool::new(false));
+            let (mut client_r, mut server_w) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+            let flag = Arc::clone(&stalled);
+            // Client to server, until the stall; after it, read and drop (the client never blocks).
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = client_r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if !flag.load(Ordering::SeqCst) && server_w.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server_w.shutdown(std::net::Shutdown::Both);
+            });
+            // Server to client, up to and including the first ReadyForQuery ('Z', length 5).
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = server.read(&mut buf) {
+                    if n == 0 || client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    if buf[..n].windows(5).any(|w| w == b"Z\0\0\0\x05") {
+                        stalled.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                }
+                // Keep the client's socket open: the other thread ends when the client closes.
+                std::thread::sleep(Duration::from_secs(60));
+            });
+        }
+    });
+    port
+}
+
+/// The connection is made, then nothing answers (the stalling proxy): a one-shot command and a
+/// batch give status 3 naming the host within pool_timeout + 5 s, instead of waiting forever.
+#[test]
+fn postgresql_a_server_that_stops_answering_after_connecting_is_status_3() {
+    let Some(db) = RigDb::create() else { return };
+    db.migrate();
+    let upstream: u16 = db.tcp_address().rsplit(':').next().and_then(|p| p.parse().ok()).expect("rig port");
+    let port = stalling_proxy(upstream, 2);
+    let admin: postgres::Config = std::env::var("KCACHE_TEST_PG_URL").expect("rig url").parse().expect("url");
+    let password = String::from_utf8(admin.get_password().unwrap_or_default().to_vec()).expect("password");
+    let userinfo = format!("{}:{}", admin.get_user().unwrap_or("postgres"), sq_url(&password));
+    // In clear, so that the proxy sees the server's ReadyForQuery.
+    let url = format!("postgresql://{userinfo}@127.0.0.1:{port}/{}?sslmode=disable", db.name);
+    let env = db.env_with(&url, "1");
+    let address = format!("127.0.0.1:{port}");
+    let bound = hung_bound("postgresql");
+
+    let started = Instant::now();
+    let out = run_within(&env, &["get", "k"], None, bound + BOUND);
+    let took = started.elapsed();
+    out.code(3).stderr_has(&address).stderr_has("stopped answering").one_error_line();
+    assert!(took < bound, "get took {took:?} (bound {bound:?})");
+
+    let started = Instant::now();
+    let out = run_within(&env, &["batch"], Some(b"set a 1 60\nget a\n"), bound + BOUND);
+    let took = started.elapsed();
+    out.code(3);
+    // Both lines went out in one group: each is reported, as not done.
+    let replies = crate::servers::replies(&out.stdout);
+    assert_eq!(statuses(&replies), vec![3, 3], "{}", out.stdout);
+    names_the_server(&replies[0], &address);
+    assert!(took < bound, "the batch took {took:?} (bound {bound:?})");
+}
+
+/// Percent-encodes everything but letters and digits (a password in a URL).
+fn sq_url(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }

@@ -195,6 +195,11 @@ impl OwnMemcached {
         kill(&mut self.child);
     }
 
+    /// The server's process (to freeze it with SIGSTOP).
+    pub fn pids(&self) -> Vec<u32> {
+        self.child.iter().map(Child::id).collect()
+    }
+
     /// Starts it again on the same port (empty).
     pub fn restart(&mut self) {
         self.kill();
@@ -302,6 +307,11 @@ impl OwnRedis {
     /// Kills the server (SIGKILL) and waits until it is gone.
     pub fn kill(&mut self) {
         kill(&mut self.child);
+    }
+
+    /// The server's process (to freeze it with SIGSTOP).
+    pub fn pids(&self) -> Vec<u32> {
+        self.child.iter().map(Child::id).collect()
     }
 
     /// Starts it again on the same port, in the same folder (an append-only file is reloaded).
@@ -474,6 +484,25 @@ impl OwnPostgres {
     pub fn restart(&mut self) {
         self.crash();
         self.pg_ctl_start().unwrap_or_else(|e| panic!("postgresql did not restart on port {}: {e}", self.port));
+    }
+
+    /// The postmaster and every process it started (to freeze them all with SIGSTOP).
+    pub fn pids(&self) -> Vec<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).unwrap_or_default();
+        let Some(postmaster) = text.lines().next().and_then(|p| p.trim().parse::<u32>().ok()) else {
+            return Vec::new();
+        };
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: the command may hold spaces, so read after the last ')'.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
     }
 
     fn kill_postmaster(&self) {

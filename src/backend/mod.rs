@@ -353,9 +353,20 @@ impl Cache {
             results[i] = Some(answer.map_err(|e| e.context(self.ctx(op_name(original), key))));
         }
         // With stop_at_error, the list ends after the last operation that has a result: what
-        // came after did not run.
-        let end =
+        // came after did not run. Nor did the operations after the first failure that failed
+        // before anything was sent (no connection): they are not reported either. Those that
+        // were sent (a pipeline, another memcached server) are, so that no write goes unreported.
+        let mut end =
             if stop_at_error { results.iter().rposition(Option::is_some).map_or(0, |i| i + 1) } else { results.len() };
+        if stop_at_error && let Some(first) = results.iter().position(|r| matches!(r, Some(Err(_)))) {
+            let sent = |r: &Option<Result<GroupResult>>| match r {
+                Some(Ok(_)) => true,
+                Some(Err(e)) => !e.is_unsent(),
+                None => false,
+            };
+            let last_sent = results[..end].iter().rposition(sent).unwrap_or(0);
+            end = end.min(first.max(last_sent) + 1);
+        }
         results.into_iter().take(end).map(|r| r.unwrap_or_else(|| Err(Error::input("operation not run")))).collect()
     }
 

@@ -120,8 +120,13 @@ where
         &self.location
     }
 
-    /// A connection, within `pool_timeout`; see the module doc for the rules.
+    /// A connection, within `pool_timeout`; see the module doc for the rules. A failure is
+    /// marked [`Error::unsent`]: nothing went to the server on this connection.
     pub fn get(&self) -> Result<Connection<M>> {
+        self.try_get().map_err(Error::unsent)
+    }
+
+    fn try_get(&self) -> Result<Connection<M>> {
         let start = Instant::now();
         let waiting = self.in_get.fetch_add(1, Ordering::SeqCst) + 1;
         let _leave = Leave(&self.in_get);

@@ -490,25 +490,13 @@ pub fn naming(e: Error, server: &str) -> Error {
     for level in chain.iter().rev().skip(1) {
         inner = inner.context(level.clone());
     }
-    let named = Error::new(e.kind(), inner);
+    let mut named = Error::new(e.kind(), inner);
+    if e.is_unsent() {
+        named = named.unsent();
+    }
     match e.hint() {
         Some(h) => named.with_hint(h),
         None => named,
-    }
-}
-
-/// The same error again (same kind, messages and hint), for each operation a failure hits.
-pub fn duplicate(e: &Error) -> Error {
-    let chain = e.chain();
-    let mut levels = chain.iter().rev();
-    let mut inner = anyhow::anyhow!("{}", levels.next().cloned().unwrap_or_default());
-    for level in levels {
-        inner = inner.context(level.clone());
-    }
-    let copy = Error::new(e.kind(), inner);
-    match e.hint() {
-        Some(h) => copy.with_hint(h),
-        None => copy,
     }
 }
 
@@ -577,7 +565,7 @@ mod tests {
         assert_eq!(named.chain().len(), 3);
         let already = naming(classify_connect(Failure::Closed, "h:1"), "h:1");
         assert_eq!(already.chain().len(), 1);
-        let copy = duplicate(&named);
+        let copy = named.duplicate();
         assert_eq!((copy.kind(), copy.render(true)), (named.kind(), named.render(true)));
     }
 

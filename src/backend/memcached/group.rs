@@ -118,7 +118,7 @@ pub fn run(m: &Memcached, ops: &[GroupOp<'_>]) -> Vec<Result<GroupResult>> {
                     Ok(c) => lane.conn = Some(c),
                     Err(e) => {
                         for &i in &lane.ops[lane.next..] {
-                            results[i] = Some(Err(conn::duplicate(&e)));
+                            results[i] = Some(Err(e.duplicate()));
                         }
                         lane.next = lane.ops.len();
                         continue;

@@ -23,9 +23,17 @@ use crate::error::{Error, Result};
 use crate::settings::Settings;
 use crate::ttl::{Remaining, Ttl};
 use postgres::error::SqlState;
+use postgres::types::ToSql;
 use postgres::types::Type;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
+
+/// A statement parameter with its type, owned so that it can go to the [`Replies`] thread.
+type Param = (Box<dyn ToSql + Sync + Send>, Type);
+
+fn param(value: impl ToSql + Sync + Send + 'static, ty: Type) -> Param {
+    (Box::new(value), ty)
+}
 
 /// Kinto's `key VARCHAR(256)`, prefix included.
 pub const MAX_KEY_CHARS: usize = 256;
@@ -51,12 +59,82 @@ const MIGRATE_LOCK: i64 = 0x6b_63_61_63_68_65;
 /// The schema, as DBAs can apply it by hand; `migrate` runs its statements one by one.
 pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
 
+/// How much longer than `pool_timeout` (which bounds every lock wait in the server) a command
+/// waits for the server's reply before it gives up on the connection: see [`Replies`].
+pub const REPLY_MARGIN: Duration = Duration::from_secs(5);
+
+/// The least time `flush`, `purge` and `migrate` wait for their reply: a `DELETE` of millions
+/// of rows runs for a while before the server answers.
+pub const BULK_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+type Conn = r2d2::PooledConnection<PostgresConnectionManager<Tls>>;
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Bounds every wait for a PostgreSQL reply. The `postgres` client has no read timeout (its
+/// `connect_timeout` covers the TCP connect only), and TCP keepalives cannot see a server whose
+/// processes are frozen or a proxy that stops forwarding, since the peer's kernel still
+/// acknowledges everything. So each exchange runs on this handle's own thread while the caller
+/// waits at most the bound; when the bound passes, the caller gets status 3 and the thread is
+/// abandoned with its connection (it ends with the process), and the next exchange starts a new
+/// thread. Costs a thread start per handle and a channel hand-off per exchange (microseconds,
+/// against a round trip of 100 µs or more).
+#[derive(Default)]
+struct Replies {
+    jobs: Option<mpsc::Sender<Job>>,
+}
+
+impl Replies {
+    /// Runs `job` on this handle's thread; `None` when it has not finished within `bound`.
+    fn within<T: Send + 'static>(&mut self, bound: Duration, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (done, result) = mpsc::sync_channel(1);
+        let mut job: Option<Job> = Some(Box::new(move || {
+            let _ = done.send(job());
+        }));
+        // A thread that died (it never does: jobs return errors, not panics) is replaced once.
+        for _ in 0..2 {
+            let jobs = match &self.jobs {
+                Some(jobs) => jobs.clone(),
+                None => {
+                    let (jobs, queue) = mpsc::channel::<Job>();
+                    let spawned = std::thread::Builder::new().name("kcache-postgresql".into()).spawn(move || {
+                        while let Ok(job) = queue.recv() {
+                            job();
+                        }
+                    });
+                    if spawned.is_err() {
+                        return None;
+                    }
+                    self.jobs = Some(jobs.clone());
+                    jobs
+                }
+            };
+            match jobs.send(job.take()?) {
+                Ok(()) => break,
+                Err(mpsc::SendError(back)) => {
+                    job = Some(back);
+                    self.jobs = None;
+                }
+            }
+        }
+        match result.recv_timeout(bound) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                self.jobs = None; // that thread is stuck in a read: the next exchange gets a new one
+                None
+            }
+        }
+    }
+}
+
 /// A handle on the pool. Each operation checks a connection out and gives it back, so handles
 /// on one pool (forks, siblings with another prefix) never wait for each other when used in turn,
 /// and a one-shot command reuses its one connection.
 pub struct Postgres {
     pool: Arc<Pool<PostgresConnectionManager<Tls>>>,
     lock_timeout: Duration,
+    /// The longest wait for the reply to one statement or group: `pool_timeout` + [`REPLY_MARGIN`].
+    reply_timeout: Duration,
+    replies: Replies,
     /// What libpq would warn about (an insecure ~/.pgpass...), printed by the command.
     warnings: Vec<String>,
 }
@@ -95,7 +173,13 @@ impl Postgres {
             location,
             classify_connect,
         );
-        Ok(Postgres { pool: Arc::new(pool), lock_timeout: timeout, warnings })
+        Ok(Postgres {
+            pool: Arc::new(pool),
+            lock_timeout: timeout,
+            reply_timeout: timeout + REPLY_MARGIN,
+            replies: Replies::default(),
+            warnings,
+        })
     }
 
     /// The pool this backend draws from (shared with its forks).
@@ -103,15 +187,45 @@ impl Postgres {
         &self.pool
     }
 
+    /// The longest wait for the reply of `flush`, `purge` or `migrate`.
+    fn bulk_timeout(&self) -> Duration {
+        self.reply_timeout.max(BULK_REPLY_TIMEOUT)
+    }
+
+    /// Checks a connection out (within `pool_timeout`) and runs `exchange` on it, waiting at most
+    /// `bound` for it to end (see [`Replies`]); then status 3.
+    fn exchange<T: Send + 'static>(
+        &mut self,
+        bound: Duration,
+        exchange: impl FnOnce(&mut Conn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let mut conn = self.pool.get()?;
+        self.replies.within(bound, move || exchange(&mut conn)).unwrap_or_else(|| {
+            Err(Error::new(
+                crate::error::ErrorKind::Unavailable,
+                anyhow::anyhow!(
+                    "the server stopped answering: no reply within {:.1} s (pool_timeout + {} s; {} s at least \
+                     for flush, purge and migrate); the connection was abandoned",
+                    bound.as_secs_f64(),
+                    REPLY_MARGIN.as_secs(),
+                    BULK_REPLY_TIMEOUT.as_secs()
+                ),
+            ))
+        })
+    }
+
     /// Runs one statement with typed parameters; errors are classified. A connection that broke
     /// is not given back to the pool (r2d2 checks `is_closed` on return).
-    fn query(
-        &mut self,
-        sql: &str,
-        params: &[(&(dyn postgres::types::ToSql + Sync), Type)],
-    ) -> Result<Vec<postgres::Row>> {
-        let mut conn = self.pool.get()?;
-        conn.query_typed(sql, params).map_err(classify)
+    fn query(&mut self, sql: &'static str, params: Vec<Param>) -> Result<Vec<postgres::Row>> {
+        self.query_within(self.reply_timeout, sql, params)
+    }
+
+    fn query_within(&mut self, bound: Duration, sql: &'static str, params: Vec<Param>) -> Result<Vec<postgres::Row>> {
+        self.exchange(bound, move |conn| {
+            let params: Vec<(&(dyn ToSql + Sync), Type)> =
+                params.iter().map(|(p, t)| (&**p as &(dyn ToSql + Sync), t.clone())).collect();
+            conn.query_typed(sql, &params).map_err(classify)
+        })
     }
 
     /// What the schema still needs, in the connection's own schema (`current_schema()`).
@@ -354,7 +468,13 @@ impl Backend for Postgres {
     }
 
     fn fork(&self) -> Result<Box<dyn Backend>> {
-        Ok(Box::new(Postgres { pool: Arc::clone(&self.pool), lock_timeout: self.lock_timeout, warnings: Vec::new() }))
+        Ok(Box::new(Postgres {
+            pool: Arc::clone(&self.pool),
+            lock_timeout: self.lock_timeout,
+            reply_timeout: self.reply_timeout,
+            replies: Replies::default(),
+            warnings: Vec::new(),
+        }))
     }
 
     fn warnings(&self) -> Vec<String> {
@@ -372,39 +492,42 @@ impl Backend for Postgres {
     }
 
     fn migrate(&mut self, dry_run: bool) -> Result<Migration> {
-        let mut conn = self.pool.get()?;
-        if dry_run {
-            let (_, missing) = Self::missing(&mut *conn)?;
-            return Ok(Migration {
-                statements: missing.iter().map(|o| o.statement().to_string()).collect(),
-                note: None,
-            });
-        }
-        let mut tx = conn.transaction().map_err(classify)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK]).map_err(classify)?;
-        let (schema, missing) = Self::missing(&mut tx)?;
-        let mut ran = Vec::new();
-        for object in missing {
-            tx.batch_execute(object.statement()).map_err(|e| {
-                let refused = e.as_db_error().is_some_and(|d| *d.code() == SqlState::INSUFFICIENT_PRIVILEGE);
-                let err = classify(e).context(format!("create {} in schema {schema}", object.describe()));
-                if refused {
-                    err.with_hint(format!(
-                        "the role needs the CREATE privilege on schema {schema} (GRANT CREATE ON SCHEMA {schema} TO ...), or a DBA can apply schema.sql"
-                    ))
-                } else {
-                    err
-                }
-            })?;
-            ran.push(object.statement().to_string());
-        }
-        tx.commit().map_err(classify)?;
-        Ok(Migration { statements: ran, note: None })
+        self.exchange(self.bulk_timeout(), move |conn| {
+            if dry_run {
+                let (_, missing) = Self::missing(&mut **conn)?;
+                return Ok(Migration {
+                    statements: missing.iter().map(|o| o.statement().to_string()).collect(),
+                    note: None,
+                });
+            }
+            let mut tx = conn.transaction().map_err(classify)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK]).map_err(classify)?;
+            let (schema, missing) = Self::missing(&mut tx)?;
+            let mut ran = Vec::new();
+            for object in missing {
+                tx.batch_execute(object.statement()).map_err(|e| {
+                    let refused = e.as_db_error().is_some_and(|d| *d.code() == SqlState::INSUFFICIENT_PRIVILEGE);
+                    let err = classify(e).context(format!("create {} in schema {schema}", object.describe()));
+                    if refused {
+                        err.with_hint(format!(
+                            "the role needs the CREATE privilege on schema {schema} (GRANT CREATE ON SCHEMA {schema} TO ...), or a DBA can apply schema.sql"
+                        ))
+                    } else {
+                        err
+                    }
+                })?;
+                ran.push(object.statement().to_string());
+            }
+            tx.commit().map_err(classify)?;
+            Ok(Migration { statements: ran, note: None })
+        })
     }
 
     fn get(&mut self, key: &str) -> Result<Option<String>> {
-        let rows = self
-            .query("SELECT value FROM cache WHERE key = $1 AND (ttl IS NULL OR ttl > now())", &[(&key, Type::TEXT)])?;
+        let rows = self.query(
+            "SELECT value FROM cache WHERE key = $1 AND (ttl IS NULL OR ttl > now())",
+            vec![param(key.to_string(), Type::TEXT)],
+        )?;
         Ok(rows.first().map(|r| r.get(0)))
     }
 
@@ -416,7 +539,12 @@ impl Backend for Postgres {
                (SELECT key FROM cache WHERE ttl < now() AND key <> $1 ORDER BY ttl LIMIT $4 FOR UPDATE SKIP LOCKED)) \
              INSERT INTO cache (key, value, ttl) VALUES ($1, $2, sec2ttl($3)) \
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, ttl = EXCLUDED.ttl",
-            &[(&key, Type::TEXT), (&value, Type::TEXT), (&seconds(ttl), Type::FLOAT8), (&SET_PURGE_BATCH, Type::INT8)],
+            vec![
+                param(key.to_string(), Type::TEXT),
+                param(value.to_string(), Type::TEXT),
+                param(seconds(ttl), Type::FLOAT8),
+                param(SET_PURGE_BATCH, Type::INT8),
+            ],
         )?;
         Ok(())
     }
@@ -425,7 +553,7 @@ impl Backend for Postgres {
         let rows = self.query(
             "SELECT EXTRACT(EPOCH FROM (ttl - now()))::float8 FROM cache \
              WHERE key = $1 AND (ttl IS NULL OR ttl > now())",
-            &[(&key, Type::TEXT)],
+            vec![param(key.to_string(), Type::TEXT)],
         )?;
         Ok(remaining(rows.first().map(|r| r.get::<_, Option<f64>>(0))))
     }
@@ -433,7 +561,7 @@ impl Backend for Postgres {
     fn expire(&mut self, key: &str, ttl: Ttl) -> Result<bool> {
         let rows = self.query(
             "UPDATE cache SET ttl = sec2ttl($2) WHERE key = $1 AND (ttl IS NULL OR ttl > now()) RETURNING 1",
-            &[(&key, Type::TEXT), (&seconds(ttl), Type::FLOAT8)],
+            vec![param(key.to_string(), Type::TEXT), param(seconds(ttl), Type::FLOAT8)],
         )?;
         Ok(!rows.is_empty())
     }
@@ -441,41 +569,46 @@ impl Backend for Postgres {
     fn delete(&mut self, key: &str) -> Result<Option<String>> {
         let rows = self.query(
             "DELETE FROM cache WHERE key = $1 RETURNING value, (ttl IS NULL OR ttl > now())",
-            &[(&key, Type::TEXT)],
+            vec![param(key.to_string(), Type::TEXT)],
         )?;
         Ok(rows.first().and_then(|r| r.get::<_, bool>(1).then(|| r.get(0))))
     }
 
     fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
+        let bound = self.bulk_timeout();
         match scope {
             FlushScope::Prefix(p) => {
                 // left()/char_length() compare characters: `%`, `_` and `\` are plain here.
-                self.query("DELETE FROM cache WHERE left(key, char_length($1)) = $1", &[(&p, Type::TEXT)])?;
+                self.query_within(
+                    bound,
+                    "DELETE FROM cache WHERE left(key, char_length($1)) = $1",
+                    vec![param(p.to_string(), Type::TEXT)],
+                )?;
             }
             FlushScope::All => {
                 // TRUNCATE empties a million rows at once where DELETE would take minutes; it
                 // needs its own privilege and an exclusive lock, so wait for that lock no
                 // longer than pool_timeout, and fall back to DELETE for a role without it.
                 let lock_ms = self.lock_timeout.as_millis().max(1);
-                let mut conn = self.pool.get()?;
-                let mut tx = conn.transaction().map_err(classify)?;
-                tx.batch_execute(&format!("SET LOCAL lock_timeout = {lock_ms}")).map_err(classify)?;
-                match tx.batch_execute("TRUNCATE cache") {
-                    Ok(()) => tx.commit().map_err(classify)?,
-                    Err(e) if e.as_db_error().is_some_and(|d| *d.code() == SqlState::INSUFFICIENT_PRIVILEGE) => {
-                        drop(tx);
-                        drop(conn);
-                        self.query("DELETE FROM cache", &[])?;
+                self.exchange(bound, move |conn| {
+                    let mut tx = conn.transaction().map_err(classify)?;
+                    tx.batch_execute(&format!("SET LOCAL lock_timeout = {lock_ms}")).map_err(classify)?;
+                    match tx.batch_execute("TRUNCATE cache") {
+                        Ok(()) => tx.commit().map_err(classify),
+                        Err(e) if e.as_db_error().is_some_and(|d| *d.code() == SqlState::INSUFFICIENT_PRIVILEGE) => {
+                            drop(tx);
+                            conn.batch_execute("DELETE FROM cache").map_err(classify)
+                        }
+                        Err(e) => Err(classify(e)),
                     }
-                    Err(e) => return Err(classify(e)),
-                }
+                })?;
             }
         }
         Ok(())
     }
 
     fn purge(&mut self) -> Result<u64> {
-        let rows = self.query("DELETE FROM cache WHERE ttl < now() RETURNING 1", &[])?;
+        let rows = self.query_within(self.bulk_timeout(), "DELETE FROM cache WHERE ttl < now() RETURNING 1", vec![])?;
         Ok(rows.len() as u64)
     }
 
@@ -489,26 +622,23 @@ impl Backend for Postgres {
         if ops.len() < 2 {
             return None;
         }
-        let mut conn = match self.pool.get() {
-            Ok(c) => c,
-            Err(e) => return Some(ops.iter().map(|_| Err(Error::new(e.kind(), anyhow::anyhow!("{e}")))).collect()),
-        };
         let sql = format!("BEGIN;\nSET LOCAL lock_timeout = {GROUP_LOCK_TIMEOUT_MS};\n{}COMMIT;", group_sql(ops));
-        let messages = match conn.simple_query(&sql) {
-            Ok(m) => m,
+        // `Ok(None)`: the server refused a statement; the transaction was rolled back and the
+        // operations are to run one by one for per-operation results.
+        let answer = self.exchange(self.reply_timeout, move |conn| match conn.simple_query(&sql) {
+            Ok(m) => Ok(Some(m)),
             Err(e) if e.as_db_error().is_some() => {
-                // The rest of the query was skipped and the transaction is aborted: end it, then
-                // run the operations one by one for per-operation results.
-                if conn.batch_execute("ROLLBACK").is_err() {
-                    return None;
-                }
-                drop(conn);
-                return None;
+                // The rest of the query was skipped and the transaction is aborted: end it (a
+                // connection that cannot is closed, and r2d2 drops it).
+                let _ = conn.batch_execute("ROLLBACK");
+                Ok(None)
             }
-            Err(e) => {
-                let e = classify(e);
-                return Some(ops.iter().map(|_| Err(Error::new(e.kind(), anyhow::anyhow!("{e}")))).collect());
-            }
+            Err(e) => Err(classify(e)),
+        });
+        let messages = match answer {
+            Ok(Some(m)) => m,
+            Ok(None) => return None,
+            Err(e) => return Some(ops.iter().map(|_| Err(e.duplicate())).collect()),
         };
         // Each statement answers with its rows, then CommandComplete.
         let mut statements: Vec<Vec<postgres::SimpleQueryRow>> = Vec::with_capacity(ops.len());
