@@ -146,21 +146,31 @@ fn one_line(s: &str) -> String {
 
 static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Registers a secret (a password) that must never be printed. Every rendered error and log
-/// line goes through [`redact`], whatever library produced the text.
+/// Registers a secret (a password) for the safety net of [`redact`]: a server or a library may
+/// echo it in a message kcache did not build. Messages kcache builds hide passwords where they
+/// write them (a URL is shown with `***` in its password field), so this net only has to catch
+/// what slips through, and it must not garble messages: a password that is an ordinary word
+/// (`postgres`, `cache`) would turn `kcache: error:` into `k***: error:`, and show the password
+/// by its absence. So only a distinctive secret is registered (see [`distinctive`]).
 pub fn register_secret(secret: &str) {
-    if secret.len() < 2 {
-        return; // a one-character "password" would blank out ordinary text
+    if !distinctive(secret) {
+        return;
     }
     if let Ok(mut secrets) = SECRETS.lock()
         && !secrets.iter().any(|s| s == secret)
     {
-        {
-            secrets.push(secret.to_string());
-            // Longest first, so that a secret containing another one is removed whole.
-            secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        }
+        secrets.push(secret.to_string());
+        // Longest first, so that a secret containing another one is removed whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     }
+}
+
+/// Whether `secret` is unusual enough to be searched for in finished text without hitting
+/// ordinary words: at least 8 characters with something other than letters in it (a digit, a
+/// sign, a space), or at least 16 characters.
+pub fn distinctive(secret: &str) -> bool {
+    let n = secret.chars().count();
+    n >= 16 || (n >= 8 && !secret.chars().all(char::is_alphabetic))
 }
 
 /// Replaces every registered secret in `text` with `***`.
@@ -225,6 +235,23 @@ mod tests {
         assert!(!e.render(true).concat().contains("s3cr3t-xyz"));
         assert!(!e.to_string().contains("s3cr3t-xyz"));
         assert!(!format!("{e:?}").contains("s3cr3t-xyz"));
+    }
+
+    #[test]
+    fn ordinary_words_are_never_taken_for_secrets() {
+        for word in ["postgres", "cache", "kcache", "error", "redis", "x", "secret"] {
+            register_secret(word);
+        }
+        let e = Error::unavailable(
+            "get 'a' on postgresql at postgresql://postgres@127.0.0.1:1/postgres",
+            anyhow::anyhow!("refused"),
+        );
+        assert_eq!(
+            e.render(false),
+            vec!["kcache: error: get 'a' on postgresql at postgresql://postgres@127.0.0.1:1/postgres: refused"]
+        );
+        assert!(!distinctive("postgres") && !distinctive("abcdefghijklmno"));
+        assert!(distinctive("pass-word") && distinctive("s3cr3t-x") && distinctive("abcdefghijklmnop"));
     }
 
     #[test]

@@ -758,6 +758,39 @@ fn fails_without_secrets(env: &Env, extra: &[&str], statuses: &[i32], secrets: &
     }
 }
 
+/// A password that is an ordinary word (`postgres`, as in the README's INI example, or `cache`)
+/// is hidden where it is written (the URL's password field) and nowhere else: the message keeps
+/// its words (`kcache: error:`, `postgresql://postgres@...`) and so does not show the password by
+/// blanking it out everywhere it occurs.
+#[test]
+fn a_password_that_is_an_ordinary_word_leaves_messages_intact() {
+    let port = crate::servers::free_port();
+    for password in ["postgres", "cache", "error"] {
+        let url = format!("postgresql://postgres:{password}@127.0.0.1:{port}/postgres");
+        let env = Env::new().var("KINTO_CACHE_BACKEND", "postgresql").var("KINTO_CACHE_URL", &url);
+        let out = run_within(&env, &["get", "a"], None, Duration::from_secs(15));
+        out.code(3).one_error_line();
+        let expected = format!("kcache: error: get 'a' on postgresql at postgresql://postgres@127.0.0.1:{port}/postgres: ");
+        assert!(out.stderr.starts_with(&expected), "{password}: {}", out.stderr);
+        assert!(!out.stderr.contains("***"), "{password}: {}", out.stderr);
+        let out = run_within(&env, &["-v", "get", "a"], None, Duration::from_secs(15));
+        out.code(3);
+        assert!(out.stderr.contains(&format!("postgresql://postgres:***@127.0.0.1:{port}/postgres")), "{}", out.stderr);
+        assert!(!out.stderr.contains(&format!(":{password}@")), "{}", out.stderr);
+        for line in out.stderr.lines() {
+            assert!(line.starts_with("kcache: "), "{password}: {line}");
+        }
+
+        let url = format!("redis://:{password}@127.0.0.1:{port}/0");
+        let env = Env::new().var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url);
+        let out = run_within(&env, &["get", "a"], None, Duration::from_secs(15));
+        out.code(3).one_error_line();
+        let expected = format!("kcache: error: get 'a' on redis at redis://:***@127.0.0.1:{port}/0: ");
+        assert!(out.stderr.starts_with(&expected), "{password}: {}", out.stderr);
+        assert!(!out.stderr.contains(&format!(":{password}@")), "{}", out.stderr);
+    }
+}
+
 #[test]
 fn postgresql_passwords_never_appear_in_any_failure() {
     let Some(mut db) = RigDb::create() else { return };
