@@ -6,7 +6,8 @@
 //! one command and waits for its reply, it cannot pipeline (`kcache batch` sends a whole group
 //! of commands, then reads every reply: one round trip instead of one per command), and it does
 //! not say when a connection broke. The part of the protocol used here is small: `get` (several
-//! keys at once), `gets`, `set`, `cas`, `flush_all` and `version`.
+//! keys at once), `gets`, `set`, `cas`, `flush_all` and `version`, and one meta command, `mg`
+//! (memcached 1.6 and newer), for the server's own time left on an item.
 //!
 //! - Connecting is bounded by `pool_timeout`, and so is each read and write (python-memcached's
 //!   `socket_timeout`). TCP connections send at once (`TCP_NODELAY`): each pipeline is written
@@ -133,6 +134,8 @@ pub enum Request<'a> {
     Get(Vec<&'a str>),
     /// `gets k`: the item with its CAS token.
     Gets(&'a str),
+    /// `mg k v f t`: the item with the server's own seconds left on it (meta get).
+    MetaGet(&'a str),
     /// `set`.
     Set { key: &'a str, flags: u32, exptime: u32, data: String },
     /// `cas`: stores only if the entry is still the one `cas` was read with.
@@ -149,6 +152,7 @@ impl Request<'_> {
         match self {
             Request::Get(keys) => 5 + keys.iter().map(|k| k.len() + 1).sum::<usize>(),
             Request::Gets(key) => 7 + key.len(),
+            Request::MetaGet(key) => 11 + key.len(),
             Request::Set { key, data, .. } => 40 + key.len() + data.len(),
             Request::Cas { key, data, .. } => 60 + key.len() + data.len(),
             Request::FlushAll => 11,
@@ -169,6 +173,7 @@ impl Request<'_> {
                 Ok(())
             }
             Request::Gets(key) => write!(out, "gets {key}\r\n"),
+            Request::MetaGet(key) => write!(out, "mg {key} v f t\r\n"),
             Request::Set { key, flags, exptime, data } => write!(out, "set {key} {flags} {exptime} {}\r\n", data.len())
                 .and_then(|()| out.write_all(data.as_bytes()))
                 .and_then(|()| out.write_all(b"\r\n")),
@@ -190,12 +195,15 @@ pub struct Item {
     pub data: Vec<u8>,
     /// The CAS token (`gets` only).
     pub cas: Option<u64>,
+    /// The server's own seconds left, as `mg ... t` gives them (`mg` only): -1 when the item
+    /// never expires on the server.
+    pub server_ttl: Option<i64>,
 }
 
 /// The reply to one [`Request`].
 #[derive(Debug, PartialEq)]
 pub enum Reply {
-    /// `get`, `gets`: one per key asked, `None` when the server has no such item.
+    /// `get`, `gets`, `mg`: one per key asked, `None` when the server has no such item.
     Items(Vec<Option<Item>>),
     /// `set`, `cas`: stored, or not (`NOT_STORED`, `EXISTS`, `NOT_FOUND`).
     Stored(bool),
@@ -241,6 +249,7 @@ impl Conn {
         match request {
             Request::Get(keys) => self.items(keys, false),
             Request::Gets(key) => self.items(&[key], true),
+            Request::MetaGet(_) => self.meta_item(),
             Request::Set { .. } | Request::Cas { .. } => {
                 let line = self.read_line()?;
                 match line.as_str() {
@@ -280,6 +289,15 @@ impl Conn {
     /// `gets key`.
     pub fn gets(&mut self, key: &str) -> Result<Option<Item>, Failure> {
         match self.call(&Request::Gets(key))? {
+            Reply::Items(mut items) if items.len() == 1 => Ok(items.pop().flatten()),
+            other => Err(self.fail(Failure::Unexpected(format!("{other:?}")))),
+        }
+    }
+
+    /// `mg key v f t`: the item with the server's seconds left. A server without meta commands
+    /// (older than 1.6) answers `ERROR`: [`Failure::Client`], the connection still in step.
+    pub fn meta_get(&mut self, key: &str) -> Result<Option<Item>, Failure> {
+        match self.call(&Request::MetaGet(key))? {
             Reply::Items(mut items) if items.len() == 1 => Ok(items.pop().flatten()),
             other => Err(self.fail(Failure::Unexpected(format!("{other:?}")))),
         }
@@ -381,9 +399,44 @@ impl Conn {
                 return Err(self.fail(Failure::Unexpected(format!("{line} (the data does not end with CR LF)"))));
             }
             data.truncate(len);
-            items[at] = Some(Item { flags, data, cas });
+            items[at] = Some(Item { flags, data, cas, server_ttl: None });
             next = at + 1;
         }
+    }
+
+    /// The reply to `mg <key> v f t`: `EN` (a miss), or `VA <bytes> f<flags> t<seconds>`, the
+    /// data. `ERROR` (no meta commands) leaves the connection in step: `mg` is one line.
+    fn meta_item(&mut self) -> Result<Reply, Failure> {
+        let line = self.read_line()?;
+        if line == "EN" {
+            return Ok(Reply::Items(vec![None]));
+        }
+        if line == "ERROR" {
+            return Err(Failure::Client(line));
+        }
+        let Some(header) = line.strip_prefix("VA ") else { return Err(self.refused(line)) };
+        let mut words = header.split(' ');
+        let len: Option<usize> = words.next().and_then(|w| w.parse().ok());
+        let (mut flags, mut server_ttl) = (None, None);
+        for word in words {
+            if let Some(f) = word.strip_prefix('f') {
+                flags = f.parse::<u32>().ok();
+            } else if let Some(t) = word.strip_prefix('t') {
+                server_ttl = t.parse::<i64>().ok();
+            }
+        }
+        let (Some(len), Some(flags), Some(server_ttl)) = (len, flags, server_ttl) else {
+            return Err(self.fail(Failure::Unexpected(line)));
+        };
+        let mut data = vec![0; len + 2];
+        if let Err(e) = self.reader.read_exact(&mut data) {
+            return Err(self.fail(e.into()));
+        }
+        if !data.ends_with(b"\r\n") {
+            return Err(self.fail(Failure::Unexpected(format!("{line} (the data does not end with CR LF)"))));
+        }
+        data.truncate(len);
+        Ok(Reply::Items(vec![Some(Item { flags, data, cas: None, server_ttl: Some(server_ttl) })]))
     }
 }
 
@@ -602,7 +655,7 @@ mod tests {
                   SERVER_ERROR object too large for cache\r\nOK\r\n",
             )
             .unwrap();
-        let item = |flags, data: &[u8], cas| Some(Item { flags, data: data.to_vec(), cas });
+        let item = |flags, data: &[u8], cas| Some(Item { flags, data: data.to_vec(), cas, server_ttl: None });
         assert_eq!(c.receive(&requests[0]), Ok(Reply::Stored(true)));
         assert_eq!(c.receive(&requests[1]), Ok(Reply::Items(vec![item(16, b"ab", None), None, item(0, b"", None)])));
         assert_eq!(c.receive(&requests[2]), Ok(Reply::Items(vec![item(0, b"z", Some(99))])));

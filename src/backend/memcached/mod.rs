@@ -11,11 +11,17 @@
 //! twice, as there. Host syntaxes are python-memcached's. When `hosts` is empty, `url` is read as
 //! a host list, which is what `kinto init --cache-backend memcached` writes (§11 item 29).
 //!
-//! **Expiry is exact** (§11 items 20-23): the envelope's time is the truth: an entry whose time
-//! has passed is missing for `get`, `ttl`, `expire` and `delete`, whatever the server still
-//! holds. The server's own exptime is only there to free memory and is never earlier: whole
-//! seconds rounded up plus one (never 0, "never expires"), sent as a unix time over 30 days
-//! (memcached reads larger values as one), and 0 past 2038, which memcached cannot hold.
+//! **Expiry is exact** (§11 items 20-23): an entry lives until the earlier of the envelope's
+//! time and the server's own expiry. Past the envelope's time it is missing for `get`, `ttl`,
+//! `expire` and `delete`, whatever the server still holds. The server's expiry comes first on
+//! Kinto's entries (exptime `int(ttl)`, envelope `ceil(now + ttl)`): `get`, `expire` and
+//! `delete` see it at no cost, since the server returns only items it still holds (and `cas`
+//! fails on one it dropped since); `ttl` asks the server for its seconds left in the same
+//! request (`mg <key> v f t`) and counts on `t - 2` of them (see
+//! [`envelope::SERVER_CLOCK_LAG`]). What kcache writes gets a server exptime that never comes
+//! first, even so: whole seconds rounded up plus [`EXPTIME_MARGIN`] (never 0, "never
+//! expires"), sent as a unix time over 30 days (memcached reads larger values as one), and 0
+//! past 2038, which memcached cannot hold.
 //!
 //! **Atomic updates** (§11 items 24-25): `expire` and `delete` read the entry with `gets` and
 //! write with `cas`, retrying when another client changed it meanwhile (at once a few times,
@@ -223,11 +229,25 @@ fn live_value(item: Option<&conn::Item>, key: &str, server: &Server, now: System
     Ok(entry.remaining(now).map(|_| entry.value))
 }
 
-/// The time left of a stored item.
+/// The time left of a stored item: the earlier of the envelope's and, when the item came from
+/// `mg`, the server's.
 fn remaining(item: Option<&conn::Item>, key: &str, server: &Server, now: SystemTime) -> Result<Remaining> {
     let Some(item) = item else { return Ok(Remaining::Missing) };
     let entry = decode(&item.data, item.flags, key, server)?;
-    Ok(entry.remaining(now).map_or(Remaining::Missing, Remaining::Left))
+    let left = match item.server_ttl {
+        Some(t) => entry.remaining_on(now, t),
+        None => entry.remaining(now),
+    };
+    Ok(left.map_or(Remaining::Missing, Remaining::Left))
+}
+
+/// `mg` on a connection, or `get` where the server has no meta commands (older than 1.6; its
+/// own expiry is then unknown, and the envelope's time is all there is).
+fn meta_get_on(c: &mut Conn, key: &str) -> Result<Option<conn::Item>, Failure> {
+    match c.meta_get(key) {
+        Err(Failure::Client(line)) if line == "ERROR" && !c.broken => c.get(key),
+        other => other,
+    }
 }
 
 /// `set` on a connection.
@@ -412,7 +432,7 @@ impl Backend for Memcached {
 
     fn ttl(&mut self, key: &str) -> Result<Remaining> {
         let server = self.server(key);
-        let item = self.run(server, |c| c.get(key))?;
+        let item = self.run(server, |c| meta_get_on(c, key))?;
         remaining(item.as_ref(), key, server, SystemTime::now())
     }
 
