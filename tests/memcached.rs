@@ -622,6 +622,65 @@ fn flush_all_flushes_the_servers_it_reaches_then_names_the_others() {
     assert!(Raw::to(&live.host()).get("x").is_none(), "the live server was flushed");
 }
 
+/// A deliberately broken "server" of this test's own on a loopback port: it accepts every
+/// connection and answers whatever it reads with `reply`, or never answers at all (`None`:
+/// it holds the socket open, as a hung memcached does). It lives as long as the test process.
+fn fake_server(reply: Option<&'static [u8]>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let host = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            match reply {
+                None => held.push(client),
+                Some(reply) => {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = client.read(&mut buf) {
+                            if n == 0 || client.write_all(reply).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+    host
+}
+
+#[test]
+fn flush_of_hung_servers_takes_one_pool_timeout_in_all_and_names_them() {
+    // Two servers that accept connections and never answer: each flush_all waits out
+    // pool_timeout (2 s here); one after the other that was 4 s, at once it is 2 s.
+    let hung = [fake_server(None), fake_server(None)];
+    let e = env(&hung, "").var("KINTO_CACHE_POOL_TIMEOUT", "2");
+    let start = Instant::now();
+    let out = crate::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
+    let took = start.elapsed();
+    out.code(3).one_error_line().stderr_has("could not flush 2 of 2 memcached servers").stderr_has("none flushed");
+    for h in &hung {
+        out.stderr_has(h);
+    }
+    assert!(took >= Duration::from_secs(2), "{took:?}: it waited pool_timeout for the replies");
+    assert!(took < Duration::from_millis(3500), "{took:?}: the servers were waited for one after the other");
+
+    // One live server among hung ones is flushed all the same, in the same time.
+    let Some([live]) = own::<1>() else { return };
+    Raw::to(&live.host()).set("x", 0, 0, b"x");
+    let hosts = [hung[0].clone(), live.host(), hung[1].clone()];
+    let e = env(&hosts, "").var("KINTO_CACHE_POOL_TIMEOUT", "2");
+    let start = Instant::now();
+    let out = crate::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
+    assert!(start.elapsed() < Duration::from_millis(3500), "{:?}", start.elapsed());
+    out.code(3)
+        .one_error_line()
+        .stderr_has("could not flush 2 of 3 memcached servers")
+        .stderr_has("the other 1 flushed");
+    assert!(Raw::to(&live.host()).get("x").is_none(), "the live server was flushed");
+}
+
 // ---- connections -----------------------------------------------------------------------------
 
 #[test]

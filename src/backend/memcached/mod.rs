@@ -37,8 +37,9 @@
 //! python-memcached's `socket_timeout`); a value over the item size limit is status 4. Keys are
 //! checked as python-memcached checks them, before anything is sent (the crate checks only the
 //! length, and a key with CR LF would inject a command; crates.md §1.4). `flush` with a prefix
-//! is refused: `flush_all` empties whole servers. `flush --all` flushes every server it can
-//! reach, then reports the others.
+//! is refused: `flush_all` empties whole servers. `flush --all` flushes every server at once
+//! (so that hung servers cost one `pool_timeout` in all, not one each), then reports those it
+//! could not flush.
 //!
 //! **Connections**: one pool per server (`backend/pool.rs`), created when a command first needs
 //! that server; see [`conn`] for the protocol spoken on a pooled connection.
@@ -452,12 +453,39 @@ impl Backend for Memcached {
 
     fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
         self.check_flush(scope)?;
-        let mut failed: Vec<(String, Error)> = Vec::new();
-        for server in &self.shared.servers {
-            if let Err(e) = self.run(server, |c| c.flush_all()) {
-                failed.push((server.location.clone(), e));
-            }
-        }
+        // Every server at once, each on a thread of its own: each is bounded by `pool_timeout`
+        // (the connect, the write, the reply), so the whole flush is too, however many hang.
+        let this = &*self;
+        let outcomes: Vec<Result<()>> = if this.shared.servers.len() == 1 {
+            vec![this.run(&this.shared.servers[0], |c| c.flush_all())]
+        } else {
+            std::thread::scope(|scope| {
+                let flushing: Vec<_> = this
+                    .shared
+                    .servers
+                    .iter()
+                    .map(|server| scope.spawn(move || this.run(server, |c| c.flush_all())))
+                    .collect();
+                flushing
+                    .into_iter()
+                    .map(|t| {
+                        t.join().unwrap_or_else(|_| {
+                            Err(Error::new(
+                                ErrorKind::Backend,
+                                anyhow::anyhow!("the flush thread failed (internal error)"),
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let failed: Vec<(String, Error)> = this
+            .shared
+            .servers
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(server, outcome)| outcome.err().map(|e| (server.location.clone(), e)))
+            .collect();
         if failed.is_empty() {
             return Ok(());
         }
