@@ -681,6 +681,37 @@ fn flush_of_hung_servers_takes_one_pool_timeout_in_all_and_names_them() {
     assert!(Raw::to(&live.host()).get("x").is_none(), "the live server was flushed");
 }
 
+#[test]
+fn a_garbage_reply_is_quoted_escaped_in_valid_utf8() {
+    // A "server" that answers bytes that are not UTF-8, with a terminal escape among them.
+    let garbage = fake_server(Some(b"\xff\xfe junk \x1b[2J\xc3\r\n"));
+    let refusing = fake_server(Some(b"SERVER_ERROR \xff\xfe\r\n"));
+    for (host, args, says) in [
+        (&garbage, &["get", "k"][..], r#"unexpected reply "\xff\xfe junk \x1b[2J\xc3""#),
+        (&garbage, &["ttl", "k"], r"\xff\xfe junk"),
+        (&garbage, &["set", "k", "v", "60"], r"\xff\xfe junk"),
+        (&garbage, &["delete", "k"], r"\xff\xfe junk"),
+        (&garbage, &["flush", "--all"], r"\xff\xfe junk"),
+        (&refusing, &["set", "k", "v", "60"], r"refused the command: SERVER_ERROR \xff\xfe"),
+    ] {
+        for verbose in [false, true] {
+            let e = env(std::slice::from_ref(host), "").var("KINTO_CACHE_POOL_TIMEOUT", "2");
+            let mut cmd = e.command();
+            if verbose {
+                cmd.arg("-v");
+            }
+            let out = cmd.args(args).output().expect("run kcache");
+            let stderr = String::from_utf8(out.stderr.clone())
+                .unwrap_or_else(|_| panic!("{args:?}: stderr is not UTF-8: {:?}", out.stderr));
+            assert_eq!(out.status.code(), Some(4), "{args:?}: {stderr}");
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+            assert!(stderr.contains(host.as_str()), "{args:?} names the server: {stderr}");
+            assert!(!stderr.contains('\u{fffd}'), "{args:?}: bytes replaced, not escaped: {stderr}");
+            assert!(!stderr.chars().any(|c| c.is_control() && c != '\n'), "{args:?}: {stderr:?}");
+        }
+    }
+}
+
 // ---- connections -----------------------------------------------------------------------------
 
 #[test]
