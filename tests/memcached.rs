@@ -228,8 +228,9 @@ fn reads_entries_as_kinto_writes_them() {
             Raw::to(&hosts[hosts::bucket(&key, 2)]).set(&key, flags, exptime, payload.as_bytes());
             let short = w["key"].as_str().unwrap();
             assert_eq!(c.get(short).unwrap().as_deref(), Some(recorded_value.as_str()), "{short} flags {flags}");
+            // The server's expiry (int(ttl)) comes first; kcache counts on its seconds minus 2.
             let d = left(c.ttl(short).unwrap()).as_secs_f64();
-            assert!(d <= ttl + 1.0 && d > ttl - 1.0, "{short}: ttl {d} for {ttl}");
+            assert!(d <= ttl && d > ttl - 4.0, "{short}: ttl {d} for {ttl}");
         }
     }
 }
@@ -253,11 +254,10 @@ fn writes_entries_as_kinto_writes_them() {
         let (kinto_value, _) = split_envelope(w["wire_payload"].as_str().unwrap().as_bytes());
         assert_eq!(value, kinto_value, "{short}: the value bytes are Kinto's");
         assert!(time >= before + ttl && time <= now() + ttl + 0.001, "{short}: time {time}");
-        // The server keeps it at least as long (whole seconds, rounded up, plus one; over 30
-        // days a unix time, which memcached's own clock, a second or two behind, reads as a
-        // little more).
+        // The server keeps it longer (whole seconds, rounded up, plus four; over 30 days a unix
+        // time, which memcached's own clock, a second or two behind, reads as a little more).
         let server = raw.server_ttl(&key).unwrap();
-        assert!(server >= ttl.ceil() as i64 && server <= ttl.ceil() as i64 + 4, "{short}: server ttl {server}");
+        assert!(server >= ttl.ceil() as i64 + 2 && server <= ttl.ceil() as i64 + 7, "{short}: server ttl {server}");
     }
 }
 
@@ -273,6 +273,82 @@ fn entries_that_are_not_kintos_are_refused_with_status_4() {
         assert_eq!(e.kind(), ErrorKind::Backend, "{data:?}");
         assert!(e.to_string().contains("cannot be read as a Kinto cache entry"), "{e}");
     }
+}
+
+/// The recorded Kinto write of `key`.
+fn kinto_write(key: &str) -> serde_json::Value {
+    let writes = kinto_recording()["writes"].as_array().unwrap().clone();
+    writes.into_iter().find(|w| w["key"] == key).unwrap_or_else(|| panic!("no recorded write {key}"))
+}
+
+/// Writes the recorded write `w` to `server` as Kinto would write it now: python-memcached's
+/// command line (flags 16, exptime `int(ttl)`, its trailing space) and Kinto's payload, with the
+/// envelope's time `ceil(now + ttl)`. Returns the envelope's time.
+fn write_as_kinto(server: &OwnMemcached, w: &serde_json::Value) -> f64 {
+    let ttl = w["set_ttl_seconds"].as_f64().unwrap();
+    let line = w["wire_command_line"].as_str().unwrap();
+    let words: Vec<&str> = line.split(' ').collect();
+    assert_eq!((words[0], words[2], words[3]), ("set", "16", (ttl as i64).to_string().as_str()), "{line}");
+    let (value, recorded_time) = split_envelope(w["wire_payload"].as_str().unwrap().as_bytes());
+    assert_eq!(recorded_time, (w["client_time"].as_f64().unwrap() + ttl).ceil(), "the recording's envelope");
+    let time = (now() + ttl).ceil();
+    let payload = format!("{{\"value\":{value},\"ttl\":{}}}", time as u64);
+    let command = format!("set {} 16 {} {} \r\n{payload}\r\n", words[1], words[3], payload.len());
+    assert_eq!(server.raw(&command), ["STORED"]);
+    time
+}
+
+#[test]
+fn ttl_of_a_kinto_entry_is_the_servers_expiry_which_comes_first() {
+    // Kinto's set("ttl-3600s", "alive", 3600): exptime 3600, envelope ceil(now + 3600). The
+    // server drops it up to a second before the envelope's time: `ttl` follows the server.
+    let Some([server]) = own::<1>() else { return };
+    let w = kinto_write("ttl-3600s");
+    let envelope_time = write_as_kinto(&server, &w);
+    assert!(envelope_time - now() > 3600.0, "the envelope alone would say more than 3600 s");
+    let e = env(&[server.host()], "kinto:");
+    let out = e.run(&["ttl", "--ms", "ttl-3600s"]);
+    let ms: u64 = out.ok().stdout.trim().parse().unwrap();
+    assert!((3_597_000..=3_600_000).contains(&ms), "ttl --ms {ms}: never more than the server gives it");
+    let secs: u64 = e.run(&["ttl", "ttl-3600s"]).ok().stdout.trim().parse().unwrap();
+    assert!((3597..=3600).contains(&secs), "ttl {secs}");
+    e.run(&["get", "ttl-3600s"]).ok().stdout_is("alive\n");
+    // A batch's ttl says the same (one `mg` of its own in the pipeline).
+    let mut c = cache(&[server.host()], "kinto:");
+    let grouped = c.run_group(&[GroupOp::Get("ttl-3600s"), GroupOp::Ttl("ttl-3600s")]);
+    let Ok(GroupResult::Remaining(Remaining::Left(d))) = grouped[1] else { panic!("{grouped:?}") };
+    assert!(d <= Duration::from_secs(3600) && d >= Duration::from_secs(3597), "{d:?}");
+}
+
+#[test]
+fn a_kinto_entry_is_live_until_its_server_drops_it_and_never_after() {
+    // Kinto's set("ttl-1.9s", [1,2], 1.9): exptime 1, envelope ceil(now + 1.9), 1.9 to 2.9 s
+    // away. The server drops it within a second; kcache's `ttl` never promises more.
+    let Some([server]) = own::<1>() else { return };
+    let w = kinto_write("ttl-1.9s");
+    let envelope_time = write_as_kinto(&server, &w);
+    let e = env(&[server.host()], "kinto:");
+    let out = e.run(&["ttl", "--ms", "ttl-1.9s"]);
+    let answered = Instant::now();
+    // The server's own end of the item, to within a poll.
+    while server.raw("mg kinto:ttl-1.9s t\r\n") != ["EN"] {
+        assert!(answered.elapsed() < Duration::from_secs(3), "the server still holds it");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let real_ms = answered.elapsed().as_millis() as u64;
+    if out.status == 0 {
+        let ms: u64 = out.stdout.trim().parse().unwrap();
+        assert!(ms >= 1 && ms <= real_ms, "ttl --ms said {ms}; the server dropped it {real_ms} ms later");
+    } else {
+        // The server's clock ticked between the write and the read: it was gone already.
+        out.code(1).stdout_is("-2\n");
+    }
+    assert!(envelope_time > now(), "the envelope's time has not come: the server decided");
+    e.run(&["get", "ttl-1.9s"]).code(1).stdout_is("");
+    e.run(&["ttl", "ttl-1.9s"]).code(1).stdout_is("-2\n");
+    e.run(&["expire", "ttl-1.9s", "1h"]).code(1);
+    e.run(&["delete", "ttl-1.9s"]).code(1);
+    assert_eq!(server.raw("get kinto:ttl-1.9s\r\n"), ["END"], "expire brought nothing back");
 }
 
 // ---- expiry ----------------------------------------------------------------------------------
@@ -306,7 +382,7 @@ fn a_forty_day_ttl_is_sent_as_a_unix_time() {
     assert_eq!(kcache::ttl::whole_seconds_up(d), 3_456_000);
     let key = format!("{prefix}k");
     let server = Raw::to(&hosts[hosts::bucket(&key, 2)]).server_ttl(&key).unwrap();
-    assert!((3_456_000..=3_456_004).contains(&server), "server ttl {server}");
+    assert!((3_456_002..=3_456_007).contains(&server), "server ttl {server}");
     // Exactly 30 days: the largest relative exptime would be 30 days, so with the margin it is
     // sent as a unix time too, and the item stays.
     c.set("edge", &string("thirty days"), secs("30d")).unwrap();
@@ -544,6 +620,96 @@ fn flush_all_flushes_the_servers_it_reaches_then_names_the_others() {
     let out = e.run(&["flush", "--all"]);
     out.code(3).one_error_line().stderr_has(&format!("could not flush 1 of 2 memcached servers ({dead}"));
     assert!(Raw::to(&live.host()).get("x").is_none(), "the live server was flushed");
+}
+
+/// A deliberately broken "server" of this test's own on a loopback port: it accepts every
+/// connection and answers whatever it reads with `reply`, or never answers at all (`None`:
+/// it holds the socket open, as a hung memcached does). It lives as long as the test process.
+fn fake_server(reply: Option<&'static [u8]>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let host = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            match reply {
+                None => held.push(client),
+                Some(reply) => {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = client.read(&mut buf) {
+                            if n == 0 || client.write_all(reply).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+    host
+}
+
+#[test]
+fn flush_of_hung_servers_takes_one_pool_timeout_in_all_and_names_them() {
+    // Two servers that accept connections and never answer: each flush_all waits out
+    // pool_timeout (2 s here); one after the other that was 4 s, at once it is 2 s.
+    let hung = [fake_server(None), fake_server(None)];
+    let e = env(&hung, "").var("KINTO_CACHE_POOL_TIMEOUT", "2");
+    let start = Instant::now();
+    let out = crate::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
+    let took = start.elapsed();
+    out.code(3).one_error_line().stderr_has("could not flush 2 of 2 memcached servers").stderr_has("none flushed");
+    for h in &hung {
+        out.stderr_has(h);
+    }
+    assert!(took >= Duration::from_secs(2), "{took:?}: it waited pool_timeout for the replies");
+    assert!(took < Duration::from_millis(3500), "{took:?}: the servers were waited for one after the other");
+
+    // One live server among hung ones is flushed all the same, in the same time.
+    let Some([live]) = own::<1>() else { return };
+    Raw::to(&live.host()).set("x", 0, 0, b"x");
+    let hosts = [hung[0].clone(), live.host(), hung[1].clone()];
+    let e = env(&hosts, "").var("KINTO_CACHE_POOL_TIMEOUT", "2");
+    let start = Instant::now();
+    let out = crate::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
+    assert!(start.elapsed() < Duration::from_millis(3500), "{:?}", start.elapsed());
+    out.code(3)
+        .one_error_line()
+        .stderr_has("could not flush 2 of 3 memcached servers")
+        .stderr_has("the other 1 flushed");
+    assert!(Raw::to(&live.host()).get("x").is_none(), "the live server was flushed");
+}
+
+#[test]
+fn a_garbage_reply_is_quoted_escaped_in_valid_utf8() {
+    // A "server" that answers bytes that are not UTF-8, with a terminal escape among them.
+    let garbage = fake_server(Some(b"\xff\xfe junk \x1b[2J\xc3\r\n"));
+    let refusing = fake_server(Some(b"SERVER_ERROR \xff\xfe\r\n"));
+    for (host, args, says) in [
+        (&garbage, &["get", "k"][..], r#"unexpected reply "\xff\xfe junk \x1b[2J\xc3""#),
+        (&garbage, &["ttl", "k"], r"\xff\xfe junk"),
+        (&garbage, &["set", "k", "v", "60"], r"\xff\xfe junk"),
+        (&garbage, &["delete", "k"], r"\xff\xfe junk"),
+        (&garbage, &["flush", "--all"], r"\xff\xfe junk"),
+        (&refusing, &["set", "k", "v", "60"], r"refused the command: SERVER_ERROR \xff\xfe"),
+    ] {
+        for verbose in [false, true] {
+            let e = env(std::slice::from_ref(host), "").var("KINTO_CACHE_POOL_TIMEOUT", "2");
+            let mut cmd = e.command();
+            if verbose {
+                cmd.arg("-v");
+            }
+            let out = cmd.args(args).output().expect("run kcache");
+            let stderr = String::from_utf8(out.stderr.clone())
+                .unwrap_or_else(|_| panic!("{args:?}: stderr is not UTF-8: {:?}", out.stderr));
+            assert_eq!(out.status.code(), Some(4), "{args:?}: {stderr}");
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+            assert!(stderr.contains(host.as_str()), "{args:?} names the server: {stderr}");
+            assert!(!stderr.contains('\u{fffd}'), "{args:?}: bytes replaced, not escaped: {stderr}");
+            assert!(!stderr.chars().any(|c| c.is_control() && c != '\n'), "{args:?}: {stderr:?}");
+        }
+    }
 }
 
 // ---- connections -----------------------------------------------------------------------------
@@ -854,14 +1020,15 @@ fn a_group_is_one_pipeline_per_server_with_consecutive_reads_in_one_get() {
     for (s, proxy) in proxies.iter().enumerate() {
         let sent = proxy.take();
         let want: Vec<String> =
-            on(s).iter().flat_map(|k| [format!("set p:{k} 16 61 "), format!("get p:{k}")]).collect();
+            on(s).iter().flat_map(|k| [format!("set p:{k} 16 64 "), format!("get p:{k}")]).collect();
         assert_eq!(sent.len(), want.len(), "server {s}: {sent:?}");
         for (line, w) in sent.iter().zip(&want) {
             assert!(line.starts_with(w.as_str()), "server {s}: {line:?}, expected {w:?}");
         }
     }
 
-    // Consecutive reads: one `get` per server with every key (once), in order.
+    // Consecutive reads: one `get` per server with every key (once), in order; a `ttl` is an
+    // `mg` of its own (the server's time left), in its place.
     let mut reads: Vec<GroupOp<'_>> = keys.iter().map(|k| GroupOp::Get(k)).collect();
     reads.push(GroupOp::Ttl(&keys[0]));
     reads.push(GroupOp::Get("missing"));
@@ -872,11 +1039,20 @@ fn a_group_is_one_pipeline_per_server_with_consecutive_reads_in_one_get() {
     assert!(matches!(results[40], Ok(GroupResult::Remaining(Remaining::Left(_)))));
     assert_eq!(results[41].as_ref().unwrap(), &GroupResult::Value(None));
     for (s, proxy) in proxies.iter().enumerate() {
-        let mut want: Vec<String> = on(s).iter().map(|k| format!("p:{k}")).collect();
-        if hosts::bucket("p:missing", 2) == s {
-            want.push("p:missing".into());
+        let want: Vec<String> = on(s).iter().map(|k| format!("p:{k}")).collect();
+        let mut lines = vec![format!("get {}", want.join(" "))];
+        let ttl_here = hosts::bucket(&format!("p:{}", keys[0]), 2) == s;
+        if ttl_here {
+            lines.push(format!("mg p:{} v f t", keys[0]));
         }
-        assert_eq!(proxy.take(), vec![format!("get {}", want.join(" "))], "server {s}");
+        if hosts::bucket("p:missing", 2) == s {
+            if ttl_here {
+                lines.push("get p:missing".into());
+            } else {
+                lines[0].push_str(" p:missing");
+            }
+        }
+        assert_eq!(proxy.take(), lines, "server {s}");
     }
 
     // expire and delete run alone (gets, then cas), in their place.
@@ -888,7 +1064,7 @@ fn a_group_is_one_pipeline_per_server_with_consecutive_reads_in_one_get() {
     assert_eq!(results[3].as_ref().unwrap(), &GroupResult::Value(Some(v.clone())));
     assert_eq!(results[4].as_ref().unwrap(), &GroupResult::Value(None));
     let verbs: Vec<String> = proxies[0].take().iter().map(|l| l.split(' ').next().unwrap().to_string()).collect();
-    assert_eq!(verbs, ["get", "gets", "cas", "get", "gets", "cas", "get"]);
+    assert_eq!(verbs, ["get", "gets", "cas", "mg", "gets", "cas", "get"]);
 }
 
 #[test]

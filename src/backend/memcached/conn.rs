@@ -6,7 +6,8 @@
 //! one command and waits for its reply, it cannot pipeline (`kcache batch` sends a whole group
 //! of commands, then reads every reply: one round trip instead of one per command), and it does
 //! not say when a connection broke. The part of the protocol used here is small: `get` (several
-//! keys at once), `gets`, `set`, `cas`, `flush_all` and `version`.
+//! keys at once), `gets`, `set`, `cas`, `flush_all` and `version`, and one meta command, `mg`
+//! (memcached 1.6 and newer), for the server's own time left on an item.
 //!
 //! - Connecting is bounded by `pool_timeout`, and so is each read and write (python-memcached's
 //!   `socket_timeout`). TCP connections send at once (`TCP_NODELAY`): each pipeline is written
@@ -89,7 +90,8 @@ pub enum Failure {
     Io { timeout: bool, message: String },
     /// The server closed the connection.
     Closed,
-    /// `SERVER_ERROR ...`: the server refused the command.
+    /// `SERVER_ERROR ...`: the server refused the command. Replies are kept as [`escape`] gives
+    /// them, here and below: a message quotes them as they are.
     Server(String),
     /// `CLIENT_ERROR ...` or `ERROR`: the server refused the command as malformed.
     Client(String),
@@ -106,13 +108,35 @@ impl fmt::Display for Failure {
             Failure::Io { message, .. } => f.write_str(message),
             Failure::Closed => f.write_str("the server closed the connection"),
             Failure::Server(s) | Failure::Client(s) => f.write_str(s),
-            Failure::Unexpected(s) => write!(f, "unexpected reply {s:?}"),
+            Failure::Unexpected(s) => write!(f, "unexpected reply \"{s}\""),
             Failure::Abandoned(cause) => write!(f, "the connection failed before this command was answered ({cause})"),
         }
     }
 }
 
 impl std::error::Error for Failure {}
+
+/// A server's reply as a message may quote it: UTF-8 text without control characters, from
+/// which the bytes can be read back. Bytes that are not UTF-8 and ASCII control characters are
+/// written `\xNN`, other control characters `\u{NNNN}`, a backslash `\\`; everything else
+/// is kept.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
 
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Failure {
@@ -133,6 +157,8 @@ pub enum Request<'a> {
     Get(Vec<&'a str>),
     /// `gets k`: the item with its CAS token.
     Gets(&'a str),
+    /// `mg k v f t`: the item with the server's own seconds left on it (meta get).
+    MetaGet(&'a str),
     /// `set`.
     Set { key: &'a str, flags: u32, exptime: u32, data: String },
     /// `cas`: stores only if the entry is still the one `cas` was read with.
@@ -149,6 +175,7 @@ impl Request<'_> {
         match self {
             Request::Get(keys) => 5 + keys.iter().map(|k| k.len() + 1).sum::<usize>(),
             Request::Gets(key) => 7 + key.len(),
+            Request::MetaGet(key) => 11 + key.len(),
             Request::Set { key, data, .. } => 40 + key.len() + data.len(),
             Request::Cas { key, data, .. } => 60 + key.len() + data.len(),
             Request::FlushAll => 11,
@@ -169,6 +196,7 @@ impl Request<'_> {
                 Ok(())
             }
             Request::Gets(key) => write!(out, "gets {key}\r\n"),
+            Request::MetaGet(key) => write!(out, "mg {key} v f t\r\n"),
             Request::Set { key, flags, exptime, data } => write!(out, "set {key} {flags} {exptime} {}\r\n", data.len())
                 .and_then(|()| out.write_all(data.as_bytes()))
                 .and_then(|()| out.write_all(b"\r\n")),
@@ -190,12 +218,15 @@ pub struct Item {
     pub data: Vec<u8>,
     /// The CAS token (`gets` only).
     pub cas: Option<u64>,
+    /// The server's own seconds left, as `mg ... t` gives them (`mg` only): -1 when the item
+    /// never expires on the server.
+    pub server_ttl: Option<i64>,
 }
 
 /// The reply to one [`Request`].
 #[derive(Debug, PartialEq)]
 pub enum Reply {
-    /// `get`, `gets`: one per key asked, `None` when the server has no such item.
+    /// `get`, `gets`, `mg`: one per key asked, `None` when the server has no such item.
     Items(Vec<Option<Item>>),
     /// `set`, `cas`: stored, or not (`NOT_STORED`, `EXISTS`, `NOT_FOUND`).
     Stored(bool),
@@ -241,13 +272,14 @@ impl Conn {
         match request {
             Request::Get(keys) => self.items(keys, false),
             Request::Gets(key) => self.items(&[key], true),
+            Request::MetaGet(_) => self.meta_item(),
             Request::Set { .. } | Request::Cas { .. } => {
                 let line = self.read_line()?;
                 match line.as_str() {
                     "STORED" => Ok(Reply::Stored(true)),
                     "NOT_STORED" | "EXISTS" | "NOT_FOUND" => Ok(Reply::Stored(false)),
                     // memcached has read and discarded the value: the connection is in step.
-                    _ if line.starts_with("SERVER_ERROR") => Err(Failure::Server(line)),
+                    _ if line.starts_with("SERVER_ERROR") => Err(Failure::Server(self.quoted())),
                     _ => Err(self.refused(line)),
                 }
             }
@@ -280,6 +312,15 @@ impl Conn {
     /// `gets key`.
     pub fn gets(&mut self, key: &str) -> Result<Option<Item>, Failure> {
         match self.call(&Request::Gets(key))? {
+            Reply::Items(mut items) if items.len() == 1 => Ok(items.pop().flatten()),
+            other => Err(self.fail(Failure::Unexpected(format!("{other:?}")))),
+        }
+    }
+
+    /// `mg key v f t`: the item with the server's seconds left. A server without meta commands
+    /// (older than 1.6) answers `ERROR`: [`Failure::Client`], the connection still in step.
+    pub fn meta_get(&mut self, key: &str) -> Result<Option<Item>, Failure> {
+        match self.call(&Request::MetaGet(key))? {
             Reply::Items(mut items) if items.len() == 1 => Ok(items.pop().flatten()),
             other => Err(self.fail(Failure::Unexpected(format!("{other:?}")))),
         }
@@ -319,16 +360,23 @@ impl Conn {
     /// An error reply where a normal one was due; after anything but a `SERVER_ERROR` to a store
     /// command, what memcached reads next is unknown: the connection is given up.
     fn refused(&mut self, line: String) -> Failure {
+        let quoted = self.quoted();
         self.fail(if line.starts_with("SERVER_ERROR") {
-            Failure::Server(line)
+            Failure::Server(quoted)
         } else if line.starts_with("CLIENT_ERROR") || line == "ERROR" {
-            Failure::Client(line)
+            Failure::Client(quoted)
         } else {
-            Failure::Unexpected(line)
+            Failure::Unexpected(quoted)
         })
     }
 
-    /// One reply line, without its CR LF.
+    /// The last line read, without its CR LF, as a message may quote it (see [`escape`]).
+    fn quoted(&self) -> String {
+        escape(self.line.strip_suffix(b"\r\n").unwrap_or(&self.line))
+    }
+
+    /// One reply line, without its CR LF, for parsing: bytes that are not UTF-8 become U+FFFD,
+    /// which no reply kcache expects holds. Messages quote [`Conn::quoted`] instead.
     fn read_line(&mut self) -> Result<String, Failure> {
         self.line.clear();
         let read = self.reader.read_until(b'\n', &mut self.line);
@@ -364,13 +412,13 @@ impl Conn {
                 _ => None,
             };
             let Some((key, Some(flags), Some(len), cas)) = parsed else {
-                return Err(self.fail(Failure::Unexpected(line)));
+                return Err(self.fail(Failure::Unexpected(self.quoted())));
             };
             if with_cas && cas.is_none() {
-                return Err(self.fail(Failure::Unexpected(line)));
+                return Err(self.fail(Failure::Unexpected(self.quoted())));
             }
             let Some(at) = keys[next..].iter().position(|k| *k == key).map(|p| next + p) else {
-                return Err(self.fail(Failure::Unexpected(line)));
+                return Err(self.fail(Failure::Unexpected(self.quoted())));
             };
             let len: usize = len;
             let mut data = vec![0; len + 2];
@@ -378,12 +426,49 @@ impl Conn {
                 return Err(self.fail(e.into()));
             }
             if !data.ends_with(b"\r\n") {
-                return Err(self.fail(Failure::Unexpected(format!("{line} (the data does not end with CR LF)"))));
+                let header = self.quoted();
+                return Err(self.fail(Failure::Unexpected(format!("{header} (the data does not end with CR LF)"))));
             }
             data.truncate(len);
-            items[at] = Some(Item { flags, data, cas });
+            items[at] = Some(Item { flags, data, cas, server_ttl: None });
             next = at + 1;
         }
+    }
+
+    /// The reply to `mg <key> v f t`: `EN` (a miss), or `VA <bytes> f<flags> t<seconds>`, the
+    /// data. `ERROR` (no meta commands) leaves the connection in step: `mg` is one line.
+    fn meta_item(&mut self) -> Result<Reply, Failure> {
+        let line = self.read_line()?;
+        if line == "EN" {
+            return Ok(Reply::Items(vec![None]));
+        }
+        if line == "ERROR" {
+            return Err(Failure::Client(self.quoted()));
+        }
+        let Some(header) = line.strip_prefix("VA ") else { return Err(self.refused(line)) };
+        let mut words = header.split(' ');
+        let len: Option<usize> = words.next().and_then(|w| w.parse().ok());
+        let (mut flags, mut server_ttl) = (None, None);
+        for word in words {
+            if let Some(f) = word.strip_prefix('f') {
+                flags = f.parse::<u32>().ok();
+            } else if let Some(t) = word.strip_prefix('t') {
+                server_ttl = t.parse::<i64>().ok();
+            }
+        }
+        let (Some(len), Some(flags), Some(server_ttl)) = (len, flags, server_ttl) else {
+            return Err(self.fail(Failure::Unexpected(self.quoted())));
+        };
+        let mut data = vec![0; len + 2];
+        if let Err(e) = self.reader.read_exact(&mut data) {
+            return Err(self.fail(e.into()));
+        }
+        if !data.ends_with(b"\r\n") {
+            let header = self.quoted();
+            return Err(self.fail(Failure::Unexpected(format!("{header} (the data does not end with CR LF)"))));
+        }
+        data.truncate(len);
+        Ok(Reply::Items(vec![Some(Item { flags, data, cas: None, server_ttl: Some(server_ttl) })]))
     }
 }
 
@@ -590,7 +675,7 @@ mod tests {
                   SERVER_ERROR object too large for cache\r\nOK\r\n",
             )
             .unwrap();
-        let item = |flags, data: &[u8], cas| Some(Item { flags, data: data.to_vec(), cas });
+        let item = |flags, data: &[u8], cas| Some(Item { flags, data: data.to_vec(), cas, server_ttl: None });
         assert_eq!(c.receive(&requests[0]), Ok(Reply::Stored(true)));
         assert_eq!(c.receive(&requests[1]), Ok(Reply::Items(vec![item(16, b"ab", None), None, item(0, b"", None)])));
         assert_eq!(c.receive(&requests[2]), Ok(Reply::Items(vec![item(0, b"z", Some(99))])));
@@ -598,6 +683,33 @@ mod tests {
         assert_eq!(c.receive(&requests[4]), Err(Failure::Server("SERVER_ERROR object too large for cache".into())));
         assert!(!c.broken, "a refused store leaves the connection in step");
         assert_eq!(c.receive(&requests[5]), Ok(Reply::Done));
+    }
+
+    #[test]
+    fn replies_are_quoted_escaped_and_valid_utf8() {
+        assert_eq!(escape(b"SERVER_ERROR out of memory"), "SERVER_ERROR out of memory");
+        assert_eq!(escape(b"\xff\xfe junk"), "\\xff\\xfe junk");
+        assert_eq!(escape("é☃ \u{85}".as_bytes()), "é☃ \\u{0085}");
+        assert_eq!(escape(b"a\\b\x1b[31m\t\x00\xc3"), "a\\\\b\\x1b[31m\\x09\\x00\\xc3");
+        for (reply, says) in [
+            (&b"\xff\xfe junk\r\n"[..], "unexpected reply \"\\xff\\xfe junk\""),
+            (b"SERVER_ERROR \xff\x1b[2J\r\n", "SERVER_ERROR \\xff\\x1b[2J"),
+            (b"VALUE a 0 \xff\r\n", "unexpected reply \"VALUE a 0 \\xff\""),
+        ] {
+            let (mut c, mut server) = pair();
+            let get = Request::Get(vec!["a"]);
+            c.send(std::slice::from_ref(&get)).unwrap();
+            server.write_all(reply).unwrap();
+            let e = classify(c.receive(&get).unwrap_err(), "h:1");
+            let line = &e.render(false)[0];
+            assert!(line.contains(says), "{reply:?}: {line}");
+            assert!(!line.contains('\u{fffd}') && !line.chars().any(char::is_control), "{line:?}");
+        }
+        let (mut c, mut server) = pair();
+        let set = Request::Set { key: "a", flags: 16, exptime: 5, data: "1".into() };
+        c.send(std::slice::from_ref(&set)).unwrap();
+        server.write_all(b"SERVER_ERROR object too large \xfe\r\n").unwrap();
+        assert_eq!(c.receive(&set), Err(Failure::Server("SERVER_ERROR object too large \\xfe".into())));
     }
 
     #[test]

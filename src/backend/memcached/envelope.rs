@@ -18,10 +18,23 @@ pub const MAX_RELATIVE_EXPTIME: u64 = 30 * 24 * 3600;
 /// number, and silently drops an item whose exptime is larger (checked on memcached 1.6.18).
 pub const MAX_EXPTIME: u64 = i32::MAX as u64;
 
-/// A second more than the TTL for the server's own expiry. memcached counts whole seconds on a
-/// clock that ticks once a second, so an item with exptime N may go up to a second before N
-/// seconds have passed; the envelope, not the server, decides when an entry expires.
-pub const EXPTIME_MARGIN: u64 = 1;
+/// How far memcached's clock may be behind the real time, in whole seconds: what `mg ... t`
+/// leaves out. The clock (`current_time`) is the whole seconds of a reading taken by a timer
+/// once a second; items go when it reaches their exptime. A reading is up to a second old and
+/// floored, so an item the server gives `t` seconds normally goes between `t - 1` and `t`
+/// seconds later. The timer fires a little more than a second apart (1.00085 s on average on
+/// memcached 1.6.18 here), so now and then (every twenty minutes or so) the reading crosses a
+/// second boundary and the clock moves two seconds at once: for that second every item goes
+/// between `t - 2` and `t - 1` seconds later. `t - 2` seconds is what kcache can count on.
+pub const SERVER_CLOCK_LAG: u64 = 2;
+
+/// Seconds more than the TTL for the server's own expiry of what kcache writes. The envelope
+/// decides when such an entry expires, and the server must not decide earlier, even as `ttl`
+/// sees it: an item set with exptime `N` while the server's clock lags by up to
+/// [`SERVER_CLOCK_LAG`] seconds, read later with the same lag, shows `t >= N - 2 - elapsed`,
+/// of which kcache counts on `t - 2`; so `N = ceil(ttl) + 4` keeps that at or above the
+/// envelope's time left. Four seconds more in memory is the whole cost.
+pub const EXPTIME_MARGIN: u64 = 2 * SERVER_CLOCK_LAG;
 
 /// An exptime memcached reads as a unix time long past (1970-01-31): an item stored with it is
 /// expired at once. `delete` swaps an entry for one with it through `cas`, which makes the
@@ -85,11 +98,24 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Time left at `now`; `None` once the envelope's time has come.
+    /// Time left at `now` by the envelope; `None` once its time has come.
     pub fn remaining(&self, now: SystemTime) -> Option<Duration> {
         let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
         let left = self.expires - now;
         if left > 0.0 { Some(Duration::try_from_secs_f64(left).unwrap_or(Duration::MAX)) } else { None }
+    }
+
+    /// Time left at `now` of an item the server just returned with `server_ttl` seconds of its
+    /// own left (`mg ... t`; -1: none): the earlier of the envelope's time and the server's.
+    /// Kinto sets exptime `int(ttl)` and writes `ceil(now + ttl)` in the envelope, so on its
+    /// entries the server's expiry comes first. The server's part counts only on what is
+    /// certain, `t - 2` seconds (see [`SERVER_CLOCK_LAG`]), never less than a nanosecond: the
+    /// server returned the item, so it is live, and `ttl` shows it as 1 (second or millisecond).
+    pub fn remaining_on(&self, now: SystemTime, server_ttl: i64) -> Option<Duration> {
+        let left = self.remaining(now)?;
+        let Ok(server) = u64::try_from(server_ttl) else { return Some(left) };
+        let server = Duration::from_secs(server.saturating_sub(SERVER_CLOCK_LAG));
+        Some(left.min(server).max(Duration::from_nanos(1)))
     }
 }
 
@@ -151,19 +177,56 @@ mod tests {
     #[test]
     fn exptime_is_whole_seconds_up_plus_a_margin_and_never_zero() {
         let now = at(1_795_617_794.3);
-        assert_eq!(exptime(now, Duration::from_millis(1)), 2);
-        assert_eq!(exptime(now, Duration::from_millis(300)), 2);
-        assert_eq!(exptime(now, Duration::from_secs(1)), 2);
-        assert_eq!(exptime(now, Duration::from_millis(1900)), 3);
-        assert_eq!(exptime(now, Duration::from_secs(3600)), 3601);
-        assert_eq!(exptime(now, Duration::from_secs(MAX_RELATIVE_EXPTIME - 1)), MAX_RELATIVE_EXPTIME as u32);
+        assert_eq!(exptime(now, Duration::from_millis(1)), 5);
+        assert_eq!(exptime(now, Duration::from_millis(300)), 5);
+        assert_eq!(exptime(now, Duration::from_secs(1)), 5);
+        assert_eq!(exptime(now, Duration::from_millis(1900)), 6);
+        assert_eq!(exptime(now, Duration::from_secs(3600)), 3604);
+        assert_eq!(exptime(now, Duration::from_secs(MAX_RELATIVE_EXPTIME - 4)), MAX_RELATIVE_EXPTIME as u32);
+    }
+
+    #[test]
+    fn the_servers_expiry_counts_only_what_is_certain_and_the_earlier_one_wins() {
+        let now = at(1_000.0);
+        // Kinto's 3600 s entry: envelope ceil(now + 3600) = 0.7 s later than the server's int(ttl).
+        let kinto = Entry { value: "1".into(), expires: 4_600.7 };
+        assert_eq!(kinto.remaining(now), Some(Duration::from_secs_f64(3_600.7)));
+        assert_eq!(kinto.remaining_on(now, 3600), Some(Duration::from_secs(3598)));
+        assert_eq!(kinto.remaining_on(now, 3599), Some(Duration::from_secs(3597)));
+        // No expiry on the server (t-1): the envelope decides.
+        assert_eq!(kinto.remaining_on(now, -1), Some(Duration::from_secs_f64(3_600.7)));
+        // A server that returned the item with 2 s or less: live, for a nanosecond as far as
+        // kcache can promise.
+        for t in [0, 1, 2] {
+            assert_eq!(kinto.remaining_on(now, t), Some(Duration::from_nanos(1)), "t{t}");
+        }
+        // The envelope's time has come: expired, whatever the server says.
+        let past = Entry { value: "1".into(), expires: 999.0 };
+        assert_eq!(past.remaining_on(now, 3600), None);
+        assert_eq!(past.remaining_on(now, -1), None);
+        // What kcache writes: the server's t minus the lag is never below the envelope's time
+        // left, even with the server's clock as far behind as it gets at the set (t read as
+        // exptime) and two seconds further behind at the read.
+        for ttl_ms in [1u64, 300, 1000, 1900, 60_000, 3_600_000] {
+            let ttl = Duration::from_millis(ttl_ms);
+            let exptime = i64::from(exptime(now, ttl));
+            let ours = Entry { value: "1".into(), expires: 1_000.0 + ttl.as_secs_f64() };
+            for elapsed_ms in [0u64, 400, 999, 1000, 1500, ttl_ms.saturating_sub(1)] {
+                let then = now + Duration::from_millis(elapsed_ms);
+                let Some(left) = ours.remaining(then) else { continue };
+                // The server's clock, whole seconds, moved less than the elapsed time plus the
+                // lag: by the elapsed whole seconds plus the lag at most.
+                let t = exptime - (elapsed_ms / 1000) as i64 - SERVER_CLOCK_LAG as i64;
+                assert_eq!(ours.remaining_on(then, t), Some(left), "ttl {ttl_ms} ms, {elapsed_ms} ms later, t{t}");
+            }
+        }
     }
 
     #[test]
     fn over_thirty_days_the_exptime_is_a_unix_time() {
         let now = at(1_795_617_794.3);
-        assert_eq!(exptime(now, Duration::from_secs(MAX_RELATIVE_EXPTIME)), 1_795_617_795 + 2_592_001);
-        assert_eq!(exptime(now, Duration::from_secs(40 * 86400)), 1_795_617_795 + 3_456_001);
+        assert_eq!(exptime(now, Duration::from_secs(MAX_RELATIVE_EXPTIME - 3)), 1_795_617_795 + 2_592_001);
+        assert_eq!(exptime(now, Duration::from_secs(40 * 86400)), 1_795_617_795 + 3_456_004);
         // Beyond 2038 memcached cannot hold the time: the server keeps the item.
         assert_eq!(exptime(now, crate::ttl::MAX_TTL), 0);
     }

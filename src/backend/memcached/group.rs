@@ -4,8 +4,9 @@
 //! single operation), keeping their order. On each server:
 //! - `get`, `ttl` and `set` go out in one pipeline: every command written at once, then every
 //!   reply read. memcached runs the commands of a connection in the order it reads them, so a
-//!   `get` after a `set` of the same key sees that `set`, as one by one. Consecutive reads
-//!   (`get`, `ttl`) become one `get k1 k2 ...` (each key asked once).
+//!   `get` after a `set` of the same key sees that `set`, as one by one. Consecutive `get`s
+//!   become one `get k1 k2 ...` (each key asked once); a `ttl` is an `mg <key> v f t` of its
+//!   own, as one by one, for the server's own time left.
 //! - `expire` and `delete` read the entry, then write it with `cas` (see the module above): they
 //!   run alone, in their place, on the same connection.
 //! - The pipelines of every server are written before any reply is read, so the servers work
@@ -67,6 +68,17 @@ fn key_of<'o>(op: &GroupOp<'o>) -> &'o str {
     match *op {
         GroupOp::Get(k) | GroupOp::Set(k, ..) | GroupOp::Ttl(k) | GroupOp::Expire(k, _) | GroupOp::Delete(k) => k,
     }
+}
+
+/// A server without meta commands (older than 1.6) answered a `ttl`'s `mg`: one by one, `ttl`
+/// falls back to `get` there; in a pipeline the later commands have run by then, so the `get`
+/// could see what they wrote.
+fn no_meta(server: &str) -> Error {
+    Error::new(
+        ErrorKind::Backend,
+        anyhow::anyhow!("memcached at {server} does not know the meta command mg, which a batch's ttl uses"),
+    )
+    .with_hint("run that ttl on its own ('kcache ttl KEY'), or use memcached 1.6 or newer")
 }
 
 /// What the rest of a pipeline gets after its connection failed on a command: the same failure
@@ -183,7 +195,17 @@ impl<'o> Lane<'_, 'o> {
             }
             match ops[i] {
                 GroupOp::Expire(..) | GroupOp::Delete(_) => break,
-                GroupOp::Get(k) | GroupOp::Ttl(k) => {
+                GroupOp::Ttl(k) => {
+                    let mg = Request::MetaGet(k);
+                    let cost = mg.wire_len();
+                    if after_read.is_some_and(|b| b + cost > AFTER_READ_BYTES) {
+                        break;
+                    }
+                    after_read = Some(after_read.unwrap_or(0) + cost);
+                    self.requests.push(mg);
+                    self.slots.push(Slot { op: i, request: self.requests.len() - 1, key: 0 });
+                }
+                GroupOp::Get(k) => {
                     let joins = matches!(self.requests.last(), Some(Request::Get(_)));
                     let cost = if joins { k.len() + 1 } else { k.len() + 6 };
                     if after_read.is_some_and(|b| b + cost > AFTER_READ_BYTES) {
@@ -246,6 +268,7 @@ impl<'o> Lane<'_, 'o> {
             let op = &ops[slot.op];
             let key = key_of(op);
             let result = match (op, reply) {
+                (GroupOp::Ttl(_), Err(Failure::Client(line))) if line == "ERROR" => Err(no_meta(&server.location)),
                 (_, Err(f)) => Err(conn::classify(f.clone(), &server.location)),
                 (GroupOp::Get(_), Ok(Reply::Items(items))) => {
                     live_value(items.get(slot.key).and_then(Option::as_ref), key, server, *at).map(GroupResult::Value)

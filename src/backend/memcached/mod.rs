@@ -11,11 +11,17 @@
 //! twice, as there. Host syntaxes are python-memcached's. When `hosts` is empty, `url` is read as
 //! a host list, which is what `kinto init --cache-backend memcached` writes (§11 item 29).
 //!
-//! **Expiry is exact** (§11 items 20-23): the envelope's time is the truth: an entry whose time
-//! has passed is missing for `get`, `ttl`, `expire` and `delete`, whatever the server still
-//! holds. The server's own exptime is only there to free memory and is never earlier: whole
-//! seconds rounded up plus one (never 0, "never expires"), sent as a unix time over 30 days
-//! (memcached reads larger values as one), and 0 past 2038, which memcached cannot hold.
+//! **Expiry is exact** (§11 items 20-23): an entry lives until the earlier of the envelope's
+//! time and the server's own expiry. Past the envelope's time it is missing for `get`, `ttl`,
+//! `expire` and `delete`, whatever the server still holds. The server's expiry comes first on
+//! Kinto's entries (exptime `int(ttl)`, envelope `ceil(now + ttl)`): `get`, `expire` and
+//! `delete` see it at no cost, since the server returns only items it still holds (and `cas`
+//! fails on one it dropped since); `ttl` asks the server for its seconds left in the same
+//! request (`mg <key> v f t`) and counts on `t - 2` of them (see
+//! [`envelope::SERVER_CLOCK_LAG`]). What kcache writes gets a server exptime that never comes
+//! first, even so: whole seconds rounded up plus [`EXPTIME_MARGIN`] (never 0, "never
+//! expires"), sent as a unix time over 30 days (memcached reads larger values as one), and 0
+//! past 2038, which memcached cannot hold.
 //!
 //! **Atomic updates** (§11 items 24-25): `expire` and `delete` read the entry with `gets` and
 //! write with `cas`, retrying when another client changed it meanwhile (at once a few times,
@@ -31,8 +37,9 @@
 //! python-memcached's `socket_timeout`); a value over the item size limit is status 4. Keys are
 //! checked as python-memcached checks them, before anything is sent (the crate checks only the
 //! length, and a key with CR LF would inject a command; crates.md §1.4). `flush` with a prefix
-//! is refused: `flush_all` empties whole servers. `flush --all` flushes every server it can
-//! reach, then reports the others.
+//! is refused: `flush_all` empties whole servers. `flush --all` flushes every server at once
+//! (so that hung servers cost one `pool_timeout` in all, not one each), then reports those it
+//! could not flush.
 //!
 //! **Connections**: one pool per server (`backend/pool.rs`), created when a command first needs
 //! that server; see [`conn`] for the protocol spoken on a pooled connection.
@@ -223,11 +230,25 @@ fn live_value(item: Option<&conn::Item>, key: &str, server: &Server, now: System
     Ok(entry.remaining(now).map(|_| entry.value))
 }
 
-/// The time left of a stored item.
+/// The time left of a stored item: the earlier of the envelope's and, when the item came from
+/// `mg`, the server's.
 fn remaining(item: Option<&conn::Item>, key: &str, server: &Server, now: SystemTime) -> Result<Remaining> {
     let Some(item) = item else { return Ok(Remaining::Missing) };
     let entry = decode(&item.data, item.flags, key, server)?;
-    Ok(entry.remaining(now).map_or(Remaining::Missing, Remaining::Left))
+    let left = match item.server_ttl {
+        Some(t) => entry.remaining_on(now, t),
+        None => entry.remaining(now),
+    };
+    Ok(left.map_or(Remaining::Missing, Remaining::Left))
+}
+
+/// `mg` on a connection, or `get` where the server has no meta commands (older than 1.6; its
+/// own expiry is then unknown, and the envelope's time is all there is).
+fn meta_get_on(c: &mut Conn, key: &str) -> Result<Option<conn::Item>, Failure> {
+    match c.meta_get(key) {
+        Err(Failure::Client(line)) if line == "ERROR" && !c.broken => c.get(key),
+        other => other,
+    }
 }
 
 /// `set` on a connection.
@@ -412,7 +433,7 @@ impl Backend for Memcached {
 
     fn ttl(&mut self, key: &str) -> Result<Remaining> {
         let server = self.server(key);
-        let item = self.run(server, |c| c.get(key))?;
+        let item = self.run(server, |c| meta_get_on(c, key))?;
         remaining(item.as_ref(), key, server, SystemTime::now())
     }
 
@@ -432,12 +453,39 @@ impl Backend for Memcached {
 
     fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
         self.check_flush(scope)?;
-        let mut failed: Vec<(String, Error)> = Vec::new();
-        for server in &self.shared.servers {
-            if let Err(e) = self.run(server, |c| c.flush_all()) {
-                failed.push((server.location.clone(), e));
-            }
-        }
+        // Every server at once, each on a thread of its own: each is bounded by `pool_timeout`
+        // (the connect, the write, the reply), so the whole flush is too, however many hang.
+        let this = &*self;
+        let outcomes: Vec<Result<()>> = if this.shared.servers.len() == 1 {
+            vec![this.run(&this.shared.servers[0], |c| c.flush_all())]
+        } else {
+            std::thread::scope(|scope| {
+                let flushing: Vec<_> = this
+                    .shared
+                    .servers
+                    .iter()
+                    .map(|server| scope.spawn(move || this.run(server, |c| c.flush_all())))
+                    .collect();
+                flushing
+                    .into_iter()
+                    .map(|t| {
+                        t.join().unwrap_or_else(|_| {
+                            Err(Error::new(
+                                ErrorKind::Backend,
+                                anyhow::anyhow!("the flush thread failed (internal error)"),
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let failed: Vec<(String, Error)> = this
+            .shared
+            .servers
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(server, outcome)| outcome.err().map(|e| (server.location.clone(), e)))
+            .collect();
         if failed.is_empty() {
             return Ok(());
         }
