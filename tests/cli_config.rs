@@ -472,6 +472,30 @@ fn kinto_ini_same_value_twice_is_fine() {
     assert_eq!(keys(&env.default_db()), ["same:k"]);
 }
 
+/// Kinto reads its INI with Python's `configparser` (strict): a key given twice in a section, or
+/// a section given twice, stops it; kcache refuses the file too, naming the key or section and
+/// the line of the second occurrence, without ever showing a value.
+#[test]
+fn kinto_ini_repeated_key_or_section_is_refused_with_its_line() {
+    let env = Env::new();
+    let text = kinto_ini(
+        "kinto.cache_backend = sqlite\nkinto.cache_url = postgresql://u:FirstSecret@h/db\nkinto.cache_prefix = a:\nKinto.Cache_URL = postgresql://u:OtherSecret@h/db",
+    );
+    let line = text.lines().position(|l| l.starts_with("Kinto.Cache_URL")).expect("the repeated key") + 1;
+    let ini = env.write("kinto.ini", &text);
+    let out = rejects(&env, &["-c", s(&ini), "set", "k", "v", "60"], &["kinto.cache_url", &format!("line {line}:")]);
+    assert!(!out.stderr.contains("Secret"), "{}", out.stderr);
+    // The same value twice, and a key of another section: refused as well.
+    let ini = env.write("same.ini", &kinto_ini("kinto.cache_prefix = a:\nkinto.cache_prefix = a:"));
+    rejects(&env, &["-c", s(&ini), "set", "k", "v", "60"], &["kinto.cache_prefix", "second time"]);
+    let ini = env.write("server.ini", "[server:main]\nport = 1\nport = 2\n[app:main]\ncache_backend = sqlite\n");
+    rejects(&env, &["-c", s(&ini), "set", "k", "v", "60"], &["line 3:", "[server:main]", "'port'"]);
+    // A repeated section.
+    let ini = env.write("sections.ini", "[app:main]\ncache_prefix = a:\n[other]\n[app:main]\ncache_url = x\n");
+    rejects(&env, &["-c", s(&ini), "set", "k", "v", "60"], &["line 4:", "section [app:main]"]);
+    assert!(!env.default_db().exists());
+}
+
 #[test]
 fn kinto_ini_unknown_cache_setting_warns() {
     let env = Env::new();
