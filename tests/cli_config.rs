@@ -796,6 +796,51 @@ fn verbose_never_shows_a_password() {
     check(&out);
 }
 
+/// `-v` shows a libpq connection string read with libpq's rules and written again with the
+/// password as `***`, however it was quoted, and a `password=` query parameter of a URL as
+/// `***`. The whole line is checked, so that nothing depends on the secret registry.
+#[test]
+fn verbose_hides_a_connection_string_password_however_it_is_quoted() {
+    let env = Env::new();
+    let port = crate::servers::free_port(); // nothing listens there: refused
+    let cases = [
+        (
+            format!("host=127.0.0.1 port={port} user=u password='alpha beta gamma'"),
+            format!("host=127.0.0.1 port={port} user=u password=***"),
+        ),
+        (
+            format!("host=127.0.0.1 port={port} password = 'alpha beta'"),
+            format!("host=127.0.0.1 port={port} password=***"),
+        ),
+        (
+            format!("password=alpha\\ beta host=127.0.0.1 port={port}"),
+            format!("password=*** host=127.0.0.1 port={port}"),
+        ),
+        (
+            format!("host = 127.0.0.1 port={port} password=gamma application_name='my app'"),
+            format!("host=127.0.0.1 port={port} password=*** application_name='my app'"),
+        ),
+        (
+            format!("postgresql://u@127.0.0.1:{port}/db?password=alpha%20beta&application_name=x"),
+            format!("postgresql://u@127.0.0.1:{port}/db?password=***&application_name=x"),
+        ),
+        // Unreadable: a password with spaces and no quotes. Nothing of it is shown.
+        (
+            format!("host=127.0.0.1 port={port} password=alpha beta gamma"),
+            kcache::settings::UNREADABLE_CONNECTION_STRING.to_string(),
+        ),
+    ];
+    for (url, shown) in cases {
+        let out = env.run(&["-v", "-b", "postgresql", "--url", &url, "get", "k"]);
+        assert!(out.status == 2 || out.status == 3, "{url}: status {}:\n{}", out.status, out.stderr);
+        let line = origin(&out, "url");
+        assert_eq!(line, format!("kcache: setting url = {shown} (from --url)"), "{url}");
+        for word in ["alpha", "beta", "gamma"] {
+            assert!(!out.stderr.contains(word) && !out.stdout.contains(word), "{url} shows {word}:\n{}", out.stderr);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Precedence: flags > env > file > defaults
 

@@ -32,8 +32,8 @@ fn no_forgotten_test_files() {
 }
 
 /// Every test the README's Guarantees section names exists (`*` in a name matches any run of
-/// characters; `module::tests::name` is a unit test in `src/module.rs`, `a::b::tests::name` one
-/// in `src/a/b.rs`).
+/// characters; `module::tests::name` is a unit test in `src/module.rs` or `src/module/mod.rs`,
+/// `a::b::tests::name` one in `src/a/b.rs`).
 #[test]
 fn the_readme_guarantees_name_tests_that_exist() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -50,7 +50,11 @@ fn the_readme_guarantees_name_tests_that_exist() {
             continue;
         }
         let (file, pattern) = match quoted.split_once("::tests::") {
-            Some((path, unit)) => (root.join("src").join(format!("{}.rs", path.replace("::", "/"))), unit),
+            Some((path, unit)) => {
+                let module = root.join("src").join(path.replace("::", "/"));
+                let file = module.with_extension("rs");
+                (if file.exists() { file } else { module.join("mod.rs") }, unit)
+            }
             None => (root.join("tests").join(format!("{module}.rs")), pattern),
         };
         let source = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{quoted}: {}: {e}", file.display()));
