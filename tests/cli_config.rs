@@ -472,6 +472,30 @@ fn kinto_ini_same_value_twice_is_fine() {
     assert_eq!(keys(&env.default_db()), ["same:k"]);
 }
 
+/// Kinto reads its INI with Python's `configparser` (strict): a key given twice in a section, or
+/// a section given twice, stops it; kcache refuses the file too, naming the key or section and
+/// the line of the second occurrence, without ever showing a value.
+#[test]
+fn kinto_ini_repeated_key_or_section_is_refused_with_its_line() {
+    let env = Env::new();
+    let text = kinto_ini(
+        "kinto.cache_backend = sqlite\nkinto.cache_url = postgresql://u:FirstSecret@h/db\nkinto.cache_prefix = a:\nKinto.Cache_URL = postgresql://u:OtherSecret@h/db",
+    );
+    let line = text.lines().position(|l| l.starts_with("Kinto.Cache_URL")).expect("the repeated key") + 1;
+    let ini = env.write("kinto.ini", &text);
+    let out = rejects(&env, &["-c", s(&ini), "set", "k", "v", "60"], &["kinto.cache_url", &format!("line {line}:")]);
+    assert!(!out.stderr.contains("Secret"), "{}", out.stderr);
+    // The same value twice, and a key of another section: refused as well.
+    let ini = env.write("same.ini", &kinto_ini("kinto.cache_prefix = a:\nkinto.cache_prefix = a:"));
+    rejects(&env, &["-c", s(&ini), "set", "k", "v", "60"], &["kinto.cache_prefix", "second time"]);
+    let ini = env.write("server.ini", "[server:main]\nport = 1\nport = 2\n[app:main]\ncache_backend = sqlite\n");
+    rejects(&env, &["-c", s(&ini), "set", "k", "v", "60"], &["line 3:", "[server:main]", "'port'"]);
+    // A repeated section.
+    let ini = env.write("sections.ini", "[app:main]\ncache_prefix = a:\n[other]\n[app:main]\ncache_url = x\n");
+    rejects(&env, &["-c", s(&ini), "set", "k", "v", "60"], &["line 4:", "section [app:main]"]);
+    assert!(!env.default_db().exists());
+}
+
 #[test]
 fn kinto_ini_unknown_cache_setting_warns() {
     let env = Env::new();
@@ -770,6 +794,51 @@ fn verbose_never_shows_a_password() {
     let out = env.run(&["-v", "-c", s(&ini), "set", "k", "v", "60"]);
     out.code(2);
     check(&out);
+}
+
+/// `-v` shows a libpq connection string read with libpq's rules and written again with the
+/// password as `***`, however it was quoted, and a `password=` query parameter of a URL as
+/// `***`. The whole line is checked, so that nothing depends on the secret registry.
+#[test]
+fn verbose_hides_a_connection_string_password_however_it_is_quoted() {
+    let env = Env::new();
+    let port = crate::servers::free_port(); // nothing listens there: refused
+    let cases = [
+        (
+            format!("host=127.0.0.1 port={port} user=u password='alpha beta gamma'"),
+            format!("host=127.0.0.1 port={port} user=u password=***"),
+        ),
+        (
+            format!("host=127.0.0.1 port={port} password = 'alpha beta'"),
+            format!("host=127.0.0.1 port={port} password=***"),
+        ),
+        (
+            format!("password=alpha\\ beta host=127.0.0.1 port={port}"),
+            format!("password=*** host=127.0.0.1 port={port}"),
+        ),
+        (
+            format!("host = 127.0.0.1 port={port} password=gamma application_name='my app'"),
+            format!("host=127.0.0.1 port={port} password=*** application_name='my app'"),
+        ),
+        (
+            format!("postgresql://u@127.0.0.1:{port}/db?password=alpha%20beta&application_name=x"),
+            format!("postgresql://u@127.0.0.1:{port}/db?password=***&application_name=x"),
+        ),
+        // Unreadable: a password with spaces and no quotes. Nothing of it is shown.
+        (
+            format!("host=127.0.0.1 port={port} password=alpha beta gamma"),
+            kcache::settings::UNREADABLE_CONNECTION_STRING.to_string(),
+        ),
+    ];
+    for (url, shown) in cases {
+        let out = env.run(&["-v", "-b", "postgresql", "--url", &url, "get", "k"]);
+        assert!(out.status == 2 || out.status == 3, "{url}: status {}:\n{}", out.status, out.stderr);
+        let line = origin(&out, "url");
+        assert_eq!(line, format!("kcache: setting url = {shown} (from --url)"), "{url}");
+        for word in ["alpha", "beta", "gamma"] {
+            assert!(!out.stderr.contains(word) && !out.stdout.contains(word), "{url} shows {word}:\n{}", out.stderr);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

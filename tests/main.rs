@@ -32,7 +32,8 @@ fn no_forgotten_test_files() {
 }
 
 /// Every test the README's Guarantees section names exists (`*` in a name matches any run of
-/// characters; `module::tests::name` is a unit test in `src/module.rs`).
+/// characters; `module::tests::name` is a unit test in `src/module.rs` or `src/module/mod.rs`,
+/// `a::b::tests::name` one in `src/a/b.rs`).
 #[test]
 fn the_readme_guarantees_name_tests_that_exist() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -48,8 +49,12 @@ fn the_readme_guarantees_name_tests_that_exist() {
         if !quoted.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_:*".contains(c)) {
             continue;
         }
-        let (file, pattern) = match pattern.strip_prefix("tests::") {
-            Some(unit) => (root.join("src").join(format!("{module}.rs")), unit),
+        let (file, pattern) = match quoted.split_once("::tests::") {
+            Some((path, unit)) => {
+                let module = root.join("src").join(path.replace("::", "/"));
+                let file = module.with_extension("rs");
+                (if file.exists() { file } else { module.join("mod.rs") }, unit)
+            }
             None => (root.join("tests").join(format!("{module}.rs")), pattern),
         };
         let source = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{quoted}: {}: {e}", file.display()));

@@ -371,6 +371,52 @@ fn percent_encoded_password_and_db_number() {
     assert_no_password(&out);
 }
 
+/// A password with unencoded `@`, `/` and `?`: the user information ends at the LAST `@`, so the
+/// host is what follows it. It works, and no message, with or without `-v`, shows any part of
+/// it (only what follows the last `@` may be quoted).
+#[test]
+fn unencoded_at_slash_and_question_mark_in_the_password_work_and_are_never_shown() {
+    const RAW: &str = "ab@cd/SECRETPART?xy";
+    let Some(server) = OwnRedis::start(&["--requirepass", RAW]) else { return };
+    let port = server.port;
+    let hidden = |out: &Out| {
+        for piece in ["SECRET", "PART", "ab@", "@cd", "cd/", "cd?", "?xy"] {
+            assert!(
+                !out.stderr.contains(piece) && !out.stdout.contains(piece),
+                "{:?} shows {piece:?}:\n{}{}",
+                out.args,
+                out.stdout,
+                out.stderr
+            );
+        }
+    };
+    let url = format!("redis://:{RAW}@127.0.0.1:{port}/2");
+    env(&url, "raw:").run(&["set", "k", "v", "60"]).ok();
+    let out = env(&url, "raw:").run(&["-v", "get", "k"]);
+    out.ok().stdout_is("v\n").stderr_has(&format!("redis://:***@127.0.0.1:{port}/2"));
+    hidden(&out);
+    // In database 2, as the URL says.
+    let mut conn = raw(&format!("redis://:{}@127.0.0.1:{port}/2", encode(RAW)));
+    assert_eq!(q!(Option<String>; &mut conn, "GET", "raw:k").as_deref(), Some("\"v\""));
+    // A mistake after the last '@' is quoted; nothing before it is.
+    for args in [&["get", "k"][..], &["-v", "get", "k"]] {
+        let out = env(&format!("redis://:{RAW}@127.0.0.1:{port}/x"), "raw:").run(args);
+        out.code(2).stderr_has("not 'x'");
+        hidden(&out);
+    }
+    // Wrong passwords of that shape: refused by this server (never by a host `cd`), never shown.
+    for wrong in [
+        format!("redis://:ab@cd/SECRETPART@127.0.0.1:{port}/0"),
+        format!("redis://:ab@cd?SECRETPART@127.0.0.1:{port}/0"),
+    ] {
+        for args in [&["get", "k"][..], &["-v", "get", "k"]] {
+            let out = env(&wrong, "raw:").run(args);
+            out.code(4).stderr_has(&format!("127.0.0.1:{port}")).stderr_has("WRONGPASS");
+            hidden(&out);
+        }
+    }
+}
+
 fn assert_no_password(out: &Out) {
     for p in [PASSWORD.to_string(), encode(PASSWORD), "p@ss:w".to_string(), "ss%3Aw".to_string()] {
         assert!(!out.stderr.contains(&p) && !out.stdout.contains(&p), "{p:?} shown:\n{}{}", out.stdout, out.stderr);
@@ -529,7 +575,8 @@ fn bad_urls_are_status_2_naming_the_problem() {
         ("redis://:pw-bad-1@127.0.0.1:port/0", "port"),
         ("redis://:pw-bad-1@127.0.0.1/zero", "'zero'"),
         ("mysql://:pw-bad-1@127.0.0.1/0", "mysql"),
-        ("redis://:pw/bad-1@127.0.0.1/0", "percent-encode"),
+        // An '@' in the query would end the user information: the text before it is not shown.
+        ("redis://127.0.0.1/0?password=pw-bad-1@x", "percent-encode"),
         ("unix://", "socket path"),
     ] {
         let out = env(url, "").run(&["get", "k"]);

@@ -10,7 +10,8 @@
 //! things are added around it:
 //! - [`prepare`], a pass over the lines before the crate sees them. It rejects what Python
 //!   rejects (text before the first section header, a key line without `=` or `:`, a line with
-//!   no key name), in any section, with a line number. It also rewrites the few lines
+//!   no key name, and, as Python's default `strict=True` does, a key given twice in one section
+//!   or a section header given twice), in any section, with a line number. It also rewrites the few lines
 //!   that the crate would read differently from Python: an indented line starting with `[`
 //!   that continues a value (the crate would take it for a section header), a `[` line without
 //!   a closing `]` (an ordinary key line for Python), and a header that the crate, which
@@ -22,8 +23,6 @@
 //! Choices that differ from Kinto on purpose (see `shared/reference/kinto-cache.md` section 6):
 //! - Key names are case-insensitive (lowercased), as in plain Python `configparser`. PasteDeploy
 //!   itself keeps their case, so Kinto would not see `Kinto.Cache_URL` at all.
-//! - A repeated key, or a repeated `[app:main]` section, is not an error (Python's strict mode
-//!   rejects both): the last value wins and keeps the place of the first.
 //! - Only the values returned are interpolated. Kinto interpolates every key of `[app:main]`,
 //!   so a stray `%` in an unrelated key stops Kinto but not kcache.
 //! - `[DEFAULT]` values are only used for look-ups, never returned. A key present in both
@@ -39,6 +38,7 @@
 use anyhow::{Result, anyhow, bail};
 use configparser::ini::{Ini, IniDefault};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
 /// The only section whose keys can be settings: PasteDeploy's main application.
@@ -75,12 +75,16 @@ type Entries = Vec<(String, String)>;
 ///
 /// Keys `kinto.cache_X` and `cache_X` both give `X`, and `cache_maxoverflow` (the spelling of
 /// Kinto's PostgreSQL docstring) gives `max_overflow`. Spellings of one setting with different
-/// values are an error, as in Kinto; equal values are fine. A repeated key keeps its last value.
-/// A file without `[app:main]` gives an empty list.
+/// values are an error, as in Kinto; equal values are fine. A file without `[app:main]` gives an
+/// empty list.
 ///
 /// # Errors
-/// Text before the first section header; a line without `=` or `:`, or without a key name, in
-/// any section (Kinto cannot load such a file either); in a returned value, a lone `%`, a
+/// Text before the first section header; a line without `=` or `:`, or without a key name; a key
+/// given twice in one section (compared as Python compares them: lowercased, so `Cache_URL` repeats
+/// `cache_url`, while `kinto.cache_url` and `cache_url` are two keys); a section header given
+/// twice (`[DEFAULT]` excepted, as in Python); all of these in any section, as Python's
+/// `configparser` (strict, as PasteDeploy uses it) refuses them and Kinto cannot load such a
+/// file either. In a returned value, a lone `%`, a
 /// malformed or unknown `%(name)s`, or placeholders nested more than 10 deep; conflicting
 /// spellings. Messages name the line or the key, never a value.
 pub fn cache_settings_with_keys(text: &str, path: &Path) -> Result<Vec<(String, String, String)>> {
@@ -186,6 +190,10 @@ fn prepare(text: &str, marker: &str) -> Result<String> {
     let mut section: Option<&str> = None;
     // Indentation of the current key, while following deeper lines continue its value.
     let mut key_indent: Option<usize> = None;
+    // Python's `strict=True`: the line each section (but `[DEFAULT]`) and each (section,
+    // lowercased key) was first seen on.
+    let mut sections_seen: HashMap<&str, usize> = HashMap::new();
+    let mut keys_seen: HashMap<(&str, String), usize> = HashMap::new();
 
     for (number, raw) in (1..).zip(text.lines()) {
         let line = raw.trim();
@@ -199,6 +207,16 @@ fn prepare(text: &str, marker: &str) -> Result<String> {
         } else if let Some(name) = header_name(line) {
             key_indent = None;
             section = Some(name);
+            // Python compares section names exactly, and never counts `[DEFAULT]` as repeated.
+            if name != DEFAULT
+                && let Some(first) = sections_seen.insert(name, number)
+            {
+                bail!(
+                    "line {number}: section [{}] is given a second time (first on line {first}); \
+                     Kinto's configparser refuses a repeated section: merge them",
+                    shown_name(name)
+                );
+            }
             let folded = name.trim().to_lowercase();
             let crate_would_read = folded == APP || folded == CRATE_DEFAULT;
             if crate_would_read && name != APP && name != DEFAULT {
@@ -210,21 +228,32 @@ fn prepare(text: &str, marker: &str) -> Result<String> {
                 out.push_str(raw);
             }
         } else {
-            let Some(current) = section.map(shown_section) else {
+            let Some(name) = section else {
                 bail!("line {number}: text before the first [section] header");
             };
+            let current = shown_name(name);
             // Rejected in every section, as Python does: Kinto cannot load such a file either,
             // and what follows such a line is read differently by Python and by the crate.
-            match line.find(DELIMITERS) {
+            let delimiter = match line.find(DELIMITERS) {
                 Some(0) => {
                     bail!("line {number}: [{current}] a line starts with '=' or ':' (no key name)")
                 }
-                Some(_) => {}
+                Some(at) => at,
                 None => bail!(
                     "line {number}: [{current}] no '=' or ':' on this line \
                      (a line that continues a value must be indented)"
                 ),
+            };
+            // The key as Python's `optionxform` makes it: stripped and lowercased.
+            let key = line[..delimiter].trim_end().to_lowercase();
+            if let Some(first) = keys_seen.get(&(name, key.clone())) {
+                bail!(
+                    "line {number}: [{current}] key '{}' is given a second time (first on line {first}); \
+                     Kinto's configparser refuses a repeated key: keep one",
+                    shown_name(&key)
+                );
             }
+            keys_seen.insert((name, key), number);
             key_indent = Some(indent);
             // A key such as `[x = 1` (no closing `]`) is a key line for Python.
             push_hiding_bracket(&mut out, raw, indent, marker);
@@ -248,8 +277,8 @@ fn push_hiding_bracket(out: &mut String, raw: &str, indent: usize, marker: &str)
     }
 }
 
-/// A section name for a message: as written if short and printable, else elided.
-fn shown_section(name: &str) -> &str {
+/// A section or key name for a message: as written if short and printable, else elided.
+fn shown_name(name: &str) -> &str {
     if name.chars().count() <= 64 && !name.chars().any(char::is_control) { name } else { "..." }
 }
 
@@ -587,16 +616,64 @@ format = %(asctime)s %(levelname)-5.5s [%(name)s] %(message)s
         );
     }
 
+    // Python 3.11's `configparser.ConfigParser()` (strict) on the same texts:
+    // DuplicateOptionError "[line  4]: option 'cache_url' in section 'app:main' already exists".
     #[test]
-    fn repeated_key_last_wins_in_first_place() {
-        let text = "[app:main]\ncache_url = a\ncache_prefix = p\ncache_url = b\nCACHE_URL = c\n";
-        assert_eq!(read(text), pairs(&[("url", "c"), ("prefix", "p")]));
+    fn repeated_key_is_an_error_naming_it_and_its_line() {
+        let text = "[app:main]\ncache_url = redis://:pw-one@h/0\ncache_prefix = p\ncache_url = redis://:pw-two@h/0\n";
+        let message = error(text);
+        assert_eq!(
+            message,
+            "line 4: [app:main] key 'cache_url' is given a second time (first on line 2); \
+             Kinto's configparser refuses a repeated key: keep one"
+        );
+        assert!(!message.contains("pw-"), "{message}");
+        // The same value twice is refused too, as Python does.
+        assert!(error("[app:main]\ncache_prefix = p\ncache_prefix = p\n").starts_with("line 3: "));
     }
 
     #[test]
-    fn repeated_app_section_is_merged() {
-        let text = "[app:main]\ncache_url = a\n[other]\ncache_url = z\n[app:main]\ncache_prefix = p\ncache_url = b\n";
-        assert_eq!(read(text), pairs(&[("url", "b"), ("prefix", "p")]));
+    fn repeated_key_is_compared_lowercased_and_stripped_as_python_does() {
+        let message = error("[app:main]\ncache_url = a\nCACHE_URL = b\n");
+        assert!(message.starts_with("line 3: [app:main] key 'cache_url' is given a second time"), "{message}");
+        let message = error("[app:main]\ncache_url = a\ncache_url\t: b\n");
+        assert!(message.starts_with("line 3: [app:main] key 'cache_url'"), "{message}");
+        // Two spellings are two keys for configparser (Kinto's conflict check handles them).
+        assert_eq!(read("[app:main]\nkinto.cache_url = a\ncache_url = a\n"), pairs(&[("url", "a")]));
+        // An indented line continues the value: not a second key.
+        assert_eq!(read("[app:main]\ncache_url = a\n  cache_url = b\n"), pairs(&[("url", "a\ncache_url = b")]));
+    }
+
+    #[test]
+    fn repeated_key_in_any_section_is_an_error() {
+        let message = error("[server:main]\nport = 1\nport = 2\n[app:main]\ncache_url = a\n");
+        assert!(message.starts_with("line 3: [server:main] key 'port' is given a second time"), "{message}");
+        // `[DEFAULT]` may be repeated, but its keys may not (one section for Python).
+        assert_eq!(read("[DEFAULT]\na = 1\n[DEFAULT]\nb = 2\n[app:main]\ncache_prefix = %(a)s%(b)s\n").len(), 1);
+        let message = error("[DEFAULT]\na = 1\n[DEFAULT]\na = 2\n[app:main]\n");
+        assert!(message.starts_with("line 4: [DEFAULT] key 'a' is given a second time"), "{message}");
+        // A key of `[DEFAULT]` may be given again in another section.
+        assert_eq!(read("[DEFAULT]\ncache_prefix = d\n[app:main]\ncache_prefix = a\n"), pairs(&[("prefix", "a")]));
+    }
+
+    #[test]
+    fn repeated_section_is_an_error() {
+        let text = "[app:main]\ncache_url = a\n[other]\ncache_url = z\n[app:main]\ncache_prefix = p\n";
+        assert_eq!(
+            error(text),
+            "line 5: section [app:main] is given a second time (first on line 1); \
+             Kinto's configparser refuses a repeated section: merge them"
+        );
+        assert!(error("[a]\nx = 1\n[b]\n[a]\n").starts_with("line 4: section [a]"));
+        // Names are compared exactly, as in Python.
+        assert_eq!(read("[app:main]\ncache_url = a\n[App:Main]\ncache_url = b\n"), pairs(&[("url", "a")]));
+    }
+
+    #[test]
+    fn long_repeated_key_names_are_not_shown() {
+        let key = "k".repeat(100);
+        let message = error(&format!("[app:main]\n{key} = 1\n{key} = 2\n"));
+        assert!(message.starts_with("line 3: [app:main] key '...'"), "{message}");
     }
 
     #[test]

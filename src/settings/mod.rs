@@ -5,6 +5,7 @@
 //! setting: `KINTO_CACHE_PREFIX` alone does not hide the file's `url`. Every value is checked
 //! here, before any backend is built, and a bad one is an input error that names its source.
 
+pub mod conninfo;
 mod env;
 pub mod ini;
 pub mod toml;
@@ -249,36 +250,136 @@ pub fn split_hosts(s: &str) -> Vec<String> {
     s.split(|c: char| c.is_whitespace() || c == ',').filter(|h| !h.is_empty()).map(str::to_string).collect()
 }
 
-/// Splits `scheme://user:password@rest` into (scheme, user, password, rest). The user
-/// information ends at the LAST `@`: a password with an unencoded `/`, `?`, `#` or `@` (a common
-/// mistake) must still be recognised as one, so that it is never shown.
-fn url_password(url: &str) -> Option<(&str, &str, &str, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let (userinfo, host) = rest.rsplit_once('@')?;
-    let (user, password) = userinfo.split_once(':')?;
-    Some((scheme, user, password, host))
+/// What [`redact_url`] shows in place of a connection string it cannot read: a piece of a
+/// password could be anywhere in it.
+pub const UNREADABLE_CONNECTION_STRING: &str = "(a connection string that cannot be parsed; not shown)";
+
+/// Whether a query or connection-string parameter holds a secret: libpq's `password` and
+/// `sslpassword`, redis-py's `password` (and any other `...password`), the redis crate's `pass`.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.ends_with("password") || key == "pass"
 }
 
-/// `scheme://user:password@host/...` with the password replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    match url_password(url) {
-        Some((scheme, user, _, host)) => format!("{scheme}://{user}:***@{host}"),
-        None => crate::error::redact(url),
-    }
+/// `scheme` and what follows `scheme://`, when `text` starts with a URL scheme (a letter, then
+/// letters, digits, `+`, `.` or `-`), as the PostgreSQL reader decides it.
+fn split_scheme(text: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = text.split_once("://")?;
+    let ok = scheme.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-'));
+    ok.then_some((scheme, rest))
 }
 
-/// Registers the password of a URL (raw and percent-decoded) as a secret.
-fn register_url_secret(url: &str) {
-    if let Some((_, _, password, _)) = url_password(url) {
-        register_secret(password);
-        register_secret(&percent_decode(password));
-    }
-    // libpq-style `password=...` query parameters.
-    for pair in url.split(['?', '&', ' ']) {
-        if let Some(p) = pair.strip_prefix("password=") {
-            register_secret(p);
-            register_secret(&percent_decode(p));
+/// `text` (a URL, a libpq connection string, or anything else given as `url`) as it may be
+/// printed, and the secrets it holds, as written. The one place that decides what of a URL is
+/// a secret, for [`redact_url`] and [`register_url_secret`].
+///
+/// - A URL (`scheme://...`) is read both ways a backend may read it, and what either would take
+///   for a password is hidden: the user information ends at the LAST `@` (the Redis reader, and
+///   so a password with an unencoded `@`, `/`, `?` or `#` is hidden whole), and everything from
+///   its first `:` to that `@` is hidden; in the query (from the first `?`), the value of a
+///   secret parameter (`password=`, `sslpassword=`...) is hidden up to the next `&`, an `@`
+///   included (the PostgreSQL reader takes `postgresql://h/db?password=a@b` for the password
+///   `a@b`), and so is a part without `=` that follows it (a piece of a value with an
+///   unencoded `&`).
+/// - A libpq connection string (`host=h password='a b'`): read with libpq's rules
+///   ([`conninfo::Pairs`]), then written again, the password (however it was quoted) as `***`
+///   and the other values quoted as needed. One that cannot be read, or that has a word libpq
+///   does not know (it may be a piece of a badly quoted password), is shown as
+///   [`UNREADABLE_CONNECTION_STRING`].
+/// - Anything else: up to the last `@` is hidden.
+fn hide_secrets(text: &str) -> (String, Vec<String>) {
+    let mut secrets = Vec::new();
+    if let Some((scheme, rest)) = split_scheme(text) {
+        // Byte ranges of `rest` to hide.
+        let mut hidden: Vec<(usize, usize)> = Vec::new();
+        if let Some(at) = rest.rfind('@') {
+            match rest[..at].find(':') {
+                Some(colon) => hidden.push((colon + 1, at)),
+                // No password, but no user name either: a broken URL whose text before the
+                // '@' may be anything (a socket path, `unix:///run/r@1.sock`, is not hidden).
+                None if rest[..at].contains(['/', '?', '#']) && !rest.starts_with('/') => hidden.push((0, at)),
+                None => {}
+            }
         }
+        if let Some(question) = rest.find('?') {
+            let mut start = question + 1;
+            let mut after_secret = false;
+            for pair in rest[start..].split('&') {
+                match pair.split_once('=') {
+                    Some((key, _)) => {
+                        after_secret = is_secret_key(&percent_decode(key));
+                        if after_secret {
+                            hidden.push((start + key.len() + 1, start + pair.len()));
+                        }
+                    }
+                    None if after_secret && !pair.is_empty() => hidden.push((start, start + pair.len())),
+                    None => {}
+                }
+                start += pair.len() + 1;
+            }
+        }
+        secrets.extend(hidden.iter().map(|&(from, to)| rest[from..to].to_string()));
+        hidden.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::new();
+        for (from, to) in hidden {
+            match merged.last_mut() {
+                Some(last) if from <= last.1 => last.1 = last.1.max(to),
+                _ => merged.push((from, to)),
+            }
+        }
+        let mut shown = format!("{scheme}://");
+        let mut done = 0;
+        for (from, to) in merged {
+            shown.push_str(&rest[done..from]);
+            shown.push_str("***");
+            done = to;
+        }
+        shown.push_str(&rest[done..]);
+        return (shown, secrets);
+    }
+    if text.contains('=') {
+        let mut parts = Vec::new();
+        for pair in conninfo::Pairs::new(text) {
+            let Ok((key, value)) = pair else {
+                return (UNREADABLE_CONNECTION_STRING.to_string(), secrets);
+            };
+            if is_secret_key(&key) {
+                parts.push(format!("{key}=***"));
+                secrets.push(value);
+            } else {
+                parts.push(format!("{key}={}", conninfo::quote_value(&value)));
+            }
+            if !conninfo::is_keyword(&key) {
+                return (UNREADABLE_CONNECTION_STRING.to_string(), secrets);
+            }
+        }
+        return (parts.join(" "), secrets);
+    }
+    match text.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                secrets.push(password.to_string());
+            }
+            (format!("***@{host}"), secrets)
+        }
+        None => (text.to_string(), secrets),
+    }
+}
+
+/// A URL, a libpq connection string or any `url` setting as it may be printed: every password
+/// replaced by `***` (`scheme://user:***@host/...`, `...?password=***`, `host=h password=***`).
+/// The only way kcache shows a URL it was given; it relies on nothing registered anywhere.
+pub fn redact_url(url: &str) -> String {
+    hide_secrets(url).0
+}
+
+/// Registers the passwords of a URL or connection string (raw and percent-decoded) as
+/// secrets, a safety net for text that libraries print.
+fn register_url_secret(url: &str) {
+    for secret in hide_secrets(url).1 {
+        register_secret(&secret);
+        register_secret(&percent_decode(&secret));
     }
 }
 
@@ -531,7 +632,10 @@ fn warn_if_secret_is_exposed(path: &Path, layer: &Layer, warn: &mut dyn FnMut(St
         return;
     }
     let has_password = layer.entries.get("url").is_some_and(|e| match &e.raw {
-        Raw::Str(u) => url_password(u).is_some_and(|(_, _, p, _)| !p.is_empty()) || u.contains("password="),
+        Raw::Str(u) => {
+            let (shown, secrets) = hide_secrets(u);
+            secrets.iter().any(|p| !p.is_empty()) || (shown == UNREADABLE_CONNECTION_STRING && u.contains("password"))
+        }
         _ => false,
     });
     if has_password {
@@ -657,6 +761,63 @@ mod tests {
         assert_eq!(redact_url("redis://h/0"), "redis://h/0");
         assert_eq!(redact_url("postgresql://u:p@ss@h/db"), "postgresql://u:***@h/db");
         assert_eq!(redact_url("redis://:pa/ss?w#d@h/0"), "redis://:***@h/0");
+        assert_eq!(redact_url("redis://:ab@cd/SECRETPART@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
+        assert_eq!(redact_url("redis://:ab@cd?SECRET@host/0"), "redis://:***@host/0");
+        assert_eq!(redact_url("unix:///tmp/r@main.sock?db=1"), "unix:///tmp/r@main.sock?db=1");
+        assert_eq!(redact_url("redis://SECRET@PART/x@h/0"), "redis://***@h/0");
+    }
+
+    #[test]
+    fn password_query_parameters_are_redacted() {
+        assert_eq!(redact_url("postgresql://h/db?password=x%20y"), "postgresql://h/db?password=***");
+        assert_eq!(
+            redact_url("postgresql://h/db?sslmode=disable&password=x%20y&application_name=a"),
+            "postgresql://h/db?sslmode=disable&password=***&application_name=a"
+        );
+        assert_eq!(
+            redact_url("postgresql://h/db?pass%77ord=x&sslpassword=y"),
+            "postgresql://h/db?pass%77ord=***&sslpassword=***"
+        );
+        // An unencoded '@' or '&' in the value: hidden up to the next parameter.
+        assert_eq!(redact_url("postgresql://h/db?password=a@b"), "postgresql://***");
+        assert_eq!(redact_url("postgresql://h:5432/db?password=a@b/c"), "postgresql://h:***");
+        assert_eq!(redact_url("postgresql://h/db?password=a&b&port=1"), "postgresql://h/db?password=***&***&port=1");
+        assert_eq!(redact_url("redis://h/0?password=se:cret@b"), "redis://h/0?password=***");
+        assert_eq!(redact_url("rediss://h/0?password=x#insecure"), "rediss://h/0?password=***");
+    }
+
+    #[test]
+    fn connection_strings_are_parsed_and_redacted() {
+        let shown = |text: &str| redact_url(text);
+        assert_eq!(shown("host=h port=1 user=u password='alpha beta gamma'"), "host=h port=1 user=u password=***");
+        assert_eq!(shown("host=h password = 'alpha beta' dbname=d"), "host=h password=*** dbname=d");
+        assert_eq!(shown("password=alpha\\ beta host=h"), "password=*** host=h");
+        assert_eq!(shown("password=alpha host=h"), "password=*** host=h");
+        assert_eq!(shown("password='it\\'s' sslpassword=k"), "password=*** sslpassword=***");
+        // Other values are quoted again as libpq reads them.
+        assert_eq!(
+            shown("host = /tmp application_name='my app' options='-c a=\\'b\\'' dbname=x\\ y"),
+            "host=/tmp application_name='my app' options='-c a=\\'b\\'' dbname='x y'"
+        );
+        // Unreadable, or a word libpq does not know (a piece of a badly quoted password): the
+        // text is not shown at all.
+        for text in [
+            "host=h password=alpha beta gamma",
+            "host=h password='alpha beta",
+            "host=h password=alpha beta=gamma",
+            "pasword=alpha host=h",
+        ] {
+            assert_eq!(shown(text), UNREADABLE_CONNECTION_STRING, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_secrets_registered_are_the_ones_hidden() {
+        let secrets = |text: &str| hide_secrets(text).1;
+        assert_eq!(secrets("host=h password='alpha beta gamma'"), ["alpha beta gamma"]);
+        assert_eq!(secrets("postgresql://h/db?password=x%20y"), ["x%20y"]);
+        assert_eq!(secrets("redis://:ab@cd/EF@h/0"), ["ab@cd/EF"]);
+        assert_eq!(secrets("redis://h/0"), Vec::<String>::new());
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!   ones and the URL's own parts, as in libpq. `ssl=true` means `sslmode=require` (libpq's
 //!   JDBC compatibility) and `keepalives_retries` is taken for libpq's `keepalives_count`. An
 //!   unknown parameter is an input error naming it (never its value).
-//! - A libpq `key=value` connection string (`host=/tmp dbname=x`, with `'...'` quoting and `\`
+//! - A libpq `key=value` connection string (read by [`crate::settings::conninfo`], which `-v`
+//!   uses too: `host=/tmp dbname=x`, with `'...'` quoting and `\`
 //!   escapes).
 //! - Percent-decoding is lenient like SQLAlchemy's (`%` not followed by two hex digits stays as
 //!   it is); `%00` and text that is not UTF-8 once decoded are refused. In the query of a
@@ -79,6 +80,7 @@
 //! and a database name containing `@` is refused.
 
 use crate::error::{Error, Result, quote};
+use crate::settings::conninfo::{self, KEYWORDS, UNSUPPORTED};
 use postgres::config::{ChannelBinding, LoadBalanceHosts, SslMode, SslNegotiation, TargetSessionAttrs};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -128,61 +130,6 @@ const DEFAULT_PORT: u16 = 5432;
 const DEFAULT_APPLICATION_NAME: &str = "kcache";
 /// Socket folders tried, in order, when no host is given; the last one is used if none exists.
 const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
-
-/// The libpq keywords kcache honours, with the environment variable libpq reads for each.
-const KEYWORDS: &[(&str, Option<&str>)] = &[
-    ("host", Some("PGHOST")),
-    ("hostaddr", Some("PGHOSTADDR")),
-    ("port", Some("PGPORT")),
-    ("user", Some("PGUSER")),
-    ("password", Some("PGPASSWORD")),
-    ("passfile", Some("PGPASSFILE")),
-    ("dbname", Some("PGDATABASE")),
-    ("sslmode", Some("PGSSLMODE")),
-    ("sslrootcert", Some("PGSSLROOTCERT")),
-    ("sslcert", Some("PGSSLCERT")),
-    ("sslkey", Some("PGSSLKEY")),
-    ("sslnegotiation", Some("PGSSLNEGOTIATION")),
-    ("connect_timeout", Some("PGCONNECT_TIMEOUT")),
-    ("application_name", Some("PGAPPNAME")),
-    ("fallback_application_name", None),
-    ("options", Some("PGOPTIONS")),
-    ("keepalives", None),
-    ("keepalives_idle", None),
-    ("keepalives_interval", None),
-    ("keepalives_count", None),
-    ("tcp_user_timeout", None),
-    ("target_session_attrs", Some("PGTARGETSESSIONATTRS")),
-    ("channel_binding", Some("PGCHANNELBINDING")),
-    ("load_balance_hosts", Some("PGLOADBALANCEHOSTS")),
-    ("client_encoding", None),
-    ("gssencmode", None),
-];
-
-/// libpq keywords kcache knows but cannot honour: named as such in the error.
-const UNSUPPORTED: &[&str] = &[
-    "service",
-    "sslpassword",
-    "sslcrl",
-    "sslcrldir",
-    "sslcompression",
-    "sslsni",
-    "sslcertmode",
-    "sslkeylogfile",
-    "ssl_min_protocol_version",
-    "ssl_max_protocol_version",
-    "min_protocol_version",
-    "max_protocol_version",
-    "requirepeer",
-    "require_auth",
-    "requiressl",
-    "krbsrvname",
-    "gsslib",
-    "gssdelegation",
-    "replication",
-    "scram_client_key",
-    "scram_server_key",
-];
 
 /// Environment variables libpq sends as startup parameters, and the setting each one sets.
 const ENV_GUCS: [(&str, &str); 2] = [("PGDATESTYLE", "DateStyle"), ("PGTZ", "TimeZone")];
@@ -409,47 +356,20 @@ fn decode(s: &str, plus: bool, what: &str) -> Result<String> {
         .map_err(|_| Error::input(format!("the {what} in the PostgreSQL URL is not UTF-8 once percent-decoded")))
 }
 
-/// Parses a libpq `key=value` connection string.
+/// Parses a libpq `key=value` connection string (the syntax is [`conninfo::Pairs`]'s).
 fn parse_conninfo(text: &str) -> Result<Params> {
     const CONTEXT: &str = "connection string";
     let mut params = Params::default();
-    let mut chars = text.chars().peekable();
     let mut echo = true;
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            break;
-        }
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| !c.is_whitespace() && *c != '=') {
-            key.push(c);
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next_if_eq(&'=').is_none() {
-            let known = KEYWORDS.iter().any(|(k, _)| *k == key) || UNSUPPORTED.contains(&key.as_str());
-            let shown = if known { quote(&key) } else { "a word".to_string() };
-            return Err(Error::input(format!("missing '=' after {shown} in the connection string")));
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    None => return Err(Error::input("unterminated quoted value in the connection string")),
-                    Some('\\') => value.extend(chars.next()),
-                    Some('\'') => break,
-                    Some(c) => value.push(c),
-                }
+    for pair in conninfo::Pairs::new(text) {
+        let (key, value) = pair.map_err(|problem| match problem {
+            conninfo::Problem::MissingEquals(key) => {
+                let known = KEYWORDS.iter().any(|(k, _)| *k == key) || UNSUPPORTED.contains(&key.as_str());
+                let shown = if known { quote(&key) } else { "a word".to_string() };
+                Error::input(format!("missing '=' after {shown} in the connection string"))
             }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    value.extend(chars.next());
-                } else {
-                    value.push(c);
-                }
-            }
-        }
+            conninfo::Problem::Unterminated => Error::input("unterminated quoted value in the connection string"),
+        })?;
         let is_password = key == "password";
         params.set(&key, value, CONTEXT, echo)?;
         echo &= !is_password;

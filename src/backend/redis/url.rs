@@ -12,6 +12,11 @@
 //! - `redis+unix:///path/to/socket[?db=N]` and `unix:///path/to/socket[?db=N]`: a unix socket;
 //!   user and password may be given as `unix://[user]:password@/path` or as `?password=...`.
 //!
+//! The user information ends at the LAST `@` before the host, so a password may hold unencoded
+//! `@`, `/`, `?` and `#` (`redis://:ab@cd/EF@127.0.0.1:6379/0` is the password `ab@cd/EF` on
+//! 127.0.0.1:6379, db 0); an `@` in the query must then be percent-encoded. Messages show the URL
+//! through [`crate::settings::redact_url`] and quote only text from after that last `@`.
+//!
 //! User and password are percent-decoded (Kinto does not decode them: reference §5.1, §11.33).
 //! A username without a password is sent as `AUTH user ""`, as redis-py does. The query may
 //! also hold `db`, `username` and `password` (redis-py's names) in every form; other query
@@ -79,38 +84,34 @@ pub fn parse(url: Option<&str>) -> Result<Target> {
         "redis" | "valkey" => (false, false),
         "rediss" | "valkeys" => (false, true),
         "redis+unix" | "valkey+unix" | "unix" => (true, false),
-        _ => {
+        // Only a real scheme is quoted: the text before "://" might be anything.
+        _ if scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-')) => {
             return Err(bad(
                 &shown,
                 format!("unknown scheme '{scheme}://'; expected redis://, rediss://, redis+unix:// or unix://"),
             ));
         }
+        _ => return Err(bad(&shown, "unknown scheme; expected redis://, rediss://, redis+unix:// or unix://")),
     };
 
-    // The authority ends at the first '/', '?' or '#', as in every URL (and Python's urlparse).
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    if !unix && !authority.contains('@') && tail.contains('@') {
-        // `redis://:pa/ss@host`: a '/', '?' or '#' in the password cut the authority short.
-        let userinfo = &rest[..rest.rfind('@').unwrap_or(0)];
-        if let Some((_, password)) = userinfo.split_once(':') {
-            secret(password);
-        }
-        return Err(bad(
-            &crate::error::redact(&shown),
-            "the user or password holds a '/', '?' or '#'; percent-encode them (%2F, %3F, %23)",
-        ));
-    }
-    let (userinfo, host_port) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
+    let (userinfo, after) = split_userinfo(rest, unix);
+    // The host ends at the first '/', '?' or '#' after the user information.
+    let (host_port, tail) = after.split_at(after.find(['/', '?', '#']).unwrap_or(after.len()));
     let (mut username, mut password) = (None, None);
     if let Some(userinfo) = userinfo {
         let (user, pass) = match userinfo.split_once(':') {
             Some((u, p)) => (u, Some(p)),
             None => (userinfo, None),
         };
+        if pass.is_none() && user.contains(['/', '?', '#']) {
+            // `redis://h/0?password=a@b`: an '@' in the query makes the text before it look like
+            // user information; nothing of it is shown, it may hold a password.
+            return Err(bad(
+                &shown,
+                "an '@' follows a '/', '?' or '#' with no ':' before it; \
+                 percent-encode an '@' in the path or query (%40)",
+            ));
+        }
         if let Some(p) = pass {
             secret(p);
             password = Some(percent_decode(p));
@@ -119,7 +120,6 @@ pub fn parse(url: Option<&str>) -> Result<Target> {
             username = Some(percent_decode(user));
         }
     }
-    let shown = crate::error::redact(&shown);
 
     let (path, query, fragment) = split_tail(tail);
     let mut query_db = None;
@@ -196,6 +196,31 @@ pub fn parse(url: Option<&str>) -> Result<Target> {
     Ok(Target { addr, db, username, password, location })
 }
 
+/// The user information (before the `@` that ends it) and what follows that `@`.
+///
+/// It ends at the LAST `@` before the host, so that a password may hold unencoded `@`, `/`,
+/// `?` and `#`: for TCP the host is what follows the last `@` of the URL. A socket path may hold
+/// an `@` itself (`unix:///run/redis@main.sock`), so for a unix socket it is the last `@` that
+/// is followed by the path (`/...`) or by `localhost`, and there is none when the URL starts
+/// with the path (`unix:///...`).
+fn split_userinfo(rest: &str, unix: bool) -> (Option<&str>, &str) {
+    let at = if !unix {
+        rest.rfind('@')
+    } else if rest.starts_with('/') {
+        None
+    } else {
+        rest.match_indices('@').map(|(i, _)| i).rfind(|&i| {
+            let after = &rest[i + 1..];
+            let after = after.strip_prefix("localhost").unwrap_or(after);
+            after.is_empty() || after.starts_with(['/', '?', '#'])
+        })
+    };
+    match at {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    }
+}
+
 /// `(path, query, fragment)` of what follows the authority.
 fn split_tail(tail: &str) -> (&str, &str, Option<&str>) {
     let (before_fragment, fragment) = match tail.split_once('#') {
@@ -209,7 +234,8 @@ fn split_tail(tail: &str) -> (&str, &str, Option<&str>) {
 fn parse_db(shown: &str, s: &str) -> Result<u32> {
     match s.parse::<u32>() {
         Ok(n) if n <= i32::MAX as u32 => Ok(n),
-        _ => Err(bad(shown, format!("the database must be a number (0, 1, ...), not '{}'", crate::error::redact(s)))),
+        // `s` comes from after the last '@': it holds no part of the password.
+        _ => Err(bad(shown, format!("the database must be a number (0, 1, ...), not '{s}'"))),
     }
 }
 
@@ -327,12 +353,45 @@ mod tests {
     }
 
     #[test]
-    fn unencoded_specials_in_the_password_are_explained_not_shown() {
-        for url in ["redis://:hid/den-pw@h:1/0", "redis://u:hid#den-pw@h/0", "redis://:hid?den-pw@h/0"] {
-            let msg = err(url);
-            assert!(msg.contains("percent-encode"), "{msg}");
-            assert!(!msg.contains("den-pw") && !msg.contains("hid"), "{msg}");
+    fn the_user_information_ends_at_the_last_at_sign() {
+        let t = ok("redis://:ab@cd/SECRETPART@127.0.0.1:6379/0");
+        assert_eq!(t.password.as_deref(), Some("ab@cd/SECRETPART"));
+        assert_eq!((tcp(&t), t.db), (("127.0.0.1", 6379, None), 0));
+        assert_eq!(t.location, "redis://:***@127.0.0.1:6379/0");
+        let t = ok("redis://:ab@cd?SECRET@host/0");
+        assert_eq!((t.password.as_deref(), tcp(&t).0), (Some("ab@cd?SECRET"), "host"), "never the host cd");
+        for (url, password) in [
+            ("redis://:hid/den-pw@h:1/0", "hid/den-pw"),
+            ("redis://u:hid#den-pw@h/0", "hid#den-pw"),
+            ("redis://:hid?den-pw@h/0", "hid?den-pw"),
+            ("rediss://:a@b/c?d#e@h:7/3#insecure", "a@b/c?d#e"),
+        ] {
+            assert_eq!(ok(url).password.as_deref(), Some(password), "{url}");
         }
+        let t = ok("unix://:p@ss/w0rd@/tmp/r@main.sock?db=2");
+        assert_eq!(t.password.as_deref(), Some("p@ss/w0rd"));
+        assert_eq!((t.addr, t.db), (Addr::Unix(PathBuf::from("/tmp/r@main.sock")), 2));
+        assert_eq!(ok("unix://:p@ss@localhost/tmp/r.sock").password.as_deref(), Some("p@ss"));
+    }
+
+    #[test]
+    fn errors_never_quote_text_from_before_the_last_at_sign() {
+        for url in [
+            "redis://:ab@cd/SECRETPART@127.0.0.1:port/0",
+            "redis://:ab@cd/SECRETPART@127.0.0.1:6379/x",
+            "redis://:ab@cd/SECRETPART@h/0#other",
+            "redis://SECRET@PART/x@h/0?db=z",
+            "redis://h/0?password=SECRET@PART",
+            "redis://h/0?password=SECRET@PART:1",
+            "SECRET:PART@h://x/0",
+            "SECRETPART@h:6379",
+            "unix://:SECRET/PART@host/tmp/r.sock",
+            "redis://:SECRET@PART@[::1/0",
+        ] {
+            let msg = err(url);
+            assert!(!msg.contains("SECRET") && !msg.contains("PART"), "{url}: {msg}");
+        }
+        assert!(err("redis://h/0?password=a@b").contains("%40"));
     }
 
     #[test]
