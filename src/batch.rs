@@ -14,12 +14,12 @@
 //! flight, so memory stays flat whatever the input size.
 
 use crate::backend::{Cache, GroupOp, GroupResult};
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, excerpt};
 use crate::ttl::{self, Remaining, Ttl};
 use crate::value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 /// Commands in flight at most with `--jobs` (bounded memory).
@@ -28,6 +28,10 @@ pub const WINDOW: usize = 4096;
 /// The stack of each batch thread: room for a value nested [`crate::value::MAX_DEPTH`] levels
 /// deep even in a debug build (the default 2 MiB holds it only in a release build).
 pub const WORKER_STACK: usize = 8 << 20;
+
+/// The longest batch line: a line holds one command, and memory stays within a few times this
+/// whatever the input (a 200 MB line took 786 MB). A larger value goes through `set KEY - TTL`.
+pub const MAX_LINE: usize = 16 << 20;
 
 /// Consecutive keyed commands sent together in one group (one pipeline, one multi-statement
 /// query): enough to hide the round trip, small enough to keep answers flowing.
@@ -140,7 +144,7 @@ pub fn parse_line(line: &str) -> Result<Option<Op>, String> {
             "--all" if !only_args => all = true,
             "-n" | "--no-newline" if !only_args => {}
             flag if !only_args && flag.starts_with("--") => {
-                return Err(format!("unknown option '{flag}' for {command}"));
+                return Err(format!("unknown option {} for {}", excerpt(flag), excerpt(command)));
             }
             arg => args.push(arg),
         }
@@ -154,7 +158,7 @@ pub fn parse_line(line: &str) -> Result<Option<Op>, String> {
     };
     for (flag, on) in [("--json", json), ("--ms", ms), ("--all", all)] {
         if on && !allowed.contains(&flag) {
-            return Err(format!("unknown option '{flag}' for {command}"));
+            return Err(format!("unknown option '{flag}' for {}", excerpt(command)));
         }
     }
     let want = |n: usize, usage: &str| -> Result<(), String> {
@@ -205,14 +209,16 @@ pub fn parse_line(line: &str) -> Result<Option<Op>, String> {
         }
         other => {
             return Err(format!(
-                "unknown command '{other}' (a batch runs get, set, ttl, expire, delete, flush, purge, ping)"
+                "unknown command {} (a batch runs get, set, ttl, expire, delete, flush, purge, ping)",
+                excerpt(other)
             ));
         }
     }))
 }
 
-/// A stored value as the `value` of a reply: the JSON document (checked, compact).
-fn document(stored: &str) -> Result<String, Error> {
+/// A stored value as the `value` of a reply: the JSON document (checked, compact). For a value
+/// `delete` removed (`removed`: its key), one that cannot be shown is status 5: the entry is gone.
+fn document(stored: &str, removed: Option<&str>) -> Result<String, Error> {
     // What kcache and Kinto write is compact JSON on one line: check it and pass it through.
     // Anything else (a writer that pretty-printed) is parsed and written compact.
     if !stored.contains(['\n', '\r'])
@@ -221,8 +227,15 @@ fn document(stored: &str) -> Result<String, Error> {
     {
         return Ok(stored.trim().to_string());
     }
-    let doc = value::parse_stored(stored).map_err(|e| Error::backend("read the stored value", anyhow::anyhow!(e)))?;
-    Ok(doc.to_string())
+    match value::parse_stored(stored) {
+        Ok(doc) => Ok(doc.to_string()),
+        Err(e) if let Some(key) = removed => Err(Error::new(
+            ErrorKind::Unshown,
+            anyhow::anyhow!("the entry was removed, but its value cannot be shown: {e}"),
+        )
+        .context(format!("delete {}", excerpt(key)))),
+        Err(e) => Err(Error::backend("read the stored value", anyhow::anyhow!(e))),
+    }
 }
 
 /// Runs one command on `cache`.
@@ -230,7 +243,7 @@ pub fn execute(cache: &mut Cache, line: u64, op: &Op) -> Reply {
     let result = (|| -> Result<Reply, Error> {
         Ok(match op {
             Op::Get { key } => match cache.get(key)? {
-                Some(v) => Reply::ok(line, Some(document(&v)?)),
+                Some(v) => Reply::ok(line, Some(document(&v, None)?)),
                 None => Reply::missing(line, None),
             },
             Op::Set { key, value, ttl } => {
@@ -251,7 +264,7 @@ pub fn execute(cache: &mut Cache, line: u64, op: &Op) -> Reply {
                 }
             }
             Op::Delete { key } => match cache.delete(key)? {
-                Some(v) => Reply::ok(line, Some(document(&v)?)),
+                Some(v) => Reply::ok(line, Some(document(&v, Some(key))?)),
                 None => Reply::missing(line, None),
             },
             Op::Flush { all } => {
@@ -289,7 +302,10 @@ impl Op {
 fn reply_for(line: u64, op: &Op, result: Result<GroupResult, Error>) -> Reply {
     let reply = (|| -> Result<Reply, Error> {
         Ok(match result? {
-            GroupResult::Value(Some(v)) => Reply::ok(line, Some(document(&v)?)),
+            GroupResult::Value(Some(v)) => {
+                let removed = if let Op::Delete { key } = op { Some(key.as_str()) } else { None };
+                Reply::ok(line, Some(document(&v, removed)?))
+            }
             GroupResult::Value(None) => Reply::missing(line, None),
             GroupResult::Stored | GroupResult::Existed(true) => Reply::ok(line, None),
             GroupResult::Existed(false) => Reply::missing(line, None),
@@ -358,18 +374,19 @@ impl Tally {
     }
 }
 
-fn write_reply(out: &mut (impl Write + ?Sized), r: &Reply) -> Result<(), Error> {
+fn write_reply(out: &mut (impl Write + ?Sized), r: &Reply) -> std::io::Result<()> {
     let mut line = r.to_json();
     line.push('\n');
-    out.write_all(line.as_bytes()).map_err(output_error)
+    out.write_all(line.as_bytes())
 }
 
-fn output_error(e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        Error::broken_pipe()
-    } else {
-        Error::new(ErrorKind::Input, anyhow::Error::new(e).context("cannot write to standard output"))
-    }
+/// Standard output failed (closed or full) while the batch ran: it stops reading at once, and
+/// the message says how far it got (`ran`: the last line whose command ran or was refused).
+/// Status 5 whatever the cause: commands may have changed the backend, their replies are lost.
+fn lost_output(e: &std::io::Error, ran: u64) -> Error {
+    let how_far =
+        if ran == 0 { "no command had run".to_string() } else { format!("no command after line {ran} was run") };
+    Error::new(ErrorKind::Unshown, anyhow::anyhow!("standard output failed ({e}); {how_far}")).context("batch")
 }
 
 /// Reads lines from `input`, numbering them from 1; `Err` for a line that is not UTF-8.
@@ -392,8 +409,40 @@ impl<R: Read> Lines<R> {
 
     fn next_line(&mut self) -> Option<(u64, Result<String, String>)> {
         self.buf.clear();
-        match self.input.read_until(b'\n', &mut self.buf) {
+        let read = (&mut self.input).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut self.buf);
+        match read {
             Ok(0) => None,
+            Ok(_) if self.buf.len() > MAX_LINE && self.buf.last() != Some(&b'\n') => {
+                // Too long: the rest of the line is read and dropped, never held.
+                self.number += 1;
+                self.buf = Vec::new();
+                let mut skipped = MAX_LINE as u64 + 1;
+                let rest = loop {
+                    let chunk = match self.input.fill_buf() {
+                        Ok(chunk) => chunk,
+                        Err(e) => break Err(e),
+                    };
+                    if chunk.is_empty() {
+                        break Ok(());
+                    }
+                    let (n, end) =
+                        chunk.iter().position(|&b| b == b'\n').map_or((chunk.len(), false), |i| (i + 1, true));
+                    self.input.consume(n);
+                    skipped += n as u64 - u64::from(end); // the newline is not part of the line
+                    if end {
+                        break Ok(());
+                    }
+                };
+                let why = match rest {
+                    Ok(()) => format!(
+                        "the line is {skipped} bytes long; a batch line holds at most {} MiB \
+                         (store a larger value with 'kcache set KEY - TTL')",
+                        MAX_LINE >> 20
+                    ),
+                    Err(e) => format!("cannot read standard input: {e}"),
+                };
+                Some((self.number, Err(why)))
+            }
             Ok(_) => {
                 self.number += 1;
                 while matches!(self.buf.last(), Some(b'\n' | b'\r')) {
@@ -442,25 +491,28 @@ fn run_serial(mut cache: Cache, input: impl Read, out: &mut impl Write, keep_goi
     // Commands read but not run yet: keyed ones wait here to go out together.
     let mut group: Vec<(u64, Op)> = Vec::with_capacity(GROUP);
     let mut stopped = false;
+    // The last line whose command ran (or was refused), for a failure of standard output.
+    let mut ran: u64 = 0;
     // Runs the group and writes its replies; `true` when the batch must stop.
-    let mut run_group = |group: &mut Vec<(u64, Op)>, out: &mut dyn Write, tally: &mut Tally| -> Result<bool, Error> {
+    let mut run_group = |group: &mut Vec<(u64, Op)>, out: &mut dyn Write, tally: &mut Tally, ran: &mut u64| {
         let replies = execute_many(&mut cache, group, keep_going);
         group.clear();
+        *ran = replies.last().map_or(*ran, |r| r.line.max(*ran));
         let mut stop = false;
         for r in &replies {
-            write_reply(out, r)?;
+            write_reply(out, r).map_err(|e| lost_output(&e, *ran))?;
             stop |= tally.record(r, keep_going);
         }
-        Ok(stop)
+        Ok::<bool, Error>(stop)
     };
     loop {
         if lines.would_wait() || group.len() >= GROUP {
-            if !group.is_empty() && run_group(&mut group, out, &mut tally)? {
+            if !group.is_empty() && run_group(&mut group, out, &mut tally, &mut ran)? {
                 stopped = true;
                 break;
             }
             if lines.would_wait() {
-                out.flush().map_err(output_error)?;
+                out.flush().map_err(|e| lost_output(&e, ran))?;
             }
         }
         let Some((n, text)) = lines.next_line() else { break };
@@ -470,18 +522,19 @@ fn run_serial(mut cache: Cache, input: impl Read, out: &mut impl Write, keep_goi
             Ok(Some(op)) => {
                 // A barrier: what came before goes first.
                 group.push((n, op));
-                if run_group(&mut group, out, &mut tally)? {
+                if run_group(&mut group, out, &mut tally, &mut ran)? {
                     stopped = true;
                     break;
                 }
             }
             Err(reply) => {
                 // A bad line: nothing after it is sent before its reply is counted.
-                if !group.is_empty() && run_group(&mut group, out, &mut tally)? {
+                if !group.is_empty() && run_group(&mut group, out, &mut tally, &mut ran)? {
                     stopped = true;
                     break;
                 }
-                write_reply(out, &reply)?;
+                ran = n;
+                write_reply(out, &reply).map_err(|e| lost_output(&e, ran))?;
                 if tally.record(&reply, keep_going) {
                     stopped = true;
                     break;
@@ -490,9 +543,9 @@ fn run_serial(mut cache: Cache, input: impl Read, out: &mut impl Write, keep_goi
         }
     }
     if !stopped && !group.is_empty() {
-        run_group(&mut group, out, &mut tally)?;
+        run_group(&mut group, out, &mut tally, &mut ran)?;
     }
-    out.flush().map_err(output_error)?;
+    out.flush().map_err(|e| lost_output(&e, ran))?;
     Ok(tally.worst)
 }
 
@@ -548,6 +601,8 @@ fn run_parallel<W: Write + Send>(
     let progress = Progress::new(&stop);
     let written = Progress::new(&stop);
     let (reply_tx, reply_rx) = mpsc::channel::<Reply>();
+    // The last line whose command ran (or was refused), for a failure of standard output.
+    let ran = &AtomicU64::new(0);
     let mut siblings = Vec::with_capacity(jobs);
     for _ in 0..jobs {
         siblings.push(cache.sibling_same_prefix()?);
@@ -574,7 +629,11 @@ fn run_parallel<W: Write + Send>(
                         }
                     }
                     if !stop.load(Ordering::SeqCst) {
-                        for r in execute_many(&mut sibling, &group, keep_going) {
+                        let replies = execute_many(&mut sibling, &group, keep_going);
+                        if let Some(last) = replies.last() {
+                            ran.fetch_max(last.line, Ordering::SeqCst);
+                        }
+                        for r in replies {
                             let _ = reply_tx.send(r);
                         }
                     }
@@ -590,18 +649,18 @@ fn run_parallel<W: Write + Send>(
         let (order_tx, order_rx) = mpsc::channel::<u64>();
         let writer_stop = Arc::clone(&stop);
         let writer_written = Arc::clone(&written);
-        let writer = scope.spawn(move || -> Result<u8, Error> {
+        let writer = scope.spawn(move || -> std::io::Result<u8> {
             let w = out;
             // Replies written but not yet counted in `written` (counted in bulk: one wake-up per
             // batch of replies, not one per reply); always counted before the writer may block.
             let mut uncounted: u64 = 0;
             // The next line number to write; before blocking for it, flush and count.
-            let next_line = |w: &mut W, uncounted: &mut u64| -> Result<Option<u64>, Error> {
+            let next_line = |w: &mut W, uncounted: &mut u64| -> std::io::Result<Option<u64>> {
                 match order_rx.try_recv() {
                     Ok(n) => Ok(Some(n)),
                     Err(mpsc::TryRecvError::Disconnected) => Ok(None),
                     Err(mpsc::TryRecvError::Empty) => {
-                        w.flush().map_err(output_error)?;
+                        w.flush()?;
                         writer_written.add(std::mem::take(uncounted));
                         Ok(order_rx.recv().ok())
                     }
@@ -610,7 +669,7 @@ fn run_parallel<W: Write + Send>(
             let mut pending: BTreeMap<u64, Reply> = BTreeMap::new();
             let mut tally = Tally::default();
             let mut next = next_line(w, &mut uncounted)?;
-            let result = (|| -> Result<u8, Error> {
+            let result = (|| -> std::io::Result<u8> {
                 loop {
                     let reply = match reply_rx.try_recv() {
                         Ok(r) => r,
@@ -634,7 +693,7 @@ fn run_parallel<W: Write + Send>(
                         next = next_line(w, &mut uncounted)?;
                     }
                     if pending.is_empty() {
-                        w.flush().map_err(output_error)?;
+                        w.flush()?;
                     }
                 }
                 Ok(tally.worst)
@@ -643,7 +702,7 @@ fn run_parallel<W: Write + Send>(
             writer_stop.store(true, Ordering::SeqCst);
             writer_written.add(uncounted);
             writer_written.wake();
-            let flushed = w.flush().map_err(output_error);
+            let flushed = w.flush();
             let status = result?;
             flushed?;
             Ok(status)
@@ -663,6 +722,7 @@ fn run_parallel<W: Write + Send>(
                 Ok(Some(op)) => op,
                 Err(reply) => {
                     replies_due += 1;
+                    ran.fetch_max(n, Ordering::SeqCst);
                     let _ = order_tx.send(n);
                     let _ = reply_tx.send(reply);
                     continue;
@@ -681,7 +741,11 @@ fn run_parallel<W: Write + Send>(
                 None => {
                     // A barrier: everything before it first, then it alone.
                     progress.wait_for(dispatched);
+                    if stop.load(Ordering::SeqCst) {
+                        break; // the batch stopped while this one waited: it must not run
+                    }
                     let reply = execute(&mut cache, n, &op);
+                    ran.fetch_max(n, Ordering::SeqCst);
                     let _ = reply_tx.send(reply);
                 }
             }
@@ -692,7 +756,11 @@ fn run_parallel<W: Write + Send>(
             let _ = w.join();
         }
         drop(reply_tx);
-        writer.join().unwrap_or_else(|_| Err(Error::input("the batch writer failed")))
+        match writer.join() {
+            Ok(Ok(status)) => Ok(status),
+            Ok(Err(e)) => Err(lost_output(&e, ran.load(Ordering::SeqCst))),
+            Err(_) => Err(Error::input("the batch writer failed")),
+        }
     })
 }
 

@@ -3,7 +3,7 @@
 
 use crate::backend::{self, Cache};
 use crate::cli::{Command, ReadArgs};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::settings::Settings;
 use crate::ttl::{self, Remaining, Ttl};
 use crate::value::{self, Shown};
@@ -62,19 +62,39 @@ fn migrate(cache: &mut Cache, dry_run: bool, log: &Log) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-fn show(stored: Option<String>, args: &ReadArgs) -> Result<Outcome> {
+/// Prints a value `get` read, or `delete` removed (`removed`): then a value that cannot be
+/// shown, or output that cannot be written, is status 5, since the entry is gone all the same.
+fn show(stored: Option<String>, args: &ReadArgs, removed: bool) -> Result<Outcome> {
     let Some(stored) = stored else { return Ok(Outcome::Missing) };
-    let shown = value::show(&stored, args.json)
-        .map_err(|e| Error::backend(format!("read {}", crate::error::quote(&args.key)), anyhow::anyhow!(e)))?;
-    match shown {
-        Shown::Raw(s) | Shown::Json(s) => output::print(&s, args.no_newline)?,
-    }
+    let key = crate::error::excerpt(&args.key);
+    let shown = value::show(&stored, args.json).map_err(|e| {
+        if removed {
+            Error::new(ErrorKind::Unshown, anyhow::anyhow!("the entry was removed, but its value cannot be shown: {e}"))
+                .context(format!("delete {key}"))
+        } else {
+            Error::backend(format!("read {key}"), anyhow::anyhow!(e))
+        }
+    })?;
+    let printed = match shown {
+        Shown::Raw(s) | Shown::Json(s) => output::print(&s, args.no_newline),
+    };
+    printed.map_err(|e| match e.kind() {
+        ErrorKind::BrokenPipe | ErrorKind::Unshown if removed => Error::new(
+            ErrorKind::Unshown,
+            anyhow::anyhow!(
+                "the entry was removed, but its value could not be written to standard output: {}",
+                e.chain().last().map_or("", String::as_str)
+            ),
+        )
+        .context(format!("delete {key}")),
+        _ => e,
+    })?;
     Ok(Outcome::Done)
 }
 
 fn get(cache: &mut Cache, args: &ReadArgs) -> Result<Outcome> {
     let stored = cache.get(&args.key)?;
-    show(stored, args)
+    show(stored, args, false)
 }
 
 fn set(cache: &mut Cache, json: bool, key: &str, value: &str, ttl: Ttl) -> Result<Outcome> {
@@ -109,7 +129,7 @@ fn expire(cache: &mut Cache, key: &str, ttl: Ttl) -> Result<Outcome> {
 
 fn delete(cache: &mut Cache, args: &ReadArgs) -> Result<Outcome> {
     let stored = cache.delete(&args.key)?;
-    show(stored, args)
+    show(stored, args, true)
 }
 
 fn flush(cache: &mut Cache, all: bool, log: &Log) -> Result<Outcome> {

@@ -16,6 +16,10 @@ pub enum ErrorKind {
     Backend,
     /// Standard output was closed early (`kcache get k | head -c0`): ends quietly with status 0.
     BrokenPipe,
+    /// The command was carried out (the backend may have been changed), but what it had to
+    /// print could not be given: `delete` removed an entry whose value cannot be shown, or
+    /// standard output failed after the command ran. Status 5.
+    Unshown,
 }
 
 impl ErrorKind {
@@ -26,6 +30,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => 3,
             ErrorKind::Backend => 4,
             ErrorKind::BrokenPipe => 0,
+            ErrorKind::Unshown => 5,
         }
     }
 }
@@ -186,6 +191,16 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// [`quote`] of at most the first 100 characters of `s`, with its length when it was cut: a
+/// message never repeats a huge argument or batch line.
+pub fn excerpt(s: &str) -> String {
+    const MAX_CHARS: usize = 100;
+    match s.char_indices().nth(MAX_CHARS) {
+        None => quote(s),
+        Some((cut, _)) => format!("{}... ({} bytes)", quote(&s[..cut]), s.len()),
+    }
+}
+
 /// Escapes control characters of a key or value echoed in a message, so that a hostile key
 /// cannot move the cursor or rewrite the terminal.
 pub fn quote(s: &str) -> String {
@@ -258,6 +273,13 @@ mod tests {
     fn multi_line_causes_stay_on_one_line() {
         let e = Error::backend("x", anyhow::anyhow!("line one\nline two"));
         assert_eq!(e.render(false), vec!["kcache: error: x: line one line two"]);
+    }
+
+    #[test]
+    fn excerpts_are_short() {
+        assert_eq!(excerpt("10x"), "'10x'");
+        let long = "é".repeat(1000);
+        assert_eq!(excerpt(&long), format!("'{}'... (2000 bytes)", "é".repeat(100)));
     }
 
     #[test]

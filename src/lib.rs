@@ -153,10 +153,30 @@ pub fn default_sqlite_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathB
     Some(base.join("kcache").join("cache.sqlite3"))
 }
 
+/// Whether standard input was closed when kcache started (`kcache set k - 60 <&-`): Rust's
+/// runtime then opens `/dev/null` read-write in its place, so reading it gives an empty value
+/// that must not be stored. A shell's `< /dev/null` opens it read-only, and stays an empty value.
+/// Linux only (`/proc`); elsewhere a closed input reads as empty.
+fn stdin_was_closed() -> bool {
+    const O_ACCMODE: u32 = 0o3;
+    const O_RDWR: u32 = 0o2;
+    if std::fs::read_link("/proc/self/fd/0").ok().as_deref() != Some(Path::new("/dev/null")) {
+        return false;
+    }
+    let info = std::fs::read_to_string("/proc/self/fdinfo/0").unwrap_or_default();
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+    flags.is_some_and(|f| f & O_ACCMODE == O_RDWR)
+}
+
 /// Reads the value argument of `set`: the text itself, or standard input for `-`.
 pub fn read_value_arg(arg: &str) -> Result<String> {
     if arg != "-" {
         return Ok(arg.to_string());
+    }
+    if stdin_was_closed() {
+        return Err(Error::input(
+            "standard input is closed; VALUE '-' reads the value from it (give the value itself, or pipe it in)",
+        ));
     }
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)

@@ -1,19 +1,25 @@
-//! Every write to standard output goes through here, so that a closed pipe
-//! (`kcache get k | head -c0`) ends the command quietly with status 0 in one place.
+//! Every write to standard output goes through here. A closed pipe (`kcache get k | head -c0`)
+//! ends a command that changed nothing quietly with status 0; any other failure to write, and a
+//! closed pipe after a command that changed the backend (`delete`, `batch`), is status 5: done,
+//! but the output was lost.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use std::io::Write;
 
 /// Writes `bytes` to standard output and flushes.
 pub fn write_all(bytes: &[u8]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    out.write_all(bytes).and_then(|()| out.flush()).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            Error::broken_pipe()
-        } else {
-            Error::new(crate::error::ErrorKind::Input, anyhow::Error::new(e).context("cannot write to standard output"))
-        }
-    })
+    out.write_all(bytes).and_then(|()| out.flush()).map_err(failed)
+}
+
+/// The error for a failed write to standard output: [`ErrorKind::BrokenPipe`] for a closed
+/// pipe, else [`ErrorKind::Unshown`].
+pub fn failed(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Error::broken_pipe()
+    } else {
+        Error::new(ErrorKind::Unshown, anyhow::Error::new(e).context("cannot write to standard output"))
+    }
 }
 
 /// Writes `text`, then a newline unless `no_newline`.

@@ -36,6 +36,8 @@ impl fmt::Display for Ttl {
     }
 }
 
+use crate::error::excerpt;
+
 impl FromStr for Ttl {
     type Err = String;
 
@@ -48,7 +50,7 @@ impl FromStr for Ttl {
             );
         }
         if s.starts_with('-') {
-            return Err(format!("'{s}' is negative; a TTL is 0 or more"));
+            return Err(format!("{} is negative; a TTL is 0 or more", excerpt(s)));
         }
         let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (number, unit) = s.split_at(split);
@@ -60,22 +62,23 @@ impl FromStr for Ttl {
             "d" => 86_400_000_000_000,
             _ => {
                 return Err(format!(
-                    "'{s}' is not a TTL; give seconds (60, 0.25) or a number with a unit ms, s, m, h or d (500ms, 15m, 2h, 30d)"
+                    "{} is not a TTL; give seconds (60, 0.25) or a number with a unit ms, s, m, h or d (500ms, 15m, 2h, 30d)",
+                    excerpt(s)
                 ));
             }
         };
         let (int, frac) = number.split_once('.').unwrap_or((number, ""));
         if int.is_empty() && frac.is_empty() || frac.contains('.') || number.is_empty() {
-            return Err(format!("'{s}' is not a number of seconds"));
+            return Err(format!("{} is not a number of seconds", excerpt(s)));
         }
         // Exact decimal arithmetic in nanoseconds: no float rounding, no overflow surprises.
-        let too_long = || format!("'{s}' is longer than the maximum TTL of 100 years");
+        let too_long = || format!("{} is longer than the maximum TTL of 100 years", excerpt(s));
         let int_part: u128 = if int.is_empty() {
             0
         } else if int.len() > 20 {
             return Err(too_long());
         } else {
-            int.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?
+            int.parse().map_err(|_| format!("{} is not a number of seconds", excerpt(s)))?
         };
         let mut nanos = int_part.checked_mul(nanos_per_unit).ok_or_else(too_long)?;
         // The fraction: keep digits down to the nanosecond, round the rest up (a TTL never

@@ -216,3 +216,48 @@ fn answers_arrive_before_the_input_ends() {
         assert!(child.wait().expect("wait").success());
     }
 }
+
+/// A line over the 16 MiB limit is refused (status 2, naming its length) without being held in
+/// memory, and the batch goes on with the next line; a message never repeats a huge word.
+#[test]
+fn an_overlong_line_is_refused_briefly_and_the_batch_goes_on() {
+    let env = Env::new();
+    let mut input = b"set a 1 60\nset b ".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 20 << 20));
+    input.extend_from_slice(b" 60\nget a\n");
+    let huge_word = "y".repeat(1 << 20);
+    input.extend_from_slice(format!("{huge_word} k\nset k v {huge_word}\n").as_bytes());
+    let out = env.run_stdin(&["batch", "--keep-going"], Some(&input));
+    out.code(2);
+    assert!(out.stdout.len() < 2000, "no message repeats the input: {} bytes", out.stdout.len());
+    let r = crate::servers::replies(&out.stdout);
+    let statuses: Vec<u64> = r.iter().map(crate::servers::status).collect();
+    assert_eq!(statuses, [0, 2, 0, 2, 2], "{}", out.stdout);
+    let error = r[1]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("the line is {} bytes long", (20 << 20) + 9)), "{error}");
+    assert!(error.contains("at most 16 MiB"), "{error}");
+    assert_eq!(r[2]["value"], "1");
+    for reply in &r[3..] {
+        assert!(reply["error"].as_str().unwrap_or_default().contains("(1048576 bytes)"), "{reply}");
+    }
+    env.run(&["get", "b"]).code(1);
+}
+
+/// `set KEY - TTL` with standard input closed (`<&-`) is refused: it would store an empty value.
+/// An empty input (`< /dev/null`) is an empty value, as before.
+#[test]
+fn set_from_a_closed_standard_input_is_refused() {
+    let env = Env::new();
+    let kcache = env.command();
+    let mut sh = std::process::Command::new("sh");
+    sh.env_clear()
+        .envs(kcache.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
+        .env("KCACHE_BIN", kcache.get_program())
+        .current_dir(kcache.get_current_dir().expect("a folder"))
+        .args(["-c", "exec \"$KCACHE_BIN\" set k - 60 <&-"]);
+    let out = crate::util::run_command(sh, &[], None);
+    out.code(2).stderr_has("standard input is closed").one_error_line();
+    env.run(&["get", "k"]).code(1);
+    env.run_stdin(&["set", "k", "-", "60"], Some(b"")).ok();
+    env.run(&["get", "--json", "k"]).ok().stdout_is("\"\"\n");
+}

@@ -227,6 +227,102 @@ fn broken_pipe_is_quiet_success() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
 
+/// Runs `args` with standard output on `/dev/full` (every write fails: no space left).
+fn run_to_dev_full(env: &Env, args: &[&str], stdin: Option<&[u8]>) -> crate::util::Out {
+    use std::process::Stdio;
+    let mut cmd = env.command();
+    cmd.args(args)
+        .stdout(std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full"))
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("spawn kcache");
+    let feeder = stdin.map(|bytes| {
+        let (bytes, mut pipe) = (bytes.to_vec(), child.stdin.take().expect("stdin"));
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut pipe, &bytes);
+        })
+    });
+    let out = child.wait_with_output().expect("wait");
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    crate::util::Out {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+/// The line number in "no command after line N was run".
+fn ran_up_to(stderr: &str) -> u64 {
+    let tail = stderr.split("no command after line ").nth(1).unwrap_or_else(|| panic!("no line number: {stderr}"));
+    tail.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no line number: {stderr}"))
+}
+
+/// Output that fails after the backend was changed is status 5, never 0 (`| head -1`) or 2
+/// ("nothing was sent"): the batch stops reading at once and says how far it got; `delete` says
+/// the entry is gone. A read-only command whose output is full is 5 too; one whose pipe was
+/// closed stays a quiet 0 (`broken_pipe_is_quiet_success`).
+#[test]
+fn output_that_fails_after_a_change_is_status_5_and_says_how_far_it_got() {
+    let sets: String = (0..20_000).map(|i| format!("set k{i} v 600\n")).collect();
+    for jobs in ["1", "2"] {
+        // `| head -1`: the reader takes one line and goes away.
+        let env = Env::new();
+        env.run(&["migrate"]).ok();
+        let mut cmd = env.command();
+        cmd.args(["batch", "--jobs", jobs])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = sets.clone();
+        let feeder = std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, input.as_bytes());
+        });
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut first)
+            .expect("one line");
+        assert_eq!(first, "{\"line\":1,\"status\":0}\n");
+        let out = child.wait_with_output().expect("wait");
+        let _ = feeder.join();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(5), "jobs {jobs}: {stderr}");
+        assert!(stderr.starts_with("kcache: error: batch: standard output failed"), "{stderr}");
+        let ran = ran_up_to(&stderr);
+        assert!(ran < 20_000, "jobs {jobs}: it stopped reading at once: {stderr}");
+        let stored = rows(&env.default_db());
+        assert!(stored >= 1 && stored as u64 <= ran, "jobs {jobs}: {stored} rows, ran up to {ran}");
+
+        // `> /dev/full`: the same, with the cause.
+        let env = Env::new();
+        env.run(&["migrate"]).ok();
+        let out = run_to_dev_full(&env, &["batch", "--jobs", jobs], Some(sets.as_bytes()));
+        out.code(5).stderr_has("No space left on device").one_error_line();
+        let ran = ran_up_to(&out.stderr);
+        assert!(ran < 20_000 && rows(&env.default_db()) as u64 <= ran, "jobs {jobs}: {}", out.stderr);
+    }
+
+    let env = Env::new();
+    env.run_stdin(&["set", "big", "-", "600"], Some("x".repeat(100_000).as_bytes())).ok();
+    run_to_dev_full(&env, &["get", "big"], None).code(5).stderr_has("No space left on device");
+    let out = run_to_dev_full(&env, &["delete", "big"], None);
+    out.code(5).one_error_line().stderr_has("the entry was removed, but its value could not be written");
+    env.run(&["get", "big"]).code(1);
+
+    // A closed pipe after `delete`: 5 as well (the entry is gone), where `get` ends quietly.
+    env.run_stdin(&["set", "big", "-", "600"], Some("x".repeat(200_000).as_bytes())).ok();
+    let mut cmd = env.command();
+    cmd.args(["delete", "big"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    env.run(&["get", "big"]).code(1);
+}
+
 // ---- bad input: status 2, one line naming the culprit, nothing written --------------------
 
 #[test]

@@ -770,7 +770,8 @@ fn a_password_that_is_an_ordinary_word_leaves_messages_intact() {
         let env = Env::new().var("KINTO_CACHE_BACKEND", "postgresql").var("KINTO_CACHE_URL", &url);
         let out = run_within(&env, &["get", "a"], None, Duration::from_secs(15));
         out.code(3).one_error_line();
-        let expected = format!("kcache: error: get 'a' on postgresql at postgresql://postgres@127.0.0.1:{port}/postgres: ");
+        let expected =
+            format!("kcache: error: get 'a' on postgresql at postgresql://postgres@127.0.0.1:{port}/postgres: ");
         assert!(out.stderr.starts_with(&expected), "{password}: {}", out.stderr);
         assert!(!out.stderr.contains("***"), "{password}: {}", out.stderr);
         let out = run_within(&env, &["-v", "get", "a"], None, Duration::from_secs(15));
@@ -1000,4 +1001,97 @@ fn batch_error_fields_never_hold_a_password() {
         assert!(!e.contains(&secret) && e.contains("u:***@"), "{e}");
     }
     assert!(!end.stderr.contains(&secret));
+}
+
+// ---- values kcache cannot show ---------------------------------------------------------------
+
+/// Writes `text` as the stored value of `key` (prefix included) the way another program might,
+/// bypassing kcache; returns the environment to run kcache with and what must outlive it.
+fn with_raw_value(backend: &str, key: &str, text: &str) -> Option<(Env, Box<dyn std::any::Any>)> {
+    let prefix = format!("{}:", unique("raw"));
+    let full = format!("{prefix}{key}");
+    match backend {
+        "sqlite" => {
+            let env = Env::new().var("KINTO_CACHE_PREFIX", &prefix);
+            env.run(&["migrate"]).ok();
+            let expires =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() + 600.0;
+            crate::util::db(&env.default_db())
+                .execute(
+                    "INSERT OR REPLACE INTO cache (key, value, ttl) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![full, text, expires],
+                )
+                .expect("insert");
+            Some((env, Box::new(())))
+        }
+        "postgresql" => {
+            let mut db = RigDb::create()?;
+            db.migrate();
+            db.sql()
+                .execute(
+                    "INSERT INTO cache (key, value, ttl) VALUES ($1, $2, now() + interval '10 minutes')",
+                    &[&full, &text],
+                )
+                .expect("insert");
+            let env = Env::new()
+                .var("KINTO_CACHE_BACKEND", "postgresql")
+                .var("KINTO_CACHE_URL", &db.url())
+                .var("KINTO_CACHE_PREFIX", &prefix);
+            Some((env, Box::new(db)))
+        }
+        "redis" => {
+            let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
+            let mut c = redis::Client::open(url.as_str()).expect("url").get_connection().expect("connect");
+            redis::cmd("SET").arg(&full).arg(text).arg("PX").arg(600_000).query::<()>(&mut c).expect("SET");
+            let env = Env::new()
+                .var("KINTO_CACHE_BACKEND", "redis")
+                .var("KINTO_CACHE_URL", &url)
+                .var("KINTO_CACHE_PREFIX", &prefix);
+            Some((env, Box::new(())))
+        }
+        "memcached" => {
+            let server = OwnMemcached::start()?;
+            let reply = server.raw(&format!("set {full} 16 600 {}\r\n{text}\r\n", text.len()));
+            assert_eq!(reply, ["STORED"]);
+            let env = Env::new()
+                .var("KINTO_CACHE_BACKEND", "memcached")
+                .var("KINTO_CACHE_HOSTS", &server.host())
+                .var("KINTO_CACHE_PREFIX", &prefix);
+            Some((env, Box::new(server)))
+        }
+        other => panic!("{other}"),
+    }
+}
+
+/// An entry kcache cannot show (not JSON; for memcached, not Kinto's envelope) is removed by
+/// `delete` all the same, on every backend, one-shot and in a batch, and status 5 says so:
+/// status 4 would tell a script that nothing changed. `get` leaves it alone (status 4).
+#[test]
+fn delete_of_a_value_that_cannot_be_shown_removes_it_and_says_so() {
+    for backend in ["sqlite", "postgresql", "redis", "memcached"] {
+        for in_batch in [false, true] {
+            let Some((env, _guard)) = with_raw_value(backend, "bad", "not json {") else { continue };
+            env.run(&["get", "bad"]).code(4).one_error_line();
+            if in_batch {
+                let out = env.run_stdin(&["batch"], Some(b"delete bad\nget bad\n"));
+                out.code(5);
+                let r = replies(&out.stdout);
+                // `get bad` went out in the same group as the delete (it ran, so it is reported).
+                assert_eq!(r.iter().map(status).collect::<Vec<_>>(), [5, 1], "{backend}: {}", out.stdout);
+                let error = r[0]["error"].as_str().unwrap_or_default();
+                assert!(error.starts_with("delete 'bad'"), "{backend}: {error}");
+                assert!(error.contains("the entry was removed, but its value cannot be shown"), "{backend}: {error}");
+            } else {
+                let out = env.run(&["delete", "bad"]);
+                out.code(5).one_error_line().stdout_is("");
+                assert!(out.stderr.starts_with("kcache: error: delete 'bad'"), "{backend}: {}", out.stderr);
+                assert!(
+                    out.stderr.contains("the entry was removed, but its value cannot be shown"),
+                    "{backend}: {}",
+                    out.stderr
+                );
+            }
+            env.run(&["get", "bad"]).code(1);
+        }
+    }
 }

@@ -13,7 +13,7 @@ pub mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-use crate::error::{Error, Result, quote};
+use crate::error::{Error, Result, excerpt};
 use crate::settings::{BackendKind, Settings};
 use crate::ttl::{Remaining, Ttl};
 
@@ -212,7 +212,7 @@ impl Cache {
         if let Some(c) = key.chars().find(|c| c.is_control()) {
             return Err(Error::input(format!(
                 "the key {} contains the control character {c:?}; keys are printable text",
-                quote(key)
+                excerpt(key)
             )));
         }
         let full = format!("{}{key}", self.prefix);
@@ -221,7 +221,7 @@ impl Cache {
     }
 
     fn ctx(&self, op: &str, key: &str) -> String {
-        format!("{op} {} on {} at {}", quote(key), self.inner.name(), self.inner.location())
+        format!("{op} {} on {} at {}", excerpt(key), self.inner.name(), self.inner.location())
     }
 
     pub fn get(&mut self, key: &str) -> Result<Option<String>> {
@@ -296,7 +296,7 @@ impl Cache {
                 }
                 Err(e) => {
                     full_keys.push(String::new());
-                    results.push(Some(Err(e.context(format!("{} {}", op_name(op), quote(key))))));
+                    results.push(Some(Err(e.context(format!("{} {}", op_name(op), excerpt(key))))));
                 }
             }
         }

@@ -298,10 +298,24 @@ fn expire_on(c: &mut Conn, server: &Server, key: &str, ttl: Ttl, patience: Durat
 fn delete_on(c: &mut Conn, server: &Server, key: &str, patience: Duration) -> Result<Option<String>> {
     let mut attempts = Attempts::new(patience);
     loop {
-        let Some((entry, cas)) = gets_on(c, server, key)? else { return Ok(None) };
-        let live = entry.remaining(SystemTime::now()).is_some();
+        let item = c.gets(key).map_err(|e| conn::classify(e, &server.location))?;
+        let Some(item) = item else { return Ok(None) };
+        let cas = item.cas.ok_or_else(|| {
+            Error::new(ErrorKind::Backend, anyhow::anyhow!("memcached at {} sent no CAS token", server.location))
+        })?;
+        // An entry that is not Kinto's envelope is removed all the same, as the SQL backends and
+        // Redis remove a value they cannot show: `delete` is asked to remove the key. Then status
+        // 5 says it is gone although its value cannot be shown.
+        let entry = decode(&item.data, item.flags, key, server);
         // An expired entry the server still holds is removed too, but reads as missing.
         if cas_on(c, server, key, envelope::TOMBSTONE, envelope::EXPIRED_EXPTIME, cas)? {
+            let entry = entry.map_err(|e| {
+                Error::new(
+                    ErrorKind::Unshown,
+                    anyhow::anyhow!("the entry was removed, but its value cannot be shown: {}", e.chain().join(": ")),
+                )
+            })?;
+            let live = entry.remaining(SystemTime::now()).is_some();
             return Ok(live.then_some(entry.value));
         }
         if !attempts.again() {
