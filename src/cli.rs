@@ -11,7 +11,8 @@ Examples:
   kcache --prefix myapp: flush
 
 Exit status: 0 done, 1 key not found, 2 bad usage or input (nothing was sent),
-3 backend unavailable (worth retrying), 4 backend refused the operation.
+3 backend unavailable (worth retrying), 4 backend refused the operation,
+5 done but its output was lost (a removed value that cannot be shown, output closed or full).
 
 Configuration: --config, else $KCACHE_CONFIG, else ~/.config/kcache/config.toml; with none,
 an SQLite file in ~/.cache/kcache/. Environment: CACHE_* and KINTO_CACHE_* as Kinto reads them.";
