@@ -144,9 +144,15 @@ impl fmt::Debug for Error {
     }
 }
 
-/// Keeps an error on one line: a server message with new lines must not break the format.
+/// Keeps an error on one line of plain text: a server message with new lines must not break the
+/// format, and one with control characters (a terminal escape sequence, from any server or
+/// library) must not reach the terminal: they are written escaped (`\u{1b}`).
 fn one_line(s: &str) -> String {
-    s.split(['\n', '\r']).filter(|p| !p.trim().is_empty()).collect::<Vec<_>>().join(" ")
+    let joined = s.split(['\n', '\r']).filter(|p| !p.trim().is_empty()).collect::<Vec<_>>().join(" ");
+    if !joined.contains(char::is_control) {
+        return joined;
+    }
+    joined.chars().flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] }).collect()
 }
 
 static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -267,6 +273,12 @@ mod tests {
         );
         assert!(!distinctive("postgres") && !distinctive("abcdefghijklmno"));
         assert!(distinctive("pass-word") && distinctive("s3cr3t-x") && distinctive("abcdefghijklmnop"));
+    }
+
+    #[test]
+    fn control_characters_from_a_server_are_escaped() {
+        let e = Error::backend("x", anyhow::anyhow!("bad \u{1b}[2J reply\t\u{7}"));
+        assert_eq!(e.render(false), vec!["kcache: error: x: bad \\u{1b}[2J reply\\t\\u{7}"]);
     }
 
     #[test]
