@@ -85,18 +85,6 @@ impl Error {
         self.inner = self.inner.context(what.to_string());
         self
     }
-    /// A copy (the same chain of messages, kind, hint and mark), to hand the same failure to
-    /// several callers.
-    pub fn duplicate(&self) -> Error {
-        let chain = self.chain();
-        let mut causes = chain.iter().rev();
-        let mut inner = anyhow::anyhow!("{}", causes.next().map(String::as_str).unwrap_or_default());
-        for what in causes {
-            inner = inner.context(what.clone());
-        }
-        Error { kind: self.kind, inner, hint: self.hint.clone(), unsent: self.unsent }
-    }
-
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
@@ -129,6 +117,20 @@ impl Error {
             lines.push(format!("kcache: hint: {hint}"));
         }
         lines.into_iter().map(|l| redact(&one_line(&l))).collect()
+    }
+}
+
+impl Clone for Error {
+    /// The same chain of messages, kind, hint and mark (the causes' own types are not kept:
+    /// `anyhow::Error` cannot be cloned).
+    fn clone(&self) -> Error {
+        let chain = self.chain();
+        let mut causes = chain.iter().rev();
+        let mut inner = anyhow::anyhow!("{}", causes.next().map(String::as_str).unwrap_or_default());
+        for what in causes {
+            inner = inner.context(what.clone());
+        }
+        Error { kind: self.kind, inner, hint: self.hint.clone(), unsent: self.unsent }
     }
 }
 

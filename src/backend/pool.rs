@@ -153,7 +153,7 @@ where
             && let Some((at, e)) = down.as_ref()
             && at.elapsed() < self.settings.timeout
         {
-            return Err(e.duplicate());
+            return Err(e.clone());
         }
         let deadline = start + self.settings.timeout;
         loop {
@@ -170,7 +170,7 @@ where
                     if let Some(e) = self.take_error_since(start) {
                         let e = (self.classify_connect)(e, &self.location);
                         if let Ok(mut down) = self.down.lock() {
-                            *down = Some((Instant::now(), e.duplicate()));
+                            *down = Some((Instant::now(), e.clone()));
                         }
                         return Err(e);
                     }

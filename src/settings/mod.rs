@@ -383,24 +383,16 @@ fn register_url_secret(url: &str) {
     }
 }
 
-/// Decodes `%XX` escapes (invalid ones are kept as they are).
+/// Decodes `%XX` escapes, keeping any other `%` as it is (as SQLAlchemy, redis-py and libpq's
+/// URLs read them); text that is not UTF-8 once decoded is shown with replacement characters.
+/// The one percent-decoder of kcache (with [`percent_decode_bytes`]).
 pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
+}
+
+/// The bytes `%XX` escapes stand for, others kept as they are.
+pub fn percent_decode_bytes(s: &str) -> Vec<u8> {
+    percent_encoding::percent_decode_str(s).collect()
 }
 
 impl Settings {

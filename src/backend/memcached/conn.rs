@@ -650,7 +650,7 @@ mod tests {
         assert_eq!(named.chain().len(), 3);
         let already = naming(classify_connect(Failure::Closed, "h:1"), "h:1");
         assert_eq!(already.chain().len(), 1);
-        let copy = named.duplicate();
+        let copy = named.clone();
         assert_eq!((copy.kind(), copy.render(true)), (named.kind(), named.render(true)));
     }
 

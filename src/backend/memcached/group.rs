@@ -130,7 +130,7 @@ pub fn run(m: &Memcached, ops: &[GroupOp<'_>]) -> Vec<Result<GroupResult>> {
                     Ok(c) => lane.conn = Some(c),
                     Err(e) => {
                         for &i in &lane.ops[lane.next..] {
-                            results[i] = Some(Err(e.duplicate()));
+                            results[i] = Some(Err(e.clone()));
                         }
                         lane.next = lane.ops.len();
                         continue;

@@ -324,25 +324,13 @@ fn parse_url(rest: &str, sqlalchemy: bool) -> Result<Params> {
 }
 
 /// Decodes `%XX` escapes (others are kept as they are, as SQLAlchemy does); `+` becomes a space
-/// when `plus` is set.
+/// when `plus` is set (an encoded `%2B` stays a `+`).
 fn percent_decode(s: &str, plus: bool) -> Vec<u8> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%'
-            && let (Some(h), Some(l)) = (bytes.get(i + 1), bytes.get(i + 2))
-            && let (Some(h), Some(l)) = ((*h as char).to_digit(16), (*l as char).to_digit(16))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(if plus && b == b'+' { b' ' } else { b });
-        i += 1;
+    if plus && s.contains('+') {
+        crate::settings::percent_decode_bytes(&s.replace('+', " "))
+    } else {
+        crate::settings::percent_decode_bytes(s)
     }
-    out
 }
 
 /// Percent-decodes one part of a URL, which must then be UTF-8 without NUL. `what` names the

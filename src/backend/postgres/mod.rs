@@ -638,7 +638,7 @@ impl Backend for Postgres {
         let messages = match answer {
             Ok(Some(m)) => m,
             Ok(None) => return None,
-            Err(e) => return Some(ops.iter().map(|_| Err(e.duplicate())).collect()),
+            Err(e) => return Some(ops.iter().map(|_| Err(e.clone())).collect()),
         };
         // Each statement answers with its rows, then CommandComplete.
         let mut statements: Vec<Vec<postgres::SimpleQueryRow>> = Vec::with_capacity(ops.len());

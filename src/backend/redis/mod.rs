@@ -623,7 +623,7 @@ fn fail_rest(out: &mut Vec<Result<GroupResult>>, n: usize, e: Error) {
         return;
     }
     for _ in 1..n {
-        out.push(Err(e.duplicate()));
+        out.push(Err(e.clone()));
     }
     out.push(Err(e));
 }
