@@ -90,40 +90,18 @@ pub enum Command {
     ///   kcache set --json user:1 '{"name": "Ada"}' 1h
     ///   slow-command | kcache set report - 15m
     #[command(allow_negative_numbers = true)]
-    Set {
-        /// Parse VALUE as JSON instead of storing it as a string
-        #[arg(long)]
-        json: bool,
-        /// The key (the configured prefix is prepended)
-        key: String,
-        /// The value, or - for standard input
-        #[arg(allow_hyphen_values = true)]
-        value: String,
-        /// Time to live: 60, 0.25, 500ms, 15m, 2h, 30d
-        ttl: Ttl,
-    },
+    Set(SetArgs),
     /// Print the seconds KEY has left (-1: no expiry; -2 and status 1: no such key)
     ///
     /// Whole seconds rounded up, so a live entry never shows 0. Example:
     ///   kcache ttl --ms greeting
-    Ttl {
-        /// Print milliseconds instead of seconds
-        #[arg(long)]
-        ms: bool,
-        /// The key
-        key: String,
-    },
+    Ttl(TtlArgs),
     /// Give an existing entry a new TTL (status 1 if there is none)
     ///
     /// A TTL of 0 expires the entry now. An expired entry is never brought back. Example:
     ///   kcache expire greeting 2h
     #[command(allow_negative_numbers = true)]
-    Expire {
-        /// The key
-        key: String,
-        /// Time to live: 60, 0.25, 500ms, 15m, 2h, 30d
-        ttl: Ttl,
-    },
+    Expire(ExpireArgs),
     /// Remove KEY and print the value it had (status 1 if there was none)
     ///
     /// Example:
@@ -133,11 +111,7 @@ pub enum Command {
     ///
     /// Memcached cannot find keys by prefix, so there a prefixed flush needs --all. Example:
     ///   kcache --prefix myapp: flush
-    Flush {
-        /// Remove everything, whatever the prefix
-        #[arg(long)]
-        all: bool,
-    },
+    Flush(FlushArgs),
     /// Check that the backend answers (write, read and delete a heartbeat key)
     ///
     /// Prints "ok". Example:
@@ -175,8 +149,74 @@ pub enum Command {
     },
 }
 
+/// The commands a batch line may hold: the command line's own definitions (see
+/// [`batch_parser`]).
+pub const BATCH_COMMANDS: [&str; 8] = ["get", "set", "ttl", "expire", "delete", "flush", "purge", "ping"];
+
+/// The parser of a batch line: the subcommands of [`Cli`] that a batch allows, with exactly
+/// their definitions (arguments, value parsers, flags), and no global option. Built once.
+pub fn batch_parser() -> clap::Command {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let mut parser = clap::Command::new("batch")
+        .no_binary_name(true)
+        .subcommand_required(true)
+        .disable_help_subcommand(true)
+        .disable_help_flag(true)
+        .disable_version_flag(true);
+    for name in BATCH_COMMANDS {
+        if let Some(sub) = cli.find_subcommand(name) {
+            parser = parser.subcommand(sub.clone().disable_help_flag(true));
+        }
+    }
+    parser.build();
+    parser
+}
+
+/// Arguments of `set`.
+#[derive(Debug, Clone, Args)]
+pub struct SetArgs {
+    /// Parse VALUE as JSON instead of storing it as a string
+    #[arg(long)]
+    pub json: bool,
+    /// The key (the configured prefix is prepended)
+    pub key: String,
+    /// The value, or - for standard input
+    #[arg(allow_hyphen_values = true)]
+    pub value: String,
+    /// Time to live: 60, 0.25, 500ms, 15m, 2h, 30d
+    pub ttl: Ttl,
+}
+
+/// Arguments of `ttl`.
+#[derive(Debug, Clone, Args)]
+pub struct TtlArgs {
+    /// Print milliseconds instead of seconds
+    #[arg(long)]
+    pub ms: bool,
+    /// The key
+    pub key: String,
+}
+
+/// Arguments of `expire`.
+#[derive(Debug, Clone, Args)]
+pub struct ExpireArgs {
+    /// The key
+    pub key: String,
+    /// Time to live: 60, 0.25, 500ms, 15m, 2h, 30d
+    pub ttl: Ttl,
+}
+
+/// Arguments of `flush`.
+#[derive(Debug, Clone, Args)]
+pub struct FlushArgs {
+    /// Remove everything, whatever the prefix
+    #[arg(long)]
+    pub all: bool,
+}
+
 /// Arguments of the commands that print a value (`get`, `delete`).
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ReadArgs {
     /// Print the value as a JSON document, even when it is a string
     #[arg(long)]
@@ -207,6 +247,6 @@ mod tests {
     #[test]
     fn values_may_start_with_a_hyphen() {
         let cli = Cli::try_parse_from(["kcache", "set", "k", "-x", "10"]).unwrap();
-        assert!(matches!(cli.command, Command::Set { value, .. } if value == "-x"));
+        assert!(matches!(cli.command, Command::Set(SetArgs { value, .. }) if value == "-x"));
     }
 }

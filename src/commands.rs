@@ -1,11 +1,15 @@
-//! One function per command; [`dispatch`] is the only place that lists them all. Input is
-//! checked (value read and encoded, key checked) before the backend is touched.
+//! [`dispatch`] is the only place that lists the commands. The keyed commands and `flush`,
+//! `purge` and `ping` run as a batch of one line: the same parsing into [`Op`], the same group
+//! path to the backend ([`batch::execute_many`]) and the same [`batch::Answer`] (status, `ttl`'s
+//! `-1`/`-2`, the value), so a one-shot command and a batch line cannot drift apart; only the
+//! printing differs (raw text here, JSON in a batch). Input is checked (value read and encoded,
+//! key checked) before the backend is touched.
 
 use crate::backend::{self, Cache};
-use crate::cli::{Command, ReadArgs};
-use crate::error::{Error, ErrorKind, Result};
+use crate::batch::{self, Op};
+use crate::cli::{Command, SetArgs};
+use crate::error::{Error, ErrorKind, Result, excerpt};
 use crate::settings::Settings;
-use crate::ttl::{self, Remaining, Ttl};
 use crate::value::{self, Shown};
 use crate::{Log, Outcome, output};
 
@@ -21,18 +25,82 @@ pub fn dispatch(
     for w in cache.warnings() {
         log.warn(&w);
     }
-    match command {
-        Command::Migrate { dry_run } => migrate(&mut cache, dry_run, log),
-        Command::Get(args) => get(&mut cache, &args),
-        Command::Set { json, key, value, ttl } => set(&mut cache, json, &key, &value, ttl),
-        Command::Ttl { ms, key } => ttl(&mut cache, ms, &key),
-        Command::Expire { key, ttl } => expire(&mut cache, &key, ttl),
-        Command::Delete(args) => delete(&mut cache, &args),
-        Command::Flush { all } => flush(&mut cache, all, log),
-        Command::Ping => ping(&mut cache),
-        Command::Purge => purge(&mut cache, log),
-        Command::Batch { jobs, keep_going } => batch(cache, jobs, keep_going),
+    let print = Print::of(&command);
+    let op = match command {
+        Command::Migrate { dry_run } => return migrate(&mut cache, dry_run, log),
+        Command::Batch { jobs, keep_going } => return run_batch(cache, jobs, keep_going),
         Command::Completions { .. } => unreachable!("handled before settings are loaded"),
+        Command::Set(SetArgs { json, key, value, ttl }) if value == "-" => {
+            cache.full_key(&key)?; // a bad key is refused before standard input is read
+            let text = crate::read_value_arg(&value)?;
+            Op::Set { key, value: batch::encode(json, &text, "standard input").map_err(Error::input)?, ttl }
+        }
+        command => Op::from_command(command).map_err(Error::input)?,
+    };
+    let reply = batch::execute_many(&mut cache, &[(1, op)], false).pop();
+    let answer = reply.map_or_else(|| Err(Error::input("the command did not run")), |r| r.result)?;
+    print.show(&answer, log)?;
+    Ok(if answer.missing { Outcome::Missing } else { Outcome::Done })
+}
+
+/// How a one-shot command prints its [`batch::Answer`].
+enum Print {
+    /// `get`, `delete` (`removed`): the value, raw or as JSON.
+    Value { json: bool, no_newline: bool, removed: Option<String> },
+    /// `ttl`: the number.
+    Number,
+    /// `ping`: `ok`.
+    Ok,
+    /// `flush`, `purge`: a note with `-v`.
+    Note,
+    /// `set`, `expire`: nothing.
+    Nothing,
+}
+
+impl Print {
+    fn of(command: &Command) -> Print {
+        match command {
+            Command::Get(a) => Print::Value { json: a.json, no_newline: a.no_newline, removed: None },
+            Command::Delete(a) => Print::Value { json: a.json, no_newline: a.no_newline, removed: Some(a.key.clone()) },
+            Command::Ttl(_) => Print::Number,
+            Command::Ping => Print::Ok,
+            Command::Flush(_) | Command::Purge => Print::Note,
+            _ => Print::Nothing,
+        }
+    }
+
+    fn show(&self, answer: &batch::Answer, log: &Log) -> Result<()> {
+        match self {
+            Print::Value { json, no_newline, removed } => {
+                let Some(doc) = &answer.value else { return Ok(()) };
+                let printed = match value::show(doc, *json) {
+                    Ok(Shown::Raw(s) | Shown::Json(s)) => output::print(&s, *no_newline),
+                    Err(e) => Err(Error::backend("show the value", anyhow::anyhow!(e))),
+                };
+                // The entry is gone whatever happens to the output: say so (status 5).
+                printed.map_err(|e| match (removed, e.kind()) {
+                    (Some(key), ErrorKind::BrokenPipe | ErrorKind::Unshown) => Error::new(
+                        ErrorKind::Unshown,
+                        anyhow::anyhow!(
+                            "the entry was removed, but its value could not be written to standard output: {}",
+                            e.chain().last().map_or("", String::as_str)
+                        ),
+                    )
+                    .context(format!("delete {}", excerpt(key))),
+                    _ => e,
+                })
+            }
+            Print::Number => output::print(answer.value.as_deref().unwrap_or_default(), false),
+            Print::Ok => output::print("ok", false),
+            Print::Note => {
+                match answer.purged {
+                    Some(n) => log.note(&format!("removed {n} expired entries")),
+                    None => log.note("flushed"),
+                }
+                Ok(())
+            }
+            Print::Nothing => Ok(()),
+        }
     }
 }
 
@@ -62,98 +130,10 @@ fn migrate(cache: &mut Cache, dry_run: bool, log: &Log) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// Prints a value `get` read, or `delete` removed (`removed`): then a value that cannot be
-/// shown, or output that cannot be written, is status 5, since the entry is gone all the same.
-fn show(stored: Option<String>, args: &ReadArgs, removed: bool) -> Result<Outcome> {
-    let Some(stored) = stored else { return Ok(Outcome::Missing) };
-    let key = crate::error::excerpt(&args.key);
-    let shown = value::show(&stored, args.json).map_err(|e| {
-        if removed {
-            Error::new(ErrorKind::Unshown, anyhow::anyhow!("the entry was removed, but its value cannot be shown: {e}"))
-                .context(format!("delete {key}"))
-        } else {
-            Error::backend(format!("read {key}"), anyhow::anyhow!(e))
-        }
-    })?;
-    let printed = match shown {
-        Shown::Raw(s) | Shown::Json(s) => output::print(&s, args.no_newline),
-    };
-    printed.map_err(|e| match e.kind() {
-        ErrorKind::BrokenPipe | ErrorKind::Unshown if removed => Error::new(
-            ErrorKind::Unshown,
-            anyhow::anyhow!(
-                "the entry was removed, but its value could not be written to standard output: {}",
-                e.chain().last().map_or("", String::as_str)
-            ),
-        )
-        .context(format!("delete {key}")),
-        _ => e,
-    })?;
-    Ok(Outcome::Done)
-}
-
-fn get(cache: &mut Cache, args: &ReadArgs) -> Result<Outcome> {
-    let stored = cache.get(&args.key)?;
-    show(stored, args, false)
-}
-
-fn set(cache: &mut Cache, json: bool, key: &str, value: &str, ttl: Ttl) -> Result<Outcome> {
-    // Everything about the input is checked before the backend is touched.
-    cache.full_key(key)?;
-    let text = crate::read_value_arg(value)?;
-    let encoded = if json {
-        let source = if value == "-" { "standard input" } else { "VALUE" };
-        value::encode_json(&text)
-            .map_err(|e| Error::input(format!("{source} is not a JSON document kcache can store: {e}")))?
-    } else {
-        value::encode_string(&text)
-    };
-    cache.set(key, &encoded, ttl)?;
-    Ok(Outcome::Done)
-}
-
-fn ttl(cache: &mut Cache, ms: bool, key: &str) -> Result<Outcome> {
-    let (text, outcome) = match cache.ttl(key)? {
-        Remaining::Missing => ("-2".to_string(), Outcome::Missing),
-        Remaining::NoExpiry => ("-1".to_string(), Outcome::Done),
-        Remaining::Left(d) if ms => (ttl::whole_millis_up(d).to_string(), Outcome::Done),
-        Remaining::Left(d) => (ttl::whole_seconds_up(d).to_string(), Outcome::Done),
-    };
-    output::print(&text, false)?;
-    Ok(outcome)
-}
-
-fn expire(cache: &mut Cache, key: &str, ttl: Ttl) -> Result<Outcome> {
-    Ok(if cache.expire(key, ttl)? { Outcome::Done } else { Outcome::Missing })
-}
-
-fn delete(cache: &mut Cache, args: &ReadArgs) -> Result<Outcome> {
-    let stored = cache.delete(&args.key)?;
-    show(stored, args, true)
-}
-
-fn flush(cache: &mut Cache, all: bool, log: &Log) -> Result<Outcome> {
-    cache.flush(all)?;
-    log.note("flushed");
-    Ok(Outcome::Done)
-}
-
-fn ping(cache: &mut Cache) -> Result<Outcome> {
-    cache.ping()?;
-    output::print("ok", false)?;
-    Ok(Outcome::Done)
-}
-
-fn purge(cache: &mut Cache, log: &Log) -> Result<Outcome> {
-    let n = cache.purge()?;
-    log.note(&format!("removed {n} expired entries"));
-    Ok(Outcome::Done)
-}
-
-fn batch(cache: Cache, jobs: u32, keep_going: bool) -> Result<Outcome> {
+fn run_batch(cache: Cache, jobs: u32, keep_going: bool) -> Result<Outcome> {
     let stdin = std::io::stdin();
     // `Stdout` (not its lock) can move to the writer thread; the buffer keeps writes few.
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-    let status = crate::batch::run(cache, stdin.lock(), &mut out, jobs as usize, keep_going)?;
+    let status = batch::run(cache, stdin.lock(), &mut out, jobs as usize, keep_going)?;
     Ok(if status == 0 { Outcome::Done } else { Outcome::Status(status) })
 }

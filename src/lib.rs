@@ -16,7 +16,7 @@ pub mod value;
 use cli::{Cli, Command};
 use error::{Error, ErrorKind, Result};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::LazyLock;
 
@@ -109,48 +109,8 @@ fn app(cli: Cli) -> Result<Outcome> {
     }
     let log = Log { verbose: cli.global.verbose, quiet: cli.global.quiet };
     let env = |k: &str| std::env::var(k).ok();
-    let settings = load_settings(&cli.global, &env, &log)?;
+    let settings = settings::resolve(&cli.global, &env, &log)?;
     commands::dispatch(cli.command, settings, &env, &log)
-}
-
-/// Resolves the settings from every layer, logging where each one came from with `-v`.
-pub fn load_settings(
-    global: &cli::Global,
-    env: &dyn Fn(&str) -> Option<String>,
-    log: &Log,
-) -> Result<settings::Settings> {
-    let file = match settings::locate(global.config.as_deref(), env) {
-        Some((path, _explicit)) => {
-            log.note(&format!("reading config file {}", path.display()));
-            let mut warn = |m: String| log.warn(&m);
-            settings::file_layer(&path, &mut warn)?
-        }
-        None => {
-            log.note("no config file");
-            settings::Layer::default()
-        }
-    };
-    let layer = settings::cli_layer(global).over(settings::env_layer(env)).over(file);
-    let mut s = settings::Settings::from_layer(&layer)?;
-    if s.path.is_none() && s.backend == settings::BackendKind::Sqlite {
-        s.path = default_sqlite_path(env);
-        if let Some(o) = s.origins.iter_mut().find(|o| o.0 == "path") {
-            o.1 = s.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-        }
-    }
-    for (name, value, source) in &s.origins {
-        log.note(&format!("setting {name} = {value} (from {source})"));
-    }
-    Ok(s)
-}
-
-/// `$XDG_CACHE_HOME/kcache/cache.sqlite3`, else `~/.cache/kcache/cache.sqlite3`.
-pub fn default_sqlite_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    let base = env("XDG_CACHE_HOME")
-        .filter(|s| Path::new(s).is_absolute())
-        .map(PathBuf::from)
-        .or_else(|| env("HOME").filter(|s| !s.is_empty()).map(|h| Path::new(&h).join(".cache")))?;
-    Some(base.join("kcache").join("cache.sqlite3"))
 }
 
 /// Whether standard input was closed when kcache started (`kcache set k - 60 <&-`): Rust's

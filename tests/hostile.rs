@@ -335,6 +335,31 @@ proptest! {
         }
     }
 
+    /// The shortcut for plain lines (`get K`, `set K V T`...) reads every line exactly as the
+    /// clap definitions do: the same command, or the error clap gives.
+    #[test]
+    fn batch_plain_lines_parse_as_clap_parses_them(
+        command in "(get|set|ttl|expire|delete|flush|purge|ping|gett|sett)",
+        words in proptest::collection::vec(prop_oneof![
+            word(),
+            "[0-9]{1,4}(\\.[0-9]{1,3})?(ms|s|m|h|d|x)?",
+            "-{1,2}[a-z]{0,5}",
+            Just("-".to_string()),
+            Just("--".to_string()),
+        ], 0..5),
+    ) {
+        let mut all = vec![command];
+        all.extend(words);
+        let line = all.iter().map(|w| sq(w)).collect::<Vec<_>>().join(" ");
+        prop_assume!(all.iter().all(|w| !w.is_empty()));
+        let through_clap = kcache::batch::parse_words_with_clap(&all);
+        let parsed = parse_line(&line);
+        match through_clap {
+            Ok(op) => prop_assert_eq!(parsed, Ok(Some(op)), "{}", line),
+            Err(e) => prop_assert_eq!(parsed, Err(e), "{}", line),
+        }
+    }
+
     #[test]
     fn batch_comments_and_blank_lines_are_skipped(indent in "[ \t]{0,4}", rest in "[ -~]{0,30}") {
         prop_assert_eq!(parse_line(&format!("{indent}#{rest}")), Ok(None));

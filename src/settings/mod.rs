@@ -396,8 +396,13 @@ pub fn percent_decode_bytes(s: &str) -> Vec<u8> {
 }
 
 impl Settings {
-    /// Types and checks the merged layer; applies defaults.
+    /// Types and checks the merged layer; applies defaults (no sqlite file: see [`resolve`]).
     pub fn from_layer(layer: &Layer) -> Result<Settings> {
+        Self::from_layer_with(layer, &|| None)
+    }
+
+    /// [`Settings::from_layer`], with `default_path` for the sqlite file when none is set.
+    fn from_layer_with(layer: &Layer, default_path: &dyn Fn() -> Option<PathBuf>) -> Result<Settings> {
         let get = |name: &str| layer.entries.get(name);
         let mut origins = Vec::new();
         let mut note = |name: &str, shown: String, e: Option<&Entry>| {
@@ -515,6 +520,7 @@ impl Settings {
                     })
                 }
             }
+            None if backend == BackendKind::Sqlite => default_path(),
             None => None,
         };
         note("path", path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), get("path"));
@@ -537,6 +543,41 @@ impl Settings {
 }
 
 /// The command-line layer.
+/// The settings of a command line: every layer resolved (options over environment over the
+/// config file over defaults), each setting's source logged with `-v`.
+pub fn resolve(
+    global: &crate::cli::Global,
+    env: &dyn Fn(&str) -> Option<String>,
+    log: &crate::Log,
+) -> Result<Settings> {
+    let file = match locate(global.config.as_deref(), env) {
+        Some((path, _explicit)) => {
+            log.note(&format!("reading config file {}", path.display()));
+            let mut warn = |m: String| log.warn(&m);
+            file_layer(&path, &mut warn)?
+        }
+        None => {
+            log.note("no config file");
+            Layer::default()
+        }
+    };
+    let layer = cli_layer(global).over(env_layer(env)).over(file);
+    let s = Settings::from_layer_with(&layer, &|| default_sqlite_path(env))?;
+    for (name, value, source) in &s.origins {
+        log.note(&format!("setting {name} = {value} (from {source})"));
+    }
+    Ok(s)
+}
+
+/// `$XDG_CACHE_HOME/kcache/cache.sqlite3`, else `~/.cache/kcache/cache.sqlite3`.
+pub fn default_sqlite_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let base = env("XDG_CACHE_HOME")
+        .filter(|s| Path::new(s).is_absolute())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").filter(|s| !s.is_empty()).map(|h| Path::new(&h).join(".cache")))?;
+    Some(base.join("kcache").join("cache.sqlite3"))
+}
+
 pub fn cli_layer(g: &crate::cli::Global) -> Layer {
     let mut l = Layer::default();
     if let Some(b) = &g.backend {
