@@ -1023,6 +1023,9 @@ fn tiny_pool_timeouts_and_recycles_become_a_millisecond_not_a_panic() {
     // a zero duration, which r2d2 and socket timeouts refuse with a panic.
     let closed = crate::servers::free_port();
     for backend in ["redis", "postgresql", "memcached"] {
+        if !crate::rig::compiled(backend) {
+            continue;
+        }
         for (var, value) in [("KINTO_CACHE_POOL_TIMEOUT", "1e-12"), ("KINTO_CACHE_POOL_RECYCLE", "0")] {
             let (url_var, url) = match backend {
                 "memcached" => ("KINTO_CACHE_HOSTS", format!("127.0.0.1:{closed}")),

@@ -3,8 +3,14 @@
 //!
 //! The property tests are bounded (`cases`) to run in a few seconds; a failure they find is
 //! kept in `proptest-regressions/hostile.txt` and replayed first on every later run.
+// Helpers of the PostgreSQL and Redis tests go unused in a build without those backends.
+#![cfg_attr(not(all(feature = "postgresql", feature = "redis")), allow(dead_code, unused_imports))]
 
-use crate::servers::{Batch, OwnMemcached, OwnRedis, RigDb, replies, run_within, sq, status};
+#[cfg(feature = "redis")]
+use crate::servers::OwnRedis;
+#[cfg(feature = "postgresql")]
+use crate::servers::RigDb;
+use crate::servers::{Batch, OwnMemcached, replies, run_within, sq, status};
 use crate::util::{Env, Out, encode, unique};
 use kcache::batch::{Op, parse_line};
 use kcache::ttl::{MAX_TTL, Ttl};
@@ -542,6 +548,7 @@ fn hostile_prefixed_flush_sqlite() {
     prefixed_flush_removes_exactly_the_prefix(&Env::new());
 }
 
+#[cfg(feature = "postgresql")]
 #[test]
 fn hostile_prefixed_flush_postgresql() {
     let Some(db) = RigDb::create() else { return };
@@ -549,6 +556,7 @@ fn hostile_prefixed_flush_postgresql() {
     prefixed_flush_removes_exactly_the_prefix(&db.env_with(&db.url(), "10"));
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn hostile_prefixed_flush_redis() {
     let Some(url) = crate::rig::server("KCACHE_TEST_REDIS_URL") else { return };
@@ -636,6 +644,7 @@ fn hostile_keys_and_values_sqlite() {
     assert_eq!(rows, keys.len() as i64, "exactly the keys written, no table dropped");
 }
 
+#[cfg(feature = "postgresql")]
 #[test]
 fn hostile_keys_and_values_postgresql() {
     let Some(mut db) = RigDb::create() else { return };
@@ -658,6 +667,7 @@ fn hostile_keys_and_values_postgresql() {
     assert_eq!(stored, expected, "exactly the keys written, byte for byte");
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn hostile_keys_and_values_redis() {
     let Some(url) = crate::rig::server("KCACHE_TEST_REDIS_URL") else { return };
@@ -754,6 +764,7 @@ fn never_printed(out: &Out, secret: &str, what: &str) {
 /// Runs `get k` with and without `-v`, and a batch of two lines, and checks each failed with one
 /// of `statuses` and printed no form of any of `secrets`.
 #[track_caller]
+#[cfg(any(feature = "postgresql", feature = "redis"))]
 fn fails_without_secrets(env: &Env, extra: &[&str], statuses: &[i32], secrets: &[&str], what: &str) {
     let mut runs = Vec::new();
     for verbose in [false, true] {
@@ -787,6 +798,7 @@ fn fails_without_secrets(env: &Env, extra: &[&str], statuses: &[i32], secrets: &
 /// is hidden where it is written (the URL's password field) and nowhere else: the message keeps
 /// its words (`kcache: error:`, `postgresql://postgres@...`) and so does not show the password by
 /// blanking it out everywhere it occurs.
+#[cfg(all(feature = "postgresql", feature = "redis"))]
 #[test]
 fn a_password_that_is_an_ordinary_word_leaves_messages_intact() {
     let port = crate::servers::free_port();
@@ -817,6 +829,7 @@ fn a_password_that_is_an_ordinary_word_leaves_messages_intact() {
     }
 }
 
+#[cfg(feature = "postgresql")]
 #[test]
 fn postgresql_passwords_never_appear_in_any_failure() {
     let Some(mut db) = RigDb::create() else { return };
@@ -892,11 +905,13 @@ fn postgresql_passwords_never_appear_in_any_failure() {
     }
 }
 
+#[cfg(any(feature = "postgresql", feature = "redis"))]
 fn toml_string(s: &str) -> String {
     serde_json::to_string(s).expect("json")
 }
 
 /// `c.toml` in `env`'s home for `backend` at `url`, readable by its owner only.
+#[cfg(any(feature = "postgresql", feature = "redis"))]
 fn private_toml(env: &Env, backend: &str, url: &str) -> std::path::PathBuf {
     let path = env.write("c.toml", &format!("[cache]\nbackend = \"{backend}\"\nurl = {}\n", toml_string(url)));
     set_mode(&path, 0o600);
@@ -908,6 +923,7 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn redis_passwords_never_appear_in_any_failure() {
     let right = format!("R1ght:{}@/%?", unique("rpw"));
@@ -949,6 +965,7 @@ fn redis_passwords_never_appear_in_any_failure() {
 
 // ---- a config file that others can read ------------------------------------------------------
 
+#[cfg(feature = "redis")]
 #[test]
 fn a_config_file_with_a_password_readable_by_others_is_warned_about_as_ssh_does() {
     let secret = format!("Cfg-{}", unique("pw"));
@@ -1007,6 +1024,7 @@ fn a_config_file_with_a_password_readable_by_others_is_warned_about_as_ssh_does(
 }
 
 /// Batch lines with a password-bearing failure report it redacted too (the `error` field).
+#[cfg(feature = "redis")]
 #[test]
 fn batch_error_fields_never_hold_a_password() {
     let secret = format!("Bt-{}", unique("pw"));
@@ -1049,6 +1067,7 @@ fn with_raw_value(backend: &str, key: &str, text: &str) -> Option<(Env, Box<dyn 
                 .expect("insert");
             Some((env, Box::new(())))
         }
+        #[cfg(feature = "postgresql")]
         "postgresql" => {
             let mut db = RigDb::create()?;
             db.migrate();
@@ -1064,6 +1083,7 @@ fn with_raw_value(backend: &str, key: &str, text: &str) -> Option<(Env, Box<dyn 
                 .var("KINTO_CACHE_PREFIX", &prefix);
             Some((env, Box::new(db)))
         }
+        #[cfg(feature = "redis")]
         "redis" => {
             let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
             let mut c = redis::Client::open(url.as_str()).expect("url").get_connection().expect("connect");
@@ -1084,6 +1104,7 @@ fn with_raw_value(backend: &str, key: &str, text: &str) -> Option<(Env, Box<dyn 
                 .var("KINTO_CACHE_PREFIX", &prefix);
             Some((env, Box::new(server)))
         }
+        other if !crate::rig::compiled(other) => None,
         other => panic!("{other}"),
     }
 }

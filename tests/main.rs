@@ -1,17 +1,25 @@
 //! The one integration test binary. Every file of tests/ is a module here; a test below checks
 //! that none was forgotten.
 
+//!
+//! A backend's own tests build only with its cargo feature (`cargo test --no-default-features
+//! --features sqlite` builds and runs the rest); the fault tests need every networked backend.
+
 mod batch;
 mod cli_config;
 mod cli_ops;
 mod cli_usage;
 mod concurrency;
 mod conformance;
+#[cfg(all(feature = "postgresql", feature = "redis", feature = "memcached"))]
 mod faults;
 mod hostile;
 mod load;
+#[cfg(feature = "memcached")]
 mod memcached;
+#[cfg(feature = "postgresql")]
 mod postgresql;
+#[cfg(feature = "redis")]
 mod redis;
 mod rig;
 mod servers;

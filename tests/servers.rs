@@ -138,7 +138,7 @@ impl OwnMemcached {
     }
 
     fn start_on(socket: Option<PathBuf>) -> Option<OwnMemcached> {
-        if !require(installed("memcached", "-V"), "memcached") {
+        if !crate::rig::compiled("memcached") || !require(installed("memcached", "-V"), "memcached") {
             return None;
         }
         let mut last = String::new();
@@ -258,7 +258,7 @@ pub struct OwnRedis {
 impl OwnRedis {
     /// Starts one with `extra` arguments (`None`: skipped, redis-server is not installed).
     pub fn start(extra: &[&str]) -> Option<OwnRedis> {
-        if !require(installed("redis-server", "--version"), "redis-server") {
+        if !crate::rig::compiled("redis") || !require(installed("redis-server", "--version"), "redis-server") {
             return None;
         }
         let mut last = String::new();
@@ -321,6 +321,7 @@ impl OwnRedis {
     }
 
     /// A connection of the redis crate.
+    #[cfg(feature = "redis")]
     pub fn client(&self) -> redis::Connection {
         let client = redis::Client::open(self.url()).expect("url");
         let conn = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connect to redis");
@@ -377,7 +378,7 @@ impl OwnPostgres {
     /// Creates and starts a cluster (`None`: skipped, PostgreSQL is not installed).
     pub fn start() -> Option<OwnPostgres> {
         let bin = pg_bin();
-        if !require(bin.is_some(), "PostgreSQL (initdb, pg_ctl)") {
+        if !crate::rig::compiled("postgresql") || !require(bin.is_some(), "PostgreSQL (initdb, pg_ctl)") {
             return None;
         }
         let bin = bin.expect("found");
@@ -458,6 +459,7 @@ impl OwnPostgres {
     }
 
     /// A session of the superuser on `db`.
+    #[cfg(feature = "postgresql")]
     pub fn client(&self, db: &str) -> postgres::Client {
         let mut config: postgres::Config = self.url(db).parse().expect("url");
         config.connect_timeout(Duration::from_secs(5));
@@ -727,6 +729,10 @@ pub fn sq(word: &str) -> String {
 /// A kcache environment on the rig's `backend` under a prefix of its own (PostgreSQL: a fresh,
 /// migrated database, returned to outlive the test; sqlite: a migrated file), or `None`
 /// (skipped loudly outside CI) when that server is missing.
+/// Without the postgresql feature there is no database of a test's own to hold.
+#[cfg(not(feature = "postgresql"))]
+pub struct RigDb;
+
 pub fn backend_env(backend: &str) -> Option<(Env, Option<RigDb>)> {
     let prefix = format!("{}:", crate::util::unique("e"));
     let env = Env::new().var("KINTO_CACHE_PREFIX", &prefix);
@@ -738,6 +744,7 @@ pub fn backend_env(backend: &str) -> Option<(Env, Option<RigDb>)> {
             (env, None)
         }
         "memory" => (env.var("KINTO_CACHE_BACKEND", "memory"), None),
+        #[cfg(feature = "postgresql")]
         "postgresql" => {
             let db = RigDb::create()?;
             db.migrate();
@@ -751,6 +758,7 @@ pub fn backend_env(backend: &str) -> Option<(Env, Option<RigDb>)> {
             let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
             (env.var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url), None)
         }
+        other if !crate::rig::compiled(other) => return None,
         other => panic!("no environment for the backend {other}"),
     })
 }
@@ -758,6 +766,7 @@ pub fn backend_env(backend: &str) -> Option<(Env, Option<RigDb>)> {
 /// A database of one test's own on the rig's server (`KCACHE_TEST_PG_URL`), dropped with the
 /// roles the test made when it goes. kcache reaches it through the rig's unix socket (trust,
 /// no SCRAM cost) when there is one.
+#[cfg(feature = "postgresql")]
 pub struct RigDb {
     pub name: String,
     admin: String,
@@ -767,6 +776,7 @@ pub struct RigDb {
     roles: Vec<String>,
 }
 
+#[cfg(feature = "postgresql")]
 impl RigDb {
     /// A fresh, empty database (`None`: skipped outside CI without the rig).
     pub fn create() -> Option<RigDb> {
@@ -876,6 +886,7 @@ impl RigDb {
     }
 }
 
+#[cfg(feature = "postgresql")]
 impl Drop for RigDb {
     fn drop(&mut self) {
         self.client = None;
