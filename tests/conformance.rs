@@ -4,10 +4,10 @@
 //!
 //! To add a backend: add an arm to `open` and its name to `for_backends!` at the bottom.
 
-use crate::util::{left, secs, string};
+use crate::util::{left, secs, settings, string};
 use kcache::backend::{Cache, GroupOp, GroupResult};
 use kcache::error::ErrorKind;
-use kcache::settings::{Layer, Raw, Settings};
+use kcache::settings::Raw;
 use kcache::ttl::{Remaining, Ttl};
 use kcache::value;
 use std::time::Duration;
@@ -28,14 +28,6 @@ impl Fixture {
     }
 }
 
-fn settings(entries: Vec<(&'static str, Raw)>) -> Settings {
-    let mut layer = Layer::default();
-    for (k, v) in entries {
-        layer.set(k, v, "test", None);
-    }
-    Settings::from_layer(&layer).expect("test settings")
-}
-
 /// Opens `kind` for one test, or `None` (with a loud `skipped:` line) when its server is not
 /// available outside CI.
 pub fn open(kind: &str) -> Option<Fixture> {
@@ -43,13 +35,13 @@ pub fn open(kind: &str) -> Option<Fixture> {
     let prefix = format!("{prefix}:");
     match kind {
         "memory" => {
-            let s = settings(vec![("backend", Raw::Str("memory".into())), ("prefix", Raw::Str(prefix))]);
+            let s = settings(&[("backend", Raw::Str("memory".into())), ("prefix", Raw::Str(prefix))]);
             Some(Fixture { cache: kcache::backend::open(&s).expect("open"), isolated: true, _guard: None })
         }
         "sqlite" => {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("cache.sqlite3");
-            let s = settings(vec![
+            let s = settings(&[
                 ("backend", Raw::Str("sqlite".into())),
                 ("path", Raw::Str(path.display().to_string())),
                 ("prefix", Raw::Str(prefix)),
@@ -62,11 +54,10 @@ pub fn open(kind: &str) -> Option<Fixture> {
         }
         #[cfg(feature = "postgresql")]
         "postgresql" => {
-            let admin = crate::rig::server("KCACHE_TEST_PG_URL")?;
-            let db = TempDatabase::new(&admin);
-            let s = settings(vec![
+            let db = crate::servers::RigDb::create()?;
+            let s = settings(&[
                 ("backend", Raw::Str("postgresql".into())),
-                ("url", Raw::Str(db.url.clone())),
+                ("url", Raw::Str(db.url())),
                 ("prefix", Raw::Str(prefix)),
                 ("pool_timeout", Raw::Int(10)),
             ]);
@@ -76,7 +67,7 @@ pub fn open(kind: &str) -> Option<Fixture> {
         }
         "redis" => {
             let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
-            let s = settings(vec![
+            let s = settings(&[
                 ("backend", Raw::Str("redis".into())),
                 ("url", Raw::Str(url)),
                 ("prefix", Raw::Str(prefix)),
@@ -86,7 +77,7 @@ pub fn open(kind: &str) -> Option<Fixture> {
         }
         "memcached" => {
             let hosts = crate::rig::server("KCACHE_TEST_MEMCACHED")?;
-            let s = settings(vec![
+            let s = settings(&[
                 ("backend", Raw::Str("memcached".into())),
                 ("hosts", Raw::Str(hosts)),
                 ("prefix", Raw::Str(prefix)),
@@ -95,35 +86,6 @@ pub fn open(kind: &str) -> Option<Fixture> {
         }
         other if !crate::rig::compiled(other) => None,
         other => panic!("no fixture for backend {other}"),
-    }
-}
-
-/// A PostgreSQL database of one test's own, dropped afterwards.
-#[cfg(feature = "postgresql")]
-pub struct TempDatabase {
-    admin: String,
-    name: String,
-    /// The new database's URL (the admin URL with its name).
-    pub url: String,
-}
-
-#[cfg(feature = "postgresql")]
-impl TempDatabase {
-    pub fn new(admin: &str) -> TempDatabase {
-        let name = crate::util::unique("kc_");
-        let mut client = postgres::Client::connect(admin, postgres::NoTls).expect("connect to the test server");
-        client.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
-        let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
-        TempDatabase { admin: admin.to_string(), url: format!("{base}/{name}"), name }
-    }
-}
-
-#[cfg(feature = "postgresql")]
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-        }
     }
 }
 

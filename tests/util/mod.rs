@@ -170,6 +170,15 @@ pub fn rows(path: &Path) -> i64 {
 // ---- small helpers shared by the backend tests ------------------------------------------------
 
 /// A TTL argument, parsed as the command line parses it.
+/// Settings from `entries` (name, raw value), as a config file would give them.
+pub fn settings(entries: &[(&'static str, kcache::settings::Raw)]) -> kcache::settings::Settings {
+    let mut layer = kcache::settings::Layer::default();
+    for (k, v) in entries {
+        layer.set(k, v.clone(), "test", None);
+    }
+    kcache::settings::Settings::from_layer(&layer).expect("test settings")
+}
+
 pub fn secs(s: &str) -> kcache::ttl::Ttl {
     s.parse().expect("ttl")
 }
