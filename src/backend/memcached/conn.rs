@@ -362,6 +362,8 @@ pub fn classify(e: Failure, server: &str) -> Error {
             anyhow::anyhow!("the value is over the item size limit of memcached at {server} ({})", s.trim()),
         )
         .with_hint("memcached stores items up to 1 MiB unless it runs with a larger -I (--max-item-size)"),
+        Failure::Client(s) if s == "ERROR" => backend(format!("memcached at {server} refused the command: ERROR"))
+            .with_hint("kcache speaks memcached's meta protocol, which memcached has since version 1.6"),
         Failure::Server(s) | Failure::Client(s) => {
             backend(format!("memcached at {server} refused the command: {}", s.trim()))
         }

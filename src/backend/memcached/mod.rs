@@ -23,12 +23,12 @@
 //! expires"), sent as a unix time over 30 days (memcached reads larger values as one), and 0
 //! past 2038, which memcached cannot hold.
 //!
-//! **Atomic updates** (§11 items 24-25): `expire` and `delete` read the entry with `gets` and
-//! write with `cas`, retrying when another client changed it meanwhile (at once a few times,
+//! **Atomic updates** (§11 items 24-25): `expire` and `delete` read the entry with its CAS
+//! token (`mg <key> v f c`) and write over it (`ms ... C<cas>`), retrying when another client changed it meanwhile (at once a few times,
 //! then after growing pauses, for up to `pool_timeout`: a key many clients write at once, as
 //! batches do, stays contended for a while). `expire` on a missing
 //! or expired entry writes nothing (Kinto creates `{"value":null}`). `delete` swaps the entry for
-//! an already expired one (`cas` with a past unix time): it removes only the entry it read,
+//! an already expired one (`ms` over its CAS with a past unix time): it removes only the entry it read,
 //! and of two concurrent deletes of one entry exactly one gets its value.
 //!
 //! **Failures are errors** (§11 items 26-28): there is no failover (python-memcached silently
@@ -42,10 +42,11 @@
 //! could not flush.
 //!
 //! **Connections**: one pool per server (`backend/pool.rs`), created when a command first needs
-//! that server; see [`conn`] for the protocol spoken on a pooled connection.
+//! that server. The commands are the memcache crate's meta commands (memcached 1.6 and newer)
+//! and its parser reads the replies; the socket is kcache's own (see [`conn`] for why).
 //!
 //! **Groups** (`kcache batch`, [`group`]): the commands of a group are sent to each server they
-//! touch in one pipeline, consecutive reads as one multi-key `get`, and the replies read
+//! touch in one pipeline, one meta command per operation, and the replies read
 //! back: a round trip per server instead of one per command, with the results the commands
 //! would have had one by one.
 
@@ -76,7 +77,7 @@ pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MAX_KEY_BYTES: usize = 250;
 
 /// How many times `expire` and `delete` re-read at once an entry that another client changed
-/// between their `gets` and their `cas`, before they pause between attempts.
+/// between their read and their write, before they pause between attempts.
 const CAS_QUICK_ATTEMPTS: u32 = 5;
 
 /// The longest pause between two attempts.
