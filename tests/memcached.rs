@@ -964,8 +964,13 @@ impl Proxy {
                             let line = String::from_utf8_lossy(&pending[..end]).into_owned();
                             pending.drain(..end + 2);
                             let words: Vec<&str> = line.split(' ').collect();
-                            if matches!(words[0], "set" | "cas") {
-                                skip = words[4].parse::<usize>().unwrap() + 2;
+                            let length = match words[0] {
+                                "set" | "cas" => words.get(4),
+                                "ms" => words.get(2),
+                                _ => None,
+                            };
+                            if let Some(length) = length {
+                                skip = length.parse::<usize>().unwrap() + 2;
                             }
                             log.lock().unwrap().push(line);
                         }
@@ -994,7 +999,7 @@ impl Proxy {
 }
 
 #[test]
-fn a_group_is_one_pipeline_per_server_with_consecutive_reads_in_one_get() {
+fn a_group_is_one_pipeline_per_server_with_one_meta_command_per_operation() {
     let Some(servers) = own::<2>() else { return };
     let delay = Duration::from_millis(50);
     let proxies = [Proxy::start(&servers[0].host(), delay), Proxy::start(&servers[1].host(), delay)];
@@ -1019,16 +1024,22 @@ fn a_group_is_one_pipeline_per_server_with_consecutive_reads_in_one_get() {
     assert!(took < Duration::from_millis(1000), "{took:?} for 80 commands: not pipelined");
     for (s, proxy) in proxies.iter().enumerate() {
         let sent = proxy.take();
-        let want: Vec<String> =
-            on(s).iter().flat_map(|k| [format!("set p:{k} 16 64 "), format!("get p:{k}")]).collect();
+        // Flags 16, exptime 60 s + 4 (`ms <key> <bytes> F16 T64`), then the read (`mg`).
+        let want: Vec<[String; 2]> = on(s)
+            .iter()
+            .flat_map(|k| [[format!("ms p:{k} "), " F16 T64".into()], [format!("mg p:{k} v f"), String::new()]])
+            .collect();
         assert_eq!(sent.len(), want.len(), "server {s}: {sent:?}");
-        for (line, w) in sent.iter().zip(&want) {
-            assert!(line.starts_with(w.as_str()), "server {s}: {line:?}, expected {w:?}");
+        for (line, [start, end]) in sent.iter().zip(&want) {
+            assert!(
+                line.starts_with(start.as_str()) && line.ends_with(end.as_str()),
+                "server {s}: {line:?}, expected {start:?}...{end:?}"
+            );
         }
     }
 
-    // Consecutive reads: one `get` per server with every key (once), in order; a `ttl` is an
-    // `mg` of its own (the server's time left), in its place.
+    // Reads: one `mg` each, in order, in one pipeline per server; a `ttl` asks for the server's
+    // time left too (`t`), in its place.
     let mut reads: Vec<GroupOp<'_>> = keys.iter().map(|k| GroupOp::Get(k)).collect();
     reads.push(GroupOp::Ttl(&keys[0]));
     reads.push(GroupOp::Get("missing"));
@@ -1039,23 +1050,17 @@ fn a_group_is_one_pipeline_per_server_with_consecutive_reads_in_one_get() {
     assert!(matches!(results[40], Ok(GroupResult::Remaining(Remaining::Left(_)))));
     assert_eq!(results[41].as_ref().unwrap(), &GroupResult::Value(None));
     for (s, proxy) in proxies.iter().enumerate() {
-        let want: Vec<String> = on(s).iter().map(|k| format!("p:{k}")).collect();
-        let mut lines = vec![format!("get {}", want.join(" "))];
-        let ttl_here = hosts::bucket(&format!("p:{}", keys[0]), 2) == s;
-        if ttl_here {
+        let mut lines: Vec<String> = on(s).iter().map(|k| format!("mg p:{k} v f")).collect();
+        if hosts::bucket(&format!("p:{}", keys[0]), 2) == s {
             lines.push(format!("mg p:{} v f t", keys[0]));
         }
         if hosts::bucket("p:missing", 2) == s {
-            if ttl_here {
-                lines.push("get p:missing".into());
-            } else {
-                lines[0].push_str(" p:missing");
-            }
+            lines.push("mg p:missing v f".into());
         }
         assert_eq!(proxy.take(), lines, "server {s}");
     }
 
-    // expire and delete run alone (gets, then cas), in their place.
+    // expire and delete run alone (`mg` with the CAS token, then `ms` over it), in their place.
     let k0 = on(0)[0].as_str();
     let ops =
         [GroupOp::Get(k0), GroupOp::Expire(k0, secs("1h")), GroupOp::Ttl(k0), GroupOp::Delete(k0), GroupOp::Get(k0)];
@@ -1064,7 +1069,7 @@ fn a_group_is_one_pipeline_per_server_with_consecutive_reads_in_one_get() {
     assert_eq!(results[3].as_ref().unwrap(), &GroupResult::Value(Some(v.clone())));
     assert_eq!(results[4].as_ref().unwrap(), &GroupResult::Value(None));
     let verbs: Vec<String> = proxies[0].take().iter().map(|l| l.split(' ').next().unwrap().to_string()).collect();
-    assert_eq!(verbs, ["get", "gets", "cas", "mg", "gets", "cas", "get"]);
+    assert_eq!(verbs, ["mg", "mg", "ms", "mg", "mg", "ms", "mg"]);
 }
 
 #[test]

@@ -1,29 +1,34 @@
-//! Connections to one memcached server, for the generic pool (`backend/pool.rs`): memcached's
-//! ASCII protocol (the one python-memcached speaks) on a socket of our own, and the one place
-//! where memcached failures become kcache errors.
+//! Connections to one memcached server, for the generic pool (`backend/pool.rs`), and the one
+//! place where memcached failures become kcache errors.
 //!
-//! kcache talks the protocol itself rather than through the `memcache` crate: the crate sends
-//! one command and waits for its reply, it cannot pipeline (`kcache batch` sends a whole group
-//! of commands, then reads every reply: one round trip instead of one per command), and it does
-//! not say when a connection broke. The part of the protocol used here is small: `get` (several
-//! keys at once), `gets`, `set`, `cas`, `flush_all` and `version`, and one meta command, `mg`
-//! (memcached 1.6 and newer), for the server's own time left on an item.
+//! The commands are the memcache crate's meta commands (`memcache::exp`: `build_get`,
+//! `build_set`, `build_delete` write them, `MetaResponse::parse_header` and
+//! `parse_meta_result` read the replies). The socket under them is kcache's own, with the
+//! framing that needs (a line, a data block), because the crate's `MetaClient` loses what
+//! kcache must keep (measured with memcache 0.21.0, see the README's memcached section):
+//! - a reply it cannot read is reported with its bytes replaced (`unknown return code "\u{fffd}\u{fffd}"`,
+//!   only the first word), where kcache quotes the whole line, escaped;
+//! - after a refused command in a batch (`SERVER_ERROR object too large`) every later command
+//!   of that server fails too, where one by one they succeed;
+//! - it speaks TCP only (no `unix:/path` hosts), and `memcache::Client`, which has unix
+//!   sockets and `flush_all`, hides a reply it cannot read as well.
 //!
 //! - Connecting is bounded by `pool_timeout`, and so is each read and write (python-memcached's
 //!   `socket_timeout`). TCP connections send at once (`TCP_NODELAY`): each pipeline is written
 //!   in one piece.
 //! - A connection whose replies can no longer be trusted to line up with its commands (an I/O
-//!   error, a timeout, a reply kcache cannot read, an error in the middle of a `get`) is marked
-//!   broken, and the pool drops it. A refused store (`SERVER_ERROR object too large for cache`)
-//!   is not such a failure: memcached reads and discards the value, and the next reply is the
-//!   next command's.
-//! - Several commands can be sent at once ([`Conn::send`]) and their replies read in order
-//!   ([`Conn::receive`]); memcached runs the commands of one connection in the order it reads
-//!   them. Whoever pipelines must keep what it sends after a read command small (see
-//!   `group.rs`): memcached stops reading while a reply it cannot send yet is pending.
+//!   error, a timeout, a reply kcache cannot read, `CLIENT_ERROR`) is marked broken, and the
+//!   pool drops it. `SERVER_ERROR` (a value over the item size limit) is not such a failure:
+//!   memcached has read and discarded the value, and the next reply is the next command's.
+//! - Several commands can be queued ([`Conn::push`]), sent in one write ([`Conn::send`]) and
+//!   their replies read in order ([`Conn::receive`]); memcached runs the commands of one
+//!   connection in the order it reads them, and every meta command gets one reply. Whoever
+//!   pipelines must keep what it sends after a read command small (see `group.rs`): memcached
+//!   stops reading while a reply it cannot send yet is pending.
 
 use super::hosts::Address;
 use crate::error::{Error, ErrorKind, Result};
+use memcache::exp::{MetaCommand, MetaCommandResult, MetaResponse, ReturnCode, parse_meta_result};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -150,96 +155,12 @@ impl From<io::Error> for Failure {
     }
 }
 
-/// One command. Keys have passed `check_key` (no space, no control character).
-#[derive(Debug)]
-pub enum Request<'a> {
-    /// `get k1 k2 ...`: the items, one per key, in this order. The keys are distinct.
-    Get(Vec<&'a str>),
-    /// `gets k`: the item with its CAS token.
-    Gets(&'a str),
-    /// `mg k v f t`: the item with the server's own seconds left on it (meta get).
-    MetaGet(&'a str),
-    /// `set`.
-    Set { key: &'a str, flags: u32, exptime: u32, data: String },
-    /// `cas`: stores only if the entry is still the one `cas` was read with.
-    Cas { key: &'a str, flags: u32, exptime: u32, data: String, cas: u64 },
-    /// `flush_all`.
-    FlushAll,
-    /// `version`.
-    Version,
-}
-
-impl Request<'_> {
-    /// How many bytes this command takes on the wire.
-    pub fn wire_len(&self) -> usize {
-        match self {
-            Request::Get(keys) => 5 + keys.iter().map(|k| k.len() + 1).sum::<usize>(),
-            Request::Gets(key) => 7 + key.len(),
-            Request::MetaGet(key) => 11 + key.len(),
-            Request::Set { key, data, .. } => 40 + key.len() + data.len(),
-            Request::Cas { key, data, .. } => 60 + key.len() + data.len(),
-            Request::FlushAll => 11,
-            Request::Version => 9,
-        }
-    }
-
-    fn encode(&self, out: &mut Vec<u8>) {
-        // Writing to a Vec cannot fail.
-        let _ = match self {
-            Request::Get(keys) => {
-                out.extend_from_slice(b"get");
-                for k in keys {
-                    out.push(b' ');
-                    out.extend_from_slice(k.as_bytes());
-                }
-                out.extend_from_slice(b"\r\n");
-                Ok(())
-            }
-            Request::Gets(key) => write!(out, "gets {key}\r\n"),
-            Request::MetaGet(key) => write!(out, "mg {key} v f t\r\n"),
-            Request::Set { key, flags, exptime, data } => write!(out, "set {key} {flags} {exptime} {}\r\n", data.len())
-                .and_then(|()| out.write_all(data.as_bytes()))
-                .and_then(|()| out.write_all(b"\r\n")),
-            Request::Cas { key, flags, exptime, data, cas } => {
-                write!(out, "cas {key} {flags} {exptime} {} {cas}\r\n", data.len())
-                    .and_then(|()| out.write_all(data.as_bytes()))
-                    .and_then(|()| out.write_all(b"\r\n"))
-            }
-            Request::FlushAll => out.write_all(b"flush_all\r\n"),
-            Request::Version => out.write_all(b"version\r\n"),
-        };
-    }
-}
-
-/// One stored item.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Item {
-    pub flags: u32,
-    pub data: Vec<u8>,
-    /// The CAS token (`gets` only).
-    pub cas: Option<u64>,
-    /// The server's own seconds left, as `mg ... t` gives them (`mg` only): -1 when the item
-    /// never expires on the server.
-    pub server_ttl: Option<i64>,
-}
-
-/// The reply to one [`Request`].
-#[derive(Debug, PartialEq)]
-pub enum Reply {
-    /// `get`, `gets`, `mg`: one per key asked, `None` when the server has no such item.
-    Items(Vec<Option<Item>>),
-    /// `set`, `cas`: stored, or not (`NOT_STORED`, `EXISTS`, `NOT_FOUND`).
-    Stored(bool),
-    /// `flush_all`.
-    Done,
-    /// `version`.
-    Version(String),
-}
-
 /// One pooled connection.
 pub struct Conn {
     reader: BufReader<Stream>,
+    /// Commands queued by [`Conn::push`], not sent yet.
     out: Vec<u8>,
+    /// The last reply line read, with its CR LF, as messages quote it.
     line: Vec<u8>,
     /// Set when the replies can no longer be trusted to match the commands; the pool then
     /// closes this connection instead of reusing it.
@@ -251,104 +172,93 @@ impl Conn {
         Conn { reader: BufReader::with_capacity(64 * 1024, stream), out: Vec::new(), line: Vec::new(), broken: false }
     }
 
-    /// Sends every command, in one write.
-    pub fn send(&mut self, requests: &[Request<'_>]) -> Result<(), Failure> {
-        self.out.clear();
-        for r in requests {
-            r.encode(&mut self.out);
-        }
+    /// Queues a command; the bytes queued so far are [`Conn::queued`].
+    pub fn push(&mut self, command: &MetaCommand) {
+        // Keys have passed `check_key` (1 to 250 bytes, nothing to encode): this cannot fail.
+        let _ = command.encode_into(&mut self.out);
+    }
+
+    /// How many bytes are queued.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Drops what was queued from byte `len` on.
+    pub fn unqueue(&mut self, len: usize) {
+        self.out.truncate(len);
+    }
+
+    /// Sends what was queued, in one write.
+    pub fn send(&mut self) -> Result<(), Failure> {
         let written = self.reader.get_mut().write_all(&self.out).and_then(|()| self.reader.get_mut().flush());
+        self.out.clear();
         if self.out.capacity() > 1024 * 1024 {
             self.out = Vec::new();
         }
         written.map_err(|e| self.fail(e.into()))
     }
 
-    /// Reads the reply to `request`, the next one due on this connection.
-    pub fn receive(&mut self, request: &Request<'_>) -> Result<Reply, Failure> {
-        if self.broken {
-            return Err(Failure::Abandoned("the connection was given up earlier".into()));
-        }
-        match request {
-            Request::Get(keys) => self.items(keys, false),
-            Request::Gets(key) => self.items(&[key], true),
-            Request::MetaGet(_) => self.meta_item(),
-            Request::Set { .. } | Request::Cas { .. } => {
-                let line = self.read_line()?;
-                match line.as_str() {
-                    "STORED" => Ok(Reply::Stored(true)),
-                    "NOT_STORED" | "EXISTS" | "NOT_FOUND" => Ok(Reply::Stored(false)),
-                    // memcached has read and discarded the value: the connection is in step.
-                    _ if line.starts_with("SERVER_ERROR") => Err(Failure::Server(self.quoted())),
-                    _ => Err(self.refused(line)),
-                }
+    /// Reads the next reply, with its data block. A reply kcache cannot read is quoted whole,
+    /// escaped; `CLIENT_ERROR` and `ERROR` give the connection up (memcached may be reading a
+    /// value as commands), `SERVER_ERROR` does not.
+    pub fn receive(&mut self) -> Result<MetaCommandResult, Failure> {
+        self.read_line()?;
+        let header = &self.line[..self.line.len() - 2];
+        let response = match MetaResponse::parse_header(header) {
+            Ok(r) => r,
+            Err(memcache::exp::Error::Server(_)) => return Err(Failure::Server(self.quoted())),
+            Err(memcache::exp::Error::Rejected(_)) => return Err(self.fail(Failure::Client(self.quoted()))),
+            Err(_) => return Err(self.unexpected()),
+        };
+        let mut data = None;
+        if response.rc() == ReturnCode::Va {
+            // `parse_header` checked the length (the word after `VA`) but keeps it to itself.
+            let len: usize = header
+                .split(|b| *b == b' ')
+                .nth(1)
+                .and_then(|w| std::str::from_utf8(w).ok()?.parse().ok())
+                .unwrap_or(0);
+            let mut block = vec![0; len + 2];
+            if let Err(e) = self.reader.read_exact(&mut block) {
+                return Err(self.fail(e.into()));
             }
-            Request::FlushAll => match self.read_line()? {
-                line if line == "OK" => Ok(Reply::Done),
-                line => Err(self.refused(line)),
-            },
-            Request::Version => match self.read_line()? {
-                line if line.starts_with("VERSION ") => Ok(Reply::Version(line["VERSION ".len()..].to_string())),
-                line => Err(self.refused(line)),
-            },
+            if !block.ends_with(b"\r\n") {
+                let header = self.quoted();
+                return Err(self.fail(Failure::Unexpected(format!("{header} (the data does not end with CR LF)"))));
+            }
+            block.truncate(len);
+            data = Some(block);
         }
+        let mut result = parse_meta_result(response).map_err(|_| self.unexpected())?;
+        result.value = data;
+        Ok(result)
     }
 
     /// Sends one command and reads its reply.
-    pub fn call(&mut self, request: &Request<'_>) -> Result<Reply, Failure> {
-        self.send(std::slice::from_ref(request))?;
-        self.receive(request)
+    pub fn call(&mut self, command: &MetaCommand) -> Result<MetaCommandResult, Failure> {
+        self.push(command);
+        self.send()?;
+        self.receive()
     }
 
-    /// `get key`.
-    pub fn get(&mut self, key: &str) -> Result<Option<Item>, Failure> {
-        let request = Request::Get(vec![key]);
-        match self.call(&request)? {
-            Reply::Items(mut items) if items.len() == 1 => Ok(items.pop().flatten()),
-            other => Err(self.fail(Failure::Unexpected(format!("{other:?}")))),
-        }
+    /// The last reply as an unexpected one (it answered a command it does not fit): the
+    /// connection is given up.
+    pub fn unexpected(&mut self) -> Failure {
+        let quoted = self.quoted();
+        self.fail(Failure::Unexpected(quoted))
     }
 
-    /// `gets key`.
-    pub fn gets(&mut self, key: &str) -> Result<Option<Item>, Failure> {
-        match self.call(&Request::Gets(key))? {
-            Reply::Items(mut items) if items.len() == 1 => Ok(items.pop().flatten()),
-            other => Err(self.fail(Failure::Unexpected(format!("{other:?}")))),
-        }
-    }
-
-    /// `mg key v f t`: the item with the server's seconds left. A server without meta commands
-    /// (older than 1.6) answers `ERROR`: [`Failure::Client`], the connection still in step.
-    pub fn meta_get(&mut self, key: &str) -> Result<Option<Item>, Failure> {
-        match self.call(&Request::MetaGet(key))? {
-            Reply::Items(mut items) if items.len() == 1 => Ok(items.pop().flatten()),
-            other => Err(self.fail(Failure::Unexpected(format!("{other:?}")))),
-        }
-    }
-
-    /// `set` or `cas` (with `cas`): whether it was stored.
-    pub fn store(
-        &mut self,
-        key: &str,
-        flags: u32,
-        exptime: u32,
-        data: &str,
-        cas: Option<u64>,
-    ) -> Result<bool, Failure> {
-        let data = data.to_string();
-        let request = match cas {
-            Some(cas) => Request::Cas { key, flags, exptime, data, cas },
-            None => Request::Set { key, flags, exptime, data },
-        };
-        match self.call(&request)? {
-            Reply::Stored(stored) => Ok(stored),
-            other => Err(self.fail(Failure::Unexpected(format!("{other:?}")))),
-        }
-    }
-
-    /// `flush_all`.
+    /// `flush_all`, which is no meta command: its own line, and its own reply `OK`.
     pub fn flush_all(&mut self) -> Result<(), Failure> {
-        self.call(&Request::FlushAll).map(drop)
+        self.out.extend_from_slice(b"flush_all\r\n");
+        self.send()?;
+        self.read_line()?;
+        match &self.line[..] {
+            b"OK\r\n" => Ok(()),
+            l if l.starts_with(b"SERVER_ERROR") => Err(self.fail(Failure::Server(self.quoted()))),
+            l if l.starts_with(b"CLIENT_ERROR") || l == b"ERROR\r\n" => Err(self.fail(Failure::Client(self.quoted()))),
+            _ => Err(self.unexpected()),
+        }
     }
 
     /// Marks the connection broken and returns the failure.
@@ -357,118 +267,22 @@ impl Conn {
         failure
     }
 
-    /// An error reply where a normal one was due; after anything but a `SERVER_ERROR` to a store
-    /// command, what memcached reads next is unknown: the connection is given up.
-    fn refused(&mut self, line: String) -> Failure {
-        let quoted = self.quoted();
-        self.fail(if line.starts_with("SERVER_ERROR") {
-            Failure::Server(quoted)
-        } else if line.starts_with("CLIENT_ERROR") || line == "ERROR" {
-            Failure::Client(quoted)
-        } else {
-            Failure::Unexpected(quoted)
-        })
-    }
-
     /// The last line read, without its CR LF, as a message may quote it (see [`escape`]).
     fn quoted(&self) -> String {
         escape(self.line.strip_suffix(b"\r\n").unwrap_or(&self.line))
     }
 
-    /// One reply line, without its CR LF, for parsing: bytes that are not UTF-8 become U+FFFD,
-    /// which no reply kcache expects holds. Messages quote [`Conn::quoted`] instead.
-    fn read_line(&mut self) -> Result<String, Failure> {
+    /// Reads one reply line, with its CR LF, into `line`.
+    fn read_line(&mut self) -> Result<(), Failure> {
+        if self.broken {
+            return Err(Failure::Abandoned("the connection was given up earlier".into()));
+        }
         self.line.clear();
-        let read = self.reader.read_until(b'\n', &mut self.line);
-        match read {
-            Ok(0) => Err(self.fail(Failure::Closed)),
-            Ok(_) if self.line.ends_with(b"\r\n") => {
-                let text = String::from_utf8_lossy(&self.line[..self.line.len() - 2]).into_owned();
-                Ok(text)
-            }
+        match self.reader.read_until(b'\n', &mut self.line) {
+            Ok(_) if self.line.ends_with(b"\r\n") => Ok(()),
             Ok(_) => Err(self.fail(Failure::Closed)),
             Err(e) => Err(self.fail(e.into())),
         }
-    }
-
-    /// The reply to `get`/`gets`: `VALUE <key> <flags> <bytes> [<cas>]`, the data, ..., `END`.
-    /// Hits come in the order of the keys asked; the others are misses.
-    fn items(&mut self, keys: &[&str], with_cas: bool) -> Result<Reply, Failure> {
-        let mut items: Vec<Option<Item>> = vec![None; keys.len()];
-        let mut next = 0;
-        loop {
-            let line = self.read_line()?;
-            if line == "END" {
-                return Ok(Reply::Items(items));
-            }
-            let Some(header) = line.strip_prefix("VALUE ") else {
-                // An error instead of (or in the middle of) the items: give the connection up.
-                return Err(self.refused(line));
-            };
-            let parts: Vec<&str> = header.split(' ').collect();
-            let parsed = match (parts.as_slice(), with_cas) {
-                ([key, flags, len], false) => Some((*key, flags.parse().ok(), len.parse().ok(), None)),
-                ([key, flags, len, cas], true) => Some((*key, flags.parse().ok(), len.parse().ok(), cas.parse().ok())),
-                _ => None,
-            };
-            let Some((key, Some(flags), Some(len), cas)) = parsed else {
-                return Err(self.fail(Failure::Unexpected(self.quoted())));
-            };
-            if with_cas && cas.is_none() {
-                return Err(self.fail(Failure::Unexpected(self.quoted())));
-            }
-            let Some(at) = keys[next..].iter().position(|k| *k == key).map(|p| next + p) else {
-                return Err(self.fail(Failure::Unexpected(self.quoted())));
-            };
-            let len: usize = len;
-            let mut data = vec![0; len + 2];
-            if let Err(e) = self.reader.read_exact(&mut data) {
-                return Err(self.fail(e.into()));
-            }
-            if !data.ends_with(b"\r\n") {
-                let header = self.quoted();
-                return Err(self.fail(Failure::Unexpected(format!("{header} (the data does not end with CR LF)"))));
-            }
-            data.truncate(len);
-            items[at] = Some(Item { flags, data, cas, server_ttl: None });
-            next = at + 1;
-        }
-    }
-
-    /// The reply to `mg <key> v f t`: `EN` (a miss), or `VA <bytes> f<flags> t<seconds>`, the
-    /// data. `ERROR` (no meta commands) leaves the connection in step: `mg` is one line.
-    fn meta_item(&mut self) -> Result<Reply, Failure> {
-        let line = self.read_line()?;
-        if line == "EN" {
-            return Ok(Reply::Items(vec![None]));
-        }
-        if line == "ERROR" {
-            return Err(Failure::Client(self.quoted()));
-        }
-        let Some(header) = line.strip_prefix("VA ") else { return Err(self.refused(line)) };
-        let mut words = header.split(' ');
-        let len: Option<usize> = words.next().and_then(|w| w.parse().ok());
-        let (mut flags, mut server_ttl) = (None, None);
-        for word in words {
-            if let Some(f) = word.strip_prefix('f') {
-                flags = f.parse::<u32>().ok();
-            } else if let Some(t) = word.strip_prefix('t') {
-                server_ttl = t.parse::<i64>().ok();
-            }
-        }
-        let (Some(len), Some(flags), Some(server_ttl)) = (len, flags, server_ttl) else {
-            return Err(self.fail(Failure::Unexpected(self.quoted())));
-        };
-        let mut data = vec![0; len + 2];
-        if let Err(e) = self.reader.read_exact(&mut data) {
-            return Err(self.fail(e.into()));
-        }
-        if !data.ends_with(b"\r\n") {
-            let header = self.quoted();
-            return Err(self.fail(Failure::Unexpected(format!("{header} (the data does not end with CR LF)"))));
-        }
-        data.truncate(len);
-        Ok(Reply::Items(vec![Some(Item { flags, data, cas: None, server_ttl: Some(server_ttl) })]))
     }
 }
 
@@ -517,7 +331,7 @@ impl r2d2::ManageConnection for Manager {
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), Failure> {
-        conn.call(&Request::Version).map(drop)
+        conn.call(&memcache::exp::build_noop()).map(drop)
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
@@ -548,6 +362,8 @@ pub fn classify(e: Failure, server: &str) -> Error {
             anyhow::anyhow!("the value is over the item size limit of memcached at {server} ({})", s.trim()),
         )
         .with_hint("memcached stores items up to 1 MiB unless it runs with a larger -I (--max-item-size)"),
+        Failure::Client(s) if s == "ERROR" => backend(format!("memcached at {server} refused the command: ERROR"))
+            .with_hint("kcache speaks memcached's meta protocol, which memcached has since version 1.6"),
         Failure::Server(s) | Failure::Client(s) => {
             backend(format!("memcached at {server} refused the command: {}", s.trim()))
         }
@@ -594,6 +410,10 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         (Conn::new(Stream::Unix(ours)), theirs)
+    }
+
+    fn get(key: &str) -> MetaCommand {
+        MetaCommand::new(memcache::exp::MetaOp::Get, key).flag("v").flag("f")
     }
 
     fn sent(server: &mut UnixStream, len: usize) -> String {
@@ -656,33 +476,33 @@ mod tests {
 
     #[test]
     fn a_pipeline_is_one_write_and_its_replies_are_read_in_order() {
+        use memcache::exp::MetaOp;
         let (mut c, mut server) = pair();
-        let requests = [
-            Request::Set { key: "a", flags: 16, exptime: 61, data: "{\"v\":1}".into() },
-            Request::Get(vec!["a", "b", "c"]),
-            Request::Gets("c"),
-            Request::Cas { key: "c", flags: 16, exptime: 2592001, data: "x".into(), cas: 7 },
-            Request::Set { key: "big", flags: 16, exptime: 1, data: "y".into() },
-            Request::FlushAll,
-        ];
-        c.send(&requests).unwrap();
-        let wire = "set a 16 61 7\r\n{\"v\":1}\r\nget a b c\r\ngets c\r\ncas c 16 2592001 1 7\r\nx\r\n\
-                    set big 16 1 1\r\ny\r\nflush_all\r\n";
+        c.push(&MetaCommand::new(MetaOp::Set, "a").flag("F16").flag("T61").value("{\"v\":1}"));
+        c.push(&get("a").flag("t"));
+        c.push(&get("b").flag("c"));
+        c.push(&MetaCommand::new(MetaOp::Delete, "c").flag("C7"));
+        c.push(&MetaCommand::new(MetaOp::Set, "big").flag("F16").flag("T1").value("y"));
+        c.send().unwrap();
+        let wire = "ms a 7 F16 T61\r\n{\"v\":1}\r\nmg a v f t\r\nmg b v f c\r\nmd c C7\r\nms big 1 F16 T1\r\ny\r\n";
         assert_eq!(sent(&mut server, wire.len()), wire);
+        let (mut c, mut server) = pair();
+        c.push(&get("a"));
+        c.send().unwrap();
         server
-            .write_all(
-                b"STORED\r\nVALUE a 16 2\r\nab\r\nVALUE c 0 0\r\n\r\nEND\r\nVALUE c 0 1 99\r\nz\r\nEND\r\nEXISTS\r\n\
-                  SERVER_ERROR object too large for cache\r\nOK\r\n",
-            )
+            .write_all(b"HD\r\nVA 2 f16 t59\r\nab\r\nEN\r\nEX\r\nSERVER_ERROR object too large for cache\r\nOK\r\n")
             .unwrap();
-        let item = |flags, data: &[u8], cas| Some(Item { flags, data: data.to_vec(), cas, server_ttl: None });
-        assert_eq!(c.receive(&requests[0]), Ok(Reply::Stored(true)));
-        assert_eq!(c.receive(&requests[1]), Ok(Reply::Items(vec![item(16, b"ab", None), None, item(0, b"", None)])));
-        assert_eq!(c.receive(&requests[2]), Ok(Reply::Items(vec![item(0, b"z", Some(99))])));
-        assert_eq!(c.receive(&requests[3]), Ok(Reply::Stored(false)));
-        assert_eq!(c.receive(&requests[4]), Err(Failure::Server("SERVER_ERROR object too large for cache".into())));
+        assert_eq!(c.receive().unwrap().rc, ReturnCode::Hd);
+        let item = c.receive().unwrap();
+        assert_eq!(
+            (item.rc, item.value.as_deref(), item.client_flags, item.ttl),
+            (ReturnCode::Va, Some(&b"ab"[..]), Some(16), Some(59))
+        );
+        assert_eq!(c.receive().unwrap().rc, ReturnCode::En);
+        assert_eq!(c.receive().unwrap().rc, ReturnCode::Ex);
+        assert_eq!(c.receive().unwrap_err(), Failure::Server("SERVER_ERROR object too large for cache".into()));
         assert!(!c.broken, "a refused store leaves the connection in step");
-        assert_eq!(c.receive(&requests[5]), Ok(Reply::Done));
+        c.flush_all().unwrap();
     }
 
     #[test]
@@ -694,48 +514,39 @@ mod tests {
         for (reply, says) in [
             (&b"\xff\xfe junk\r\n"[..], "unexpected reply \"\\xff\\xfe junk\""),
             (b"SERVER_ERROR \xff\x1b[2J\r\n", "SERVER_ERROR \\xff\\x1b[2J"),
-            (b"VALUE a 0 \xff\r\n", "unexpected reply \"VALUE a 0 \\xff\""),
+            (b"VA 1 f\xff\r\na\r\n", "unexpected reply \"VA 1 f\\xff\""),
         ] {
             let (mut c, mut server) = pair();
-            let get = Request::Get(vec!["a"]);
-            c.send(std::slice::from_ref(&get)).unwrap();
             server.write_all(reply).unwrap();
-            let e = classify(c.receive(&get).unwrap_err(), "h:1");
+            let e = classify(c.call(&get("a")).unwrap_err(), "h:1");
             let line = &e.render(false)[0];
             assert!(line.contains(says), "{reply:?}: {line}");
             assert!(!line.contains('\u{fffd}') && !line.chars().any(char::is_control), "{line:?}");
         }
-        let (mut c, mut server) = pair();
-        let set = Request::Set { key: "a", flags: 16, exptime: 5, data: "1".into() };
-        c.send(std::slice::from_ref(&set)).unwrap();
-        server.write_all(b"SERVER_ERROR object too large \xfe\r\n").unwrap();
-        assert_eq!(c.receive(&set), Err(Failure::Server("SERVER_ERROR object too large \\xfe".into())));
     }
 
     #[test]
     fn replies_that_do_not_line_up_break_the_connection() {
         for reply in [
-            &b"VALUE zz 0 1\r\nz\r\nEND\r\n"[..],
-            b"VALUE a 0 2\r\nabc\r\nEND\r\n",
-            b"VALUE a 0 x\r\n",
-            b"SERVER_ERROR out of memory writing get response\r\n",
+            &b"VA 2 f0\r\nabc\r\n"[..],
+            b"VA x\r\n",
+            b"CLIENT_ERROR bad data chunk\r\n",
             b"ERROR\r\n",
-            b"VALUE a 0 5\r\nab",
+            b"VALUE a 0 1\r\n",
+            b"VA 5 f0\r\nab",
         ] {
             let (mut c, mut server) = pair();
-            let get = Request::Get(vec!["a"]);
-            c.send(std::slice::from_ref(&get)).unwrap();
             server.write_all(reply).unwrap();
             if reply.ends_with(b"ab") {
                 drop(server);
             }
-            assert!(c.receive(&get).is_err(), "{reply:?}");
+            assert!(c.call(&get("a")).is_err(), "{reply:?}");
             assert!(c.broken, "{reply:?}");
-            assert!(matches!(c.receive(&Request::Version), Err(Failure::Abandoned(_))));
+            assert!(matches!(c.receive(), Err(Failure::Abandoned(_))));
         }
         let (mut c, server) = pair();
         drop(server);
-        assert!(c.get("a").is_err());
+        assert!(c.call(&get("a")).is_err());
         assert!(c.broken);
     }
 }

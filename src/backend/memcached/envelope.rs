@@ -37,7 +37,7 @@ pub const SERVER_CLOCK_LAG: u64 = 2;
 pub const EXPTIME_MARGIN: u64 = 2 * SERVER_CLOCK_LAG;
 
 /// An exptime memcached reads as a unix time long past (1970-01-31): an item stored with it is
-/// expired at once. `delete` swaps an entry for one with it through `cas`, which makes the
+/// expired at once. `delete` swaps an entry for one with it over its CAS, which makes the
 /// delete conditional on the entry being the one it read.
 pub const EXPIRED_EXPTIME: u32 = (MAX_RELATIVE_EXPTIME + 1) as u32;
 

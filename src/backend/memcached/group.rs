@@ -4,11 +4,10 @@
 //! single operation), keeping their order. On each server:
 //! - `get`, `ttl` and `set` go out in one pipeline: every command written at once, then every
 //!   reply read. memcached runs the commands of a connection in the order it reads them, so a
-//!   `get` after a `set` of the same key sees that `set`, as one by one. Consecutive `get`s
-//!   become one `get k1 k2 ...` (each key asked once); a `ttl` is an `mg <key> v f t` of its
-//!   own, as one by one, for the server's own time left.
-//! - `expire` and `delete` read the entry, then write it with `cas` (see the module above): they
-//!   run alone, in their place, on the same connection.
+//!   `get` after a `set` of the same key sees that `set`, as one by one. Each operation is the
+//!   meta command it is alone (`mg <key> v f`, `mg <key> v f t`, `ms`), with one reply each.
+//! - `expire` and `delete` read the entry, then write it over its CAS (see the module above):
+//!   they run alone, in their place, on the same connection.
 //! - The pipelines of every server are written before any reply is read, so the servers work
 //!   at the same time: a group costs about one round trip, not one per server. A group holds a
 //!   connection to each of its servers until it is done; they are taken in the order of the
@@ -25,8 +24,8 @@
 //! no answer yet fails with status 3 naming the server: some may have run, as with a single
 //! operation whose connection fails.
 
-use super::conn::{self, Failure, Manager, Reply, Request};
-use super::{FLAG_TEXT, Memcached, Server, delete_on, envelope, expire_on, live_value, remaining};
+use super::conn::{self, Failure, Manager};
+use super::{Memcached, Server, delete_on, done, expire_on, found, live_value, mg, remaining, set_command};
 use crate::backend::pool::Connection;
 use crate::backend::{GroupOp, GroupResult};
 use crate::error::{Error, ErrorKind, Result};
@@ -39,18 +38,8 @@ pub const AFTER_READ_BYTES: usize = 32 * 1024;
 /// Commands in one pipeline at most (so that the replies of stores stay small too).
 pub const MAX_PIPELINE: usize = 1024;
 
-/// Where the result of one operation is in a pipeline's replies.
-struct Slot {
-    /// The operation, an index into the group.
-    op: usize,
-    /// Its command, an index into the pipeline.
-    request: usize,
-    /// For a read: the key's position in the `get`.
-    key: usize,
-}
-
 /// One server's share of the group.
-struct Lane<'m, 'o> {
+struct Lane<'m> {
     /// The server's index in `servers`.
     index: usize,
     server: &'m Server,
@@ -59,26 +48,8 @@ struct Lane<'m, 'o> {
     /// The first of `ops` that has no result yet.
     next: usize,
     conn: Option<Connection<Manager>>,
-    /// The pipeline in flight.
-    requests: Vec<Request<'o>>,
-    slots: Vec<Slot>,
-}
-
-fn key_of<'o>(op: &GroupOp<'o>) -> &'o str {
-    match *op {
-        GroupOp::Get(k) | GroupOp::Set(k, ..) | GroupOp::Ttl(k) | GroupOp::Expire(k, _) | GroupOp::Delete(k) => k,
-    }
-}
-
-/// A server without meta commands (older than 1.6) answered a `ttl`'s `mg`: one by one, `ttl`
-/// falls back to `get` there; in a pipeline the later commands have run by then, so the `get`
-/// could see what they wrote.
-fn no_meta(server: &str) -> Error {
-    Error::new(
-        ErrorKind::Backend,
-        anyhow::anyhow!("memcached at {server} does not know the meta command mg, which a batch's ttl uses"),
-    )
-    .with_hint("run that ttl on its own ('kcache ttl KEY'), or use memcached 1.6 or newer")
+    /// How many of `ops` (from `next`) the pipeline in flight holds.
+    sent: usize,
 }
 
 /// What the rest of a pipeline gets after its connection failed on a command: the same failure
@@ -93,21 +64,14 @@ fn follow_up(f: &Failure) -> Failure {
 /// Runs `ops` (see the module doc); one result per operation, in order.
 pub fn run(m: &Memcached, ops: &[GroupOp<'_>]) -> Vec<Result<GroupResult>> {
     let mut results: Vec<Option<Result<GroupResult>>> = (0..ops.len()).map(|_| None).collect();
-    let mut lanes: Vec<Lane<'_, '_>> = Vec::new();
+    let mut lanes: Vec<Lane<'_>> = Vec::new();
     let mut lane_of: Vec<Option<usize>> = vec![None; m.shared.servers.len()];
     let patience = m.shared.pool.timeout;
     for (i, op) in ops.iter().enumerate() {
-        let s = m.server_index(key_of(op));
+        let s = m.server_index(op.key());
         let l = *lane_of[s].get_or_insert_with(|| {
-            lanes.push(Lane {
-                index: s,
-                server: &m.shared.servers[s],
-                ops: Vec::new(),
-                next: 0,
-                conn: None,
-                requests: Vec::new(),
-                slots: Vec::new(),
-            });
+            let server = &m.shared.servers[s];
+            lanes.push(Lane { index: s, server, ops: Vec::new(), next: 0, conn: None, sent: 0 });
             lanes.len() - 1
         });
         lanes[l].ops.push(i);
@@ -119,8 +83,7 @@ pub fn run(m: &Memcached, ops: &[GroupOp<'_>]) -> Vec<Result<GroupResult>> {
         let mut active = false;
         // Every server gets its next pipeline before any reply is read.
         for lane in &mut lanes {
-            lane.requests.clear();
-            lane.slots.clear();
+            lane.sent = 0;
             if lane.next >= lane.ops.len() {
                 continue;
             }
@@ -138,10 +101,10 @@ pub fn run(m: &Memcached, ops: &[GroupOp<'_>]) -> Vec<Result<GroupResult>> {
                 }
             }
             lane.build(ops);
-            if lane.requests.is_empty() {
+            if lane.sent == 0 {
                 continue;
             }
-            let sent = lane.conn.as_mut().map_or(Ok(()), |c| c.send(&lane.requests));
+            let sent = lane.conn.as_mut().map_or(Ok(()), |c| c.send());
             if let Err(f) = sent {
                 lane.fail_rest(&follow_up(&f), &mut results);
             }
@@ -150,7 +113,7 @@ pub fn run(m: &Memcached, ops: &[GroupOp<'_>]) -> Vec<Result<GroupResult>> {
             break;
         }
         for lane in &mut lanes {
-            if !lane.requests.is_empty() {
+            if lane.sent > 0 {
                 lane.receive(ops, &mut results);
             }
         }
@@ -182,107 +145,65 @@ pub fn run(m: &Memcached, ops: &[GroupOp<'_>]) -> Vec<Result<GroupResult>> {
         .collect()
 }
 
-impl<'o> Lane<'_, 'o> {
-    /// Fills the next pipeline: from `next`, up to an `expire` or `delete`, or as much as the
-    /// limits allow.
-    fn build(&mut self, ops: &[GroupOp<'o>]) {
-        let now = SystemTime::now();
-        // Bytes since the first read command, once there is one.
-        let mut after_read: Option<usize> = None;
+impl Lane<'_> {
+    /// Queues the next pipeline on the connection: from `next`, up to an `expire` or `delete`,
+    /// or as much as the limits allow.
+    fn build(&mut self, ops: &[GroupOp<'_>]) {
+        let Some(c) = self.conn.as_mut() else { return };
+        // Where the first read command starts, once there is one.
+        let mut first_read: Option<usize> = None;
         for &i in &self.ops[self.next..] {
-            if self.slots.len() >= MAX_PIPELINE {
+            if self.sent >= MAX_PIPELINE {
                 break;
             }
+            let before = c.queued();
             match ops[i] {
                 GroupOp::Expire(..) | GroupOp::Delete(_) => break,
-                GroupOp::Ttl(k) => {
-                    let mg = Request::MetaGet(k);
-                    let cost = mg.wire_len();
-                    if after_read.is_some_and(|b| b + cost > AFTER_READ_BYTES) {
-                        break;
-                    }
-                    after_read = Some(after_read.unwrap_or(0) + cost);
-                    self.requests.push(mg);
-                    self.slots.push(Slot { op: i, request: self.requests.len() - 1, key: 0 });
-                }
-                GroupOp::Get(k) => {
-                    let joins = matches!(self.requests.last(), Some(Request::Get(_)));
-                    let cost = if joins { k.len() + 1 } else { k.len() + 6 };
-                    if after_read.is_some_and(|b| b + cost > AFTER_READ_BYTES) {
-                        break;
-                    }
-                    after_read = Some(after_read.unwrap_or(0) + cost);
-                    if !joins {
-                        self.requests.push(Request::Get(Vec::new()));
-                    }
-                    let request = self.requests.len() - 1;
-                    let Some(Request::Get(keys)) = self.requests.last_mut() else { unreachable!() };
-                    let key = match keys.iter().position(|x| *x == k) {
-                        Some(p) => p,
-                        None => {
-                            keys.push(k);
-                            keys.len() - 1
-                        }
-                    };
-                    self.slots.push(Slot { op: i, request, key });
-                }
-                GroupOp::Set(k, v, ttl) => {
-                    let data = envelope::encode(v, envelope::expires_us(now, ttl.duration()));
-                    let exptime = envelope::exptime(now, ttl.duration());
-                    let set = Request::Set { key: k, flags: FLAG_TEXT, exptime, data };
-                    let cost = set.wire_len();
-                    if after_read.is_some_and(|b| b + cost > AFTER_READ_BYTES) {
-                        break;
-                    }
-                    if let Some(b) = after_read.as_mut() {
-                        *b += cost;
-                    }
-                    self.requests.push(set);
-                    self.slots.push(Slot { op: i, request: self.requests.len() - 1, key: 0 });
-                }
+                GroupOp::Get(k) => c.push(&mg(k, &[])),
+                GroupOp::Ttl(k) => c.push(&mg(k, &["t"])),
+                GroupOp::Set(k, v, ttl) => c.push(&set_command(k, v, ttl)),
             }
+            if first_read.is_some_and(|at| c.queued() - at > AFTER_READ_BYTES) {
+                c.unqueue(before);
+                break;
+            }
+            if first_read.is_none() && matches!(ops[i], GroupOp::Get(_) | GroupOp::Ttl(_)) {
+                first_read = Some(before);
+            }
+            self.sent += 1;
         }
     }
 
     /// Reads the replies of the pipeline in flight and sets its operations' results.
     fn receive(&mut self, ops: &[GroupOp<'_>], results: &mut [Option<Result<GroupResult>>]) {
         let Some(c) = self.conn.as_mut() else { return };
-        let mut replies: Vec<(Result<Reply, Failure>, SystemTime)> = Vec::with_capacity(self.requests.len());
+        let server = self.server;
         let mut fatal: Option<Failure> = None;
-        for r in &self.requests {
+        for &i in &self.ops[self.next..self.next + self.sent] {
             let reply = match &fatal {
                 Some(f) => Err(follow_up(f)),
-                None => c.receive(r),
+                None => c.receive(),
             };
-            if let Err(f) = &reply
+            let at = SystemTime::now();
+            let result = reply.and_then(|reply| match ops[i] {
+                GroupOp::Set(..) => done(c, reply).map(|_| None),
+                _ => found(c, reply),
+            });
+            if let Err(f) = &result
                 && c.broken
                 && fatal.is_none()
             {
                 fatal = Some(f.clone());
             }
-            replies.push((reply, SystemTime::now()));
+            let key = ops[i].key();
+            results[i] = Some(match (ops[i], result) {
+                (_, Err(f)) => Err(conn::classify(f, &server.location)),
+                (GroupOp::Ttl(_), Ok(item)) => remaining(item.as_ref(), key, server, at).map(GroupResult::Remaining),
+                (GroupOp::Get(_), Ok(item)) => live_value(item.as_ref(), key, server, at).map(GroupResult::Value),
+                (_, Ok(_)) => Ok(GroupResult::Stored),
+            });
         }
-        let server = self.server;
-        for slot in &self.slots {
-            let (reply, at) = &replies[slot.request];
-            let op = &ops[slot.op];
-            let key = key_of(op);
-            let result = match (op, reply) {
-                (GroupOp::Ttl(_), Err(Failure::Client(line))) if line == "ERROR" => Err(no_meta(&server.location)),
-                (_, Err(f)) => Err(conn::classify(f.clone(), &server.location)),
-                (GroupOp::Get(_), Ok(Reply::Items(items))) => {
-                    live_value(items.get(slot.key).and_then(Option::as_ref), key, server, *at).map(GroupResult::Value)
-                }
-                (GroupOp::Ttl(_), Ok(Reply::Items(items))) => {
-                    remaining(items.get(slot.key).and_then(Option::as_ref), key, server, *at)
-                        .map(GroupResult::Remaining)
-                }
-                (GroupOp::Set(..), Ok(Reply::Stored(_))) => Ok(GroupResult::Stored),
-                (_, Ok(other)) => Err(conn::classify(Failure::Unexpected(format!("{other:?}")), &server.location)),
-            };
-            results[slot.op] = Some(result);
-        }
-        self.next += self.slots.len();
+        self.next += self.sent;
         if let Some(f) = fatal {
             self.fail_rest(&follow_up(&f), results);
         }
@@ -294,8 +215,7 @@ impl<'o> Lane<'_, 'o> {
             results[i] = Some(Err(conn::classify(f.clone(), &self.server.location)));
         }
         self.next = self.ops.len();
-        self.requests.clear();
-        self.slots.clear();
+        self.sent = 0;
         if let Some(c) = self.conn.as_mut() {
             c.broken = true;
         }

@@ -56,7 +56,7 @@ pub fn parse(entry: &str) -> Result<Address> {
     let bad = |why: &str| {
         Error::input(format!(
             "memcached host {}: {why}; give host:port, inet:host:port, inet6:[addr]:port or unix:/path",
-            quote(&shown(entry))
+            quote(&crate::settings::redact_url(entry))
         ))
     };
     if let Some(path) = entry.strip_prefix("unix:") {
@@ -98,17 +98,6 @@ pub fn parse(entry: &str) -> Result<Address> {
     Ok(Address::Tcp { host: host.to_string(), port })
 }
 
-/// An entry as messages show it: a URL or a `user:password@` part may hold a password.
-fn shown(entry: &str) -> String {
-    if entry.contains("://") {
-        crate::settings::redact_url(entry)
-    } else if let Some((_, host)) = entry.rsplit_once('@') {
-        format!("***@{host}")
-    } else {
-        entry.to_string()
-    }
-}
-
 /// A port number: digits only, 1 to 65535.
 fn port(text: &str) -> Option<u16> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -119,8 +108,8 @@ fn port(text: &str) -> Option<u16> {
 
 /// python-memcached's `cmemcache_hash`: `((crc32(key) & 0xffffffff) >> 16) & 0x7fff`, or 1 when
 /// that is 0, on the UTF-8 bytes of the full (prefixed) key.
-pub fn py_hash(key: &str) -> u32 {
-    match (crc32fast::hash(key.as_bytes()) >> 16) & 0x7fff {
+pub fn py_hash(key: impl AsRef<[u8]>) -> u32 {
+    match (crc32fast::hash(key.as_ref()) >> 16) & 0x7fff {
         0 => 1,
         h => h,
     }
@@ -130,6 +119,20 @@ pub fn py_hash(key: &str) -> u32 {
 /// (a host listed twice counts twice, as there).
 pub fn bucket(key: &str, n: usize) -> usize {
     py_hash(key) as usize % n.max(1)
+}
+
+/// python-memcached's placement as the memcache crate's `Router`: the server of the host-list
+/// entry [`bucket`] picks.
+pub struct PythonMemcached {
+    /// The host list: for each entry, the index of its server among the distinct ones (a host
+    /// listed twice counts twice).
+    pub buckets: Vec<usize>,
+}
+
+impl memcache::exp::Router for PythonMemcached {
+    fn route(&self, key: &[u8], _servers: &[String]) -> usize {
+        self.buckets[py_hash(key) as usize % self.buckets.len()]
+    }
 }
 
 #[cfg(test)]

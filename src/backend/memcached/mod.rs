@@ -23,12 +23,12 @@
 //! expires"), sent as a unix time over 30 days (memcached reads larger values as one), and 0
 //! past 2038, which memcached cannot hold.
 //!
-//! **Atomic updates** (§11 items 24-25): `expire` and `delete` read the entry with `gets` and
-//! write with `cas`, retrying when another client changed it meanwhile (at once a few times,
+//! **Atomic updates** (§11 items 24-25): `expire` and `delete` read the entry with its CAS
+//! token (`mg <key> v f c`) and write over it (`ms ... C<cas>`), retrying when another client changed it meanwhile (at once a few times,
 //! then after growing pauses, for up to `pool_timeout`: a key many clients write at once, as
 //! batches do, stays contended for a while). `expire` on a missing
 //! or expired entry writes nothing (Kinto creates `{"value":null}`). `delete` swaps the entry for
-//! an already expired one (`cas` with a past unix time): it removes only the entry it read,
+//! an already expired one (`ms` over its CAS with a past unix time): it removes only the entry it read,
 //! and of two concurrent deletes of one entry exactly one gets its value.
 //!
 //! **Failures are errors** (§11 items 26-28): there is no failover (python-memcached silently
@@ -42,10 +42,11 @@
 //! could not flush.
 //!
 //! **Connections**: one pool per server (`backend/pool.rs`), created when a command first needs
-//! that server; see [`conn`] for the protocol spoken on a pooled connection.
+//! that server. The commands are the memcache crate's meta commands (memcached 1.6 and newer)
+//! and its parser reads the replies; the socket is kcache's own (see [`conn`] for why).
 //!
 //! **Groups** (`kcache batch`, [`group`]): the commands of a group are sent to each server they
-//! touch in one pipeline, consecutive reads as one multi-key `get`, and the replies read
+//! touch in one pipeline, one meta command per operation, and the replies read
 //! back: a round trip per server instead of one per command, with the results the commands
 //! would have had one by one.
 
@@ -64,6 +65,7 @@ use crate::ttl::{Remaining, Ttl};
 use conn::{Conn, Failure, Manager};
 use envelope::Entry;
 use hosts::Address;
+use memcache::exp::{MetaCommand, MetaCommandResult, MetaOp, ReturnCode, Router};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -75,7 +77,7 @@ pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MAX_KEY_BYTES: usize = 250;
 
 /// How many times `expire` and `delete` re-read at once an entry that another client changed
-/// between their `gets` and their `cas`, before they pause between attempts.
+/// between their read and their write, before they pause between attempts.
 const CAS_QUICK_ATTEMPTS: u32 = 5;
 
 /// The longest pause between two attempts.
@@ -125,8 +127,10 @@ struct Server {
 struct Shared {
     /// Distinct servers, in the order of the host list.
     servers: Vec<Server>,
-    /// The host list as python-memcached's buckets: an index into `servers` for each entry.
-    buckets: Vec<usize>,
+    /// Their locations, as the router is given them.
+    ids: Vec<String>,
+    /// python-memcached's placement.
+    router: hosts::PythonMemcached,
     pool: PoolSettings,
     location: String,
 }
@@ -175,7 +179,8 @@ impl Memcached {
             };
             buckets.push(index);
         }
-        let location = servers.iter().map(|s| s.location.as_str()).collect::<Vec<_>>().join(",");
+        let ids: Vec<String> = servers.iter().map(|s| s.location.clone()).collect();
+        let location = ids.join(",");
         let pool = PoolSettings {
             pool_size: settings.pool_size,
             max_overflow: settings.max_overflow,
@@ -184,7 +189,8 @@ impl Memcached {
             recycle: settings.pool_recycle,
             workers,
         };
-        Ok(Memcached { shared: Arc::new(Shared { servers, buckets, pool, location }) })
+        let router = hosts::PythonMemcached { buckets };
+        Ok(Memcached { shared: Arc::new(Shared { servers, ids, router, pool, location }) })
     }
 
     /// The server python-memcached would pick for this full key.
@@ -194,8 +200,7 @@ impl Memcached {
 
     /// Its index in `servers`.
     fn server_index(&self, key: &str) -> usize {
-        let s = &self.shared;
-        s.buckets[hosts::bucket(key, s.buckets.len())]
+        self.shared.router.route(key.as_bytes(), &self.shared.ids)
     }
 
     fn pool<'a>(&self, server: &'a Server) -> &'a Pool<Manager> {
@@ -223,69 +228,105 @@ impl Memcached {
     }
 }
 
+/// `mg <key> v f`: the value and its flags, with `extra` flags (`c`: the CAS token, `t`: the
+/// server's own seconds left).
+fn mg(key: &str, extra: &[&'static str]) -> MetaCommand {
+    extra.iter().fold(MetaCommand::new(MetaOp::Get, key).flag("v").flag("f"), |c, f| c.flag(*f))
+}
+
+/// `ms`: the envelope with flags 16 ([`FLAG_TEXT`]) and `exptime`, only over the entry `cas`
+/// was read with when given.
+fn ms(key: &str, envelope: String, exptime: u32, cas: Option<u64>) -> MetaCommand {
+    let c = MetaCommand::new(MetaOp::Set, key).flag("F16").flag(format!("T{exptime}")).value(envelope);
+    match cas {
+        Some(cas) => c.flag(format!("C{cas}")),
+        None => c,
+    }
+}
+
+/// `ms` for `set`: the envelope for `ttl` from now.
+fn set_command(key: &str, value: &str, ttl: Ttl) -> MetaCommand {
+    let now = SystemTime::now();
+    ms(
+        key,
+        envelope::encode(value, envelope::expires_us(now, ttl.duration())),
+        envelope::exptime(now, ttl.duration()),
+        None,
+    )
+}
+
+/// The item an `mg` found (`VA`, with flags), or none (`EN`).
+fn found(c: &mut Conn, reply: MetaCommandResult) -> Result<Option<MetaCommandResult>, Failure> {
+    match reply.rc {
+        ReturnCode::Va if reply.client_flags.is_some() => Ok(Some(reply)),
+        ReturnCode::En => Ok(None),
+        _ => Err(c.unexpected()),
+    }
+}
+
+/// Whether an `ms` or `md` was done (`HD`), or not (`NS`, `EX`: another CAS, `NF`: no item).
+fn done(c: &mut Conn, reply: MetaCommandResult) -> Result<bool, Failure> {
+    match reply.rc {
+        ReturnCode::Hd => Ok(true),
+        ReturnCode::Ns | ReturnCode::Ex | ReturnCode::Nf => Ok(false),
+        _ => Err(c.unexpected()),
+    }
+}
+
+/// Sends `command`, an `mg`, and reads the item it found.
+fn read_on(c: &mut Conn, command: &MetaCommand) -> Result<Option<MetaCommandResult>, Failure> {
+    let reply = c.call(command)?;
+    found(c, reply)
+}
+
+/// Sends `command`, an `ms` or `md`, and reads whether it was done.
+fn write_on(c: &mut Conn, server: &Server, command: &MetaCommand) -> Result<bool> {
+    c.call(command).and_then(|reply| done(c, reply)).map_err(|e| conn::classify(e, &server.location))
+}
+
 /// The live value of a stored item, if it has one.
-fn live_value(item: Option<&conn::Item>, key: &str, server: &Server, now: SystemTime) -> Result<Option<String>> {
+fn live_value(item: Option<&MetaCommandResult>, key: &str, server: &Server, now: SystemTime) -> Result<Option<String>> {
     let Some(item) = item else { return Ok(None) };
-    let entry = decode(&item.data, item.flags, key, server)?;
+    let entry = decode(item, key, server)?;
     Ok(entry.remaining(now).map(|_| entry.value))
 }
 
-/// The time left of a stored item: the earlier of the envelope's and, when the item came from
-/// `mg`, the server's.
-fn remaining(item: Option<&conn::Item>, key: &str, server: &Server, now: SystemTime) -> Result<Remaining> {
+/// The time left of a stored item: the earlier of the envelope's and, when the server said
+/// (`mg ... t`), the server's.
+fn remaining(item: Option<&MetaCommandResult>, key: &str, server: &Server, now: SystemTime) -> Result<Remaining> {
     let Some(item) = item else { return Ok(Remaining::Missing) };
-    let entry = decode(&item.data, item.flags, key, server)?;
-    let left = match item.server_ttl {
+    let entry = decode(item, key, server)?;
+    let left = match item.ttl {
         Some(t) => entry.remaining_on(now, t),
         None => entry.remaining(now),
     };
     Ok(left.map_or(Remaining::Missing, Remaining::Left))
 }
 
-/// `mg` on a connection, or `get` where the server has no meta commands (older than 1.6; its
-/// own expiry is then unknown, and the envelope's time is all there is).
-fn meta_get_on(c: &mut Conn, key: &str) -> Result<Option<conn::Item>, Failure> {
-    match c.meta_get(key) {
-        Err(Failure::Client(line)) if line == "ERROR" && !c.broken => c.get(key),
-        other => other,
-    }
-}
-
-/// `set` on a connection.
-fn set_on(c: &mut Conn, server: &Server, key: &str, value: &str, ttl: Ttl) -> Result<()> {
-    let now = SystemTime::now();
-    let envelope = envelope::encode(value, envelope::expires_us(now, ttl.duration()));
-    let exptime = envelope::exptime(now, ttl.duration());
-    c.store(key, FLAG_TEXT, exptime, &envelope, None).map(drop).map_err(|e| conn::classify(e, &server.location))
-}
-
-/// The entry under `key` with its CAS token, if there is one (live or not).
-fn gets_on(c: &mut Conn, server: &Server, key: &str) -> Result<Option<(Entry, u64)>> {
-    let item = c.gets(key).map_err(|e| conn::classify(e, &server.location))?;
+/// The entry under `key` with its CAS token (`mg <key> v f c`), if there is one (live or not);
+/// the entry is an error when it is not Kinto's.
+fn gets_on(c: &mut Conn, server: &Server, key: &str) -> Result<Option<(Result<Entry>, u64)>> {
+    let item = read_on(c, &mg(key, &["c"])).map_err(|e| conn::classify(e, &server.location))?;
     let Some(item) = item else { return Ok(None) };
-    let entry = decode(&item.data, item.flags, key, server)?;
     let cas = item.cas.ok_or_else(|| {
         Error::new(ErrorKind::Backend, anyhow::anyhow!("memcached at {} sent no CAS token", server.location))
     })?;
-    Ok(Some((entry, cas)))
+    Ok(Some((decode(&item, key, server), cas)))
 }
 
-/// Writes `envelope` under `key` if the entry is still the one `cas` was read with.
-fn cas_on(c: &mut Conn, server: &Server, key: &str, envelope: &str, exptime: u32, cas: u64) -> Result<bool> {
-    c.store(key, FLAG_TEXT, exptime, envelope, Some(cas)).map_err(|e| conn::classify(e, &server.location))
-}
-
-/// `expire` on a connection: `gets`, then `cas` (again if another client changed the entry).
+/// `expire` on a connection: `mg`, then `ms` over that CAS (again if another client changed
+/// the entry).
 fn expire_on(c: &mut Conn, server: &Server, key: &str, ttl: Ttl, patience: Duration) -> Result<bool> {
     let mut attempts = Attempts::new(patience);
     loop {
         let Some((entry, cas)) = gets_on(c, server, key)? else { return Ok(false) };
+        let entry = entry?;
         let now = SystemTime::now();
         if entry.remaining(now).is_none() {
             return Ok(false);
         }
         let envelope = envelope::encode(&entry.value, envelope::expires_us(now, ttl.duration()));
-        if cas_on(c, server, key, &envelope, envelope::exptime(now, ttl.duration()), cas)? {
+        if write_on(c, server, &ms(key, envelope, envelope::exptime(now, ttl.duration()), Some(cas)))? {
             return Ok(true);
         }
         if !attempts.again() {
@@ -294,21 +335,17 @@ fn expire_on(c: &mut Conn, server: &Server, key: &str, ttl: Ttl, patience: Durat
     }
 }
 
-/// `delete` on a connection: `gets`, then `cas` of an expired tombstone.
+/// `delete` on a connection: `mg`, then `ms` of an expired tombstone over that CAS.
 fn delete_on(c: &mut Conn, server: &Server, key: &str, patience: Duration) -> Result<Option<String>> {
     let mut attempts = Attempts::new(patience);
     loop {
-        let item = c.gets(key).map_err(|e| conn::classify(e, &server.location))?;
-        let Some(item) = item else { return Ok(None) };
-        let cas = item.cas.ok_or_else(|| {
-            Error::new(ErrorKind::Backend, anyhow::anyhow!("memcached at {} sent no CAS token", server.location))
-        })?;
+        let Some((entry, cas)) = gets_on(c, server, key)? else { return Ok(None) };
         // An entry that is not Kinto's envelope is removed all the same, as the SQL backends and
         // Redis remove a value they cannot show: `delete` is asked to remove the key. Then status
         // 5 says it is gone although its value cannot be shown.
-        let entry = decode(&item.data, item.flags, key, server);
         // An expired entry the server still holds is removed too, but reads as missing.
-        if cas_on(c, server, key, envelope::TOMBSTONE, envelope::EXPIRED_EXPTIME, cas)? {
+        let tombstone = ms(key, envelope::TOMBSTONE.into(), envelope::EXPIRED_EXPTIME, Some(cas));
+        if write_on(c, server, &tombstone)? {
             let entry = entry.map_err(|e| {
                 Error::new(
                     ErrorKind::Unshown,
@@ -324,11 +361,9 @@ fn delete_on(c: &mut Conn, server: &Server, key: &str, patience: Duration) -> Re
     }
 }
 
-impl Memcached {}
-
 /// Decodes an envelope, or says which entry is not one.
-fn decode(bytes: &[u8], flags: u32, key: &str, server: &Server) -> Result<Entry> {
-    envelope::decode(bytes, flags).map_err(|why| {
+fn decode(item: &MetaCommandResult, key: &str, server: &Server) -> Result<Entry> {
+    envelope::decode(item.value.as_deref().unwrap_or_default(), item.client_flags.unwrap_or_default()).map_err(|why| {
         Error::new(
             ErrorKind::Backend,
             anyhow::anyhow!(
@@ -436,18 +471,18 @@ impl Backend for Memcached {
 
     fn get(&mut self, key: &str) -> Result<Option<String>> {
         let server = self.server(key);
-        let item = self.run(server, |c| c.get(key))?;
+        let item = self.run(server, |c| read_on(c, &mg(key, &[])))?;
         live_value(item.as_ref(), key, server, SystemTime::now())
     }
 
     fn set(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<()> {
         let server = self.server(key);
-        set_on(&mut *self.connection(server)?, server, key, value, ttl)
+        self.run(server, |c| c.call(&set_command(key, value, ttl)).and_then(|reply| done(c, reply))).map(drop)
     }
 
     fn ttl(&mut self, key: &str) -> Result<Remaining> {
         let server = self.server(key);
-        let item = self.run(server, |c| meta_get_on(c, key))?;
+        let item = self.run(server, |c| read_on(c, &mg(key, &["t"])))?;
         remaining(item.as_ref(), key, server, SystemTime::now())
     }
 
@@ -566,7 +601,7 @@ mod tests {
     fn a_host_listed_twice_counts_twice() {
         let m = backend(&[("hosts", "a:1 b:2 a:1")]);
         assert_eq!(m.servers(), 2);
-        assert_eq!(m.shared.buckets, vec![0, 1, 0]);
+        assert_eq!(m.shared.router.buckets, vec![0, 1, 0]);
         assert_eq!(m.location(), "a:1,b:2");
         // cmemcache_hash("a") = 26807; 26807 % 3 = 2: the third entry, server a.
         assert_eq!(m.server("a").location, "a:1");
