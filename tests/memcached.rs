@@ -816,26 +816,6 @@ fn a_unix_socket_host_works() {
 
 use kcache::backend::{GroupOp, GroupResult};
 
-/// Asserts that a grouped result is the one-by-one result: same value (a TTL within a
-/// second), or same status, message and hint.
-fn assert_same(what: &str, grouped: &kcache::error::Result<GroupResult>, single: &kcache::error::Result<GroupResult>) {
-    match (grouped, single) {
-        (Ok(GroupResult::Remaining(Remaining::Left(a))), Ok(GroupResult::Remaining(Remaining::Left(b)))) => {
-            let diff = if a > b { *a - *b } else { *b - *a };
-            assert!(diff < Duration::from_secs(1), "{what}: {a:?} vs {b:?}");
-        }
-        (Ok(a), Ok(b)) => assert_eq!(a, b, "{what}"),
-        (Err(a), Err(b)) => {
-            assert_eq!(a.kind(), b.kind(), "{what}: {a} vs {b}");
-            // (A bad key's message is the generic layer's, which words it for the batch.)
-            if a.kind() != ErrorKind::Input {
-                assert_eq!(a.render(false), b.render(false), "{what}");
-            }
-        }
-        _ => panic!("{what}: grouped {grouped:?}, one by one {single:?}"),
-    }
-}
-
 /// A key (without the prefix) that `prefix` puts on server `index` of two, not in `taken`.
 fn key_on(prefix: &str, index: usize, taken: &mut Vec<String>) -> String {
     let key = (0..)
@@ -906,7 +886,7 @@ fn a_group_gives_exactly_what_one_by_one_gives() {
     let grouped = c.run_group(&ops);
     assert_eq!(grouped.len(), ops.len());
     for (i, op) in ops.iter().enumerate() {
-        assert_same(&format!("op {i} {op:?}"), &grouped[i], &single[i]);
+        crate::util::assert_same_result(&format!("op {i} {op:?}"), &grouped[i], &single[i]);
     }
     // A few results spelled out, so that the comparison cannot pass on two wrong answers.
     assert_eq!(grouped[2].as_ref().unwrap(), &GroupResult::Value(Some(v1.clone())));

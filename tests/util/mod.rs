@@ -179,6 +179,33 @@ pub fn settings(entries: &[(&'static str, kcache::settings::Raw)]) -> kcache::se
     kcache::settings::Settings::from_layer(&layer).expect("test settings")
 }
 
+/// The comparator of "a group gives exactly what one-by-one gives": the same result (a time
+/// left within a second), or an error of the same kind and, but for a refused key (worded for
+/// the batch by the generic layer), the same message.
+#[track_caller]
+pub fn assert_same_result(
+    what: &str,
+    grouped: &kcache::error::Result<kcache::backend::GroupResult>,
+    single: &kcache::error::Result<kcache::backend::GroupResult>,
+) {
+    use kcache::backend::GroupResult::Remaining as R;
+    use kcache::ttl::Remaining::Left;
+    match (grouped, single) {
+        (Ok(R(Left(a))), Ok(R(Left(b)))) => {
+            let diff = if a > b { *a - *b } else { *b - *a };
+            assert!(diff < std::time::Duration::from_secs(1), "{what}: {a:?} vs {b:?}");
+        }
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "{what}"),
+        (Err(a), Err(b)) => {
+            assert_eq!(a.kind(), b.kind(), "{what}: {a} vs {b}");
+            if a.kind() != kcache::error::ErrorKind::Input {
+                assert_eq!(a.render(false), b.render(false), "{what}");
+            }
+        }
+        _ => panic!("{what}: grouped {grouped:?}, one by one {single:?}"),
+    }
+}
+
 pub fn secs(s: &str) -> kcache::ttl::Ttl {
     s.parse().expect("ttl")
 }
