@@ -686,24 +686,6 @@ fn every_command_through_the_binary() {
 
 use kcache::backend::{GroupOp, GroupResult};
 
-/// Whether a group's result is the one-by-one result: the same value, or the same error
-/// (status, message chain, hint); remaining TTLs within 200 ms of each other (the two runs
-/// happen at different moments). A bad key is refused by `Cache` before the backend, with the
-/// operation named in front in a group: only its root message is compared.
-fn same(a: &kcache::error::Result<GroupResult>, b: &kcache::error::Result<GroupResult>) -> bool {
-    match (a, b) {
-        (Ok(GroupResult::Remaining(Remaining::Left(x))), Ok(GroupResult::Remaining(Remaining::Left(y)))) => {
-            x.abs_diff(*y) < Duration::from_millis(200)
-        }
-        (Ok(x), Ok(y)) => x == y,
-        (Err(x), Err(y)) if x.kind() == kcache::error::ErrorKind::Input => {
-            y.kind() == x.kind() && x.chain().last() == y.chain().last()
-        }
-        (Err(x), Err(y)) => x.kind() == y.kind() && x.chain() == y.chain() && x.hint() == y.hint(),
-        _ => false,
-    }
-}
-
 /// Entries another application left under `prefix`: a hash, a string without expiry, bytes
 /// that are not UTF-8, an empty string.
 fn foreign_entries(conn: &mut redis::Connection, prefix: &str) {
@@ -772,7 +754,7 @@ fn group_is_one_by_one_in_one_round_trip(server: &OwnRedis, old: bool) {
     let want: Vec<_> = ops.iter().map(|op| op.run_alone_on(&mut single)).collect();
     assert_eq!(got.len(), ops.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!(same(g, w), "operation {i} {:?}: grouped {g:?}, one by one {w:?}", ops[i]);
+        crate::util::assert_same_result(&format!("operation {i} {:?}", ops[i]), g, w);
     }
     assert!(matches!(&got[9], Err(e) if e.chain().last().unwrap().starts_with("WRONGTYPE")), "{:?}", got[9]);
     assert!(matches!(&got[6], Ok(GroupResult::Remaining(Remaining::Left(d))) if *d > Duration::from_secs(59)));
@@ -832,7 +814,7 @@ fn the_first_group_learns_how_to_delete() {
         let mut single = cache(&url, "s:");
         let want: Vec<_> = ops.iter().map(|op| op.run_alone_on(&mut single)).collect();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(same(g, w), "{extra:?} operation {i}: grouped {g:?}, one by one {w:?}");
+            crate::util::assert_same_result(&format!("{extra:?} operation {i}"), g, w);
         }
         assert_eq!(got.len(), ops.len());
     }

@@ -180,8 +180,8 @@ pub fn settings(entries: &[(&'static str, kcache::settings::Raw)]) -> kcache::se
 }
 
 /// The comparator of "a group gives exactly what one-by-one gives": the same result (a time
-/// left within a second), or an error of the same kind and, but for a refused key (worded for
-/// the batch by the generic layer), the same message.
+/// left within a second), or an error of the same kind with the same messages and hint (for a
+/// refused key, which the generic layer words for the batch, the same cause).
 #[track_caller]
 pub fn assert_same_result(
     what: &str,
@@ -198,8 +198,10 @@ pub fn assert_same_result(
         (Ok(a), Ok(b)) => assert_eq!(a, b, "{what}"),
         (Err(a), Err(b)) => {
             assert_eq!(a.kind(), b.kind(), "{what}: {a} vs {b}");
-            if a.kind() != kcache::error::ErrorKind::Input {
-                assert_eq!(a.render(false), b.render(false), "{what}");
+            if a.kind() == kcache::error::ErrorKind::Input {
+                assert_eq!(a.chain().last(), b.chain().last(), "{what}");
+            } else {
+                assert_eq!((a.chain(), a.hint()), (b.chain(), b.hint()), "{what}");
             }
         }
         _ => panic!("{what}: grouped {grouped:?}, one by one {single:?}"),
