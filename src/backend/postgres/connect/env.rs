@@ -30,9 +30,10 @@ pub(super) fn keyword(env: Env<'_>, key: &str) -> Option<String> {
 
 /// What libpq would print about the environment.
 pub(super) fn warnings(env: Env<'_>) -> Vec<String> {
-    let service =
-        var(env, "PGSERVICE").map(|_| "PGSERVICE is set, but kcache does not read pg_service.conf: it is ignored");
-    service.into_iter().map(str::to_string).collect()
+    match var(env, "PGSERVICE") {
+        Some(_) => vec!["PGSERVICE is set, but kcache does not read pg_service.conf: it is ignored".to_string()],
+        None => Vec::new(),
+    }
 }
 
 /// `options` followed by the settings `PGDATESTYLE` and `PGTZ` ask for.
@@ -56,15 +57,9 @@ fn option_value(s: &str) -> String {
 }
 
 /// The effective uid, as the owner of `/proc/self` (no libc binding needed).
-#[cfg(unix)]
 pub(super) fn effective_uid() -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").ok().map(|m| m.uid())
-}
-
-#[cfg(not(unix))]
-pub(super) fn effective_uid() -> Option<u32> {
-    None
 }
 
 /// The user name and home folder of the effective uid in `/etc/passwd`.

@@ -84,6 +84,7 @@ pub(super) fn configure(config: &mut postgres::Config, slots: &[Slot]) {
     for addr in slots.iter().filter_map(|s| s.hostaddr) {
         config.hostaddr(addr);
     }
+    // tokio-postgres pairs names with addresses by position: a name for every host, or none.
     if !any_addr || slots.iter().any(|s| s.host.is_some()) {
         for slot in slots {
             config.host(&slot.name());

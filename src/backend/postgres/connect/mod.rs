@@ -7,7 +7,7 @@
 //!
 //! Each value is the URL's, else its environment variable's, else the default (empty counts as
 //! unset): the local socket folder, port 5432, the OS user, a database named after the user,
-//! `application_name` `kcache` (unless `fallback_application_name` gives one). The password
+//! `application_name` `fallback_application_name`, else `kcache`. The password
 //! is the URL's (or `password=`), else `PGPASSWORD`, else the password file's. Every password
 //! found is registered with [`crate::error::register_secret`], raw and percent-decoded, and no
 //! message built here contains one. `postgres::Config` parses and types what it reads as libpq
@@ -56,9 +56,12 @@ pub struct Target {
 
 /// Resolves the `url` setting (None or empty: libpq defaults only) with libpq's rules.
 /// `env` reads environment variables (the real environment, or a map in tests); `HOME` is read through it too.
-pub fn resolve(url: Option<&str>, env: env::Env<'_>) -> Result<Target> {
+pub fn resolve(url: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> Result<Target> {
     let prepared = prepare(url, env)?;
-    let tls = tls_plan::connector(&prepared.plan)?;
+    #[cfg(feature = "tls")]
+    let tls = tls::build(&prepared.plan)?;
+    #[cfg(not(feature = "tls"))]
+    let tls = postgres::NoTls;
     Ok(Target { config: prepared.config, tls, location: prepared.location, warnings: prepared.warnings })
 }
 
@@ -112,6 +115,7 @@ fn invalid(key: &str, value: &str, expected: &str) -> Error {
 /// Everything but the TLS connector, which [`resolve`] builds from the plan.
 struct Prepared {
     config: postgres::Config,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))] // read by the connector and the tests
     plan: tls_plan::TlsPlan,
     location: String,
     warnings: Vec<String>,
@@ -188,15 +192,12 @@ fn prepare(url: Option<&str>, env: env::Env<'_>) -> Result<Prepared> {
 
 #[cfg(test)]
 mod tests {
+    //! The fixture every file's tests share, and the tests of the precedence rules.
     pub(super) use super::hosts::DEFAULT_SOCKET_DIRS;
-    use super::prepare;
-    use super::resolve;
-    pub(super) use super::tls_plan::{Roots, TlsPlan, Verify};
-    pub(super) use super::{Prepared, Target};
+    pub(super) use super::tls_plan::*;
+    pub(super) use super::{Prepared, Target, prepare, resolve};
     pub(super) use crate::error::{Error, ErrorKind, Result, redact};
-    pub(super) use postgres::config::{
-        ChannelBinding, Host, LoadBalanceHosts, SslMode, SslNegotiation, TargetSessionAttrs,
-    };
+    pub(super) use postgres::config::*;
     use std::cell::Cell;
     use std::collections::HashMap;
     pub(super) use std::net::IpAddr;

@@ -8,6 +8,7 @@
 //! hosts, the first one with an entry gives the password (a `postgres::Config` holds one).
 
 use super::hosts::Slot;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// The password the file at `path` holds for the first of `slots` that has one.
@@ -37,15 +38,11 @@ fn read(path: &Path, warnings: &mut Vec<String>) -> Option<Vec<u8>> {
         warnings.push(format!("password file \"{shown}\" is not a plain file"));
         return None;
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o077 != 0 {
-            warnings.push(format!(
-                "password file \"{shown}\" has group or world access; permissions should be u=rw (0600) or less"
-            ));
-            return None;
-        }
+    if meta.permissions().mode() & 0o077 != 0 {
+        warnings.push(format!(
+            "password file \"{shown}\" has group or world access; permissions should be u=rw (0600) or less"
+        ));
+        return None;
     }
     match std::fs::read(path) {
         Ok(content) => Some(content),

@@ -25,10 +25,12 @@
 //! connects in clear. A build without the `tls` feature connects in clear for `disable`,
 //! `allow` and `prefer` and refuses the other modes, except on sockets.
 
-use super::Tls;
 use crate::error::{Error, Result, quote};
 use postgres::config::SslMode;
 use std::path::{Path, PathBuf};
+
+/// libpq's six `sslmode` values (`postgres::Config` knows the first, third and fourth).
+const SSLMODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
 
 /// The TLS plan for the libpq keywords `value` gives; `direct`: `sslnegotiation=direct`.
 pub(super) fn plan(
@@ -40,42 +42,43 @@ pub(super) fn plan(
     let rootcert = value("sslrootcert");
     let rootcert = rootcert.as_deref();
     let mode = match value("sslmode") {
-        Some(text) => LibpqSslMode::parse(&text)?,
-        None if rootcert == Some("system") => LibpqSslMode::VerifyFull,
-        None => LibpqSslMode::Prefer,
+        Some(text) => SSLMODES.into_iter().find(|m| *m == text).ok_or_else(|| {
+            Error::input(format!(
+                "invalid sslmode {}: expected disable, allow, prefer, require, verify-ca or verify-full",
+                quote(&text)
+            ))
+        })?,
+        None if rootcert == Some("system") => "verify-full",
+        None => "prefer",
     };
-    if rootcert == Some("system") && mode != LibpqSslMode::VerifyFull {
+    if rootcert == Some("system") && mode != "verify-full" {
         return Err(Error::input(format!(
-            "weak sslmode \"{}\" may not be used with sslrootcert=system (use \"verify-full\")",
-            mode.name()
+            "weak sslmode \"{mode}\" may not be used with sslrootcert=system (use \"verify-full\")"
         )));
     }
-    if direct && !mode.requires_tls() {
+    if direct && matches!(mode, "disable" | "allow" | "prefer") {
         return Err(Error::input(format!(
-            "weak sslmode \"{}\" may not be used with sslnegotiation=direct (use \"require\", \"verify-ca\", \
-             or \"verify-full\")",
-            mode.name()
+            "weak sslmode \"{mode}\" may not be used with sslnegotiation=direct (use \"require\", \"verify-ca\", \
+             or \"verify-full\")"
         )));
     }
     let clear = TlsPlan { mode: SslMode::Disable, verify: None, identity: None };
-    if all_sockets || mode == LibpqSslMode::Disable {
+    if all_sockets || mode == "disable" {
         return Ok(clear);
     }
     if !cfg!(feature = "tls") {
         return match mode {
-            LibpqSslMode::Allow | LibpqSslMode::Prefer => Ok(clear),
+            "allow" | "prefer" => Ok(clear),
             _ => Err(Error::input(format!(
-                "sslmode={} needs TLS, but this kcache was built without TLS (the \"tls\" feature)",
-                mode.name()
+                "sslmode={mode} needs TLS, but this kcache was built without TLS (the \"tls\" feature)"
             ))),
         };
     }
     let default_file = |name: &str| home.map(|h| h.join(".postgresql").join(name));
     let identity = client_identity(value("sslcert").as_deref(), value("sslkey").as_deref(), &default_file)?;
     let plan = match mode {
-        LibpqSslMode::Disable => clear,
-        LibpqSslMode::Allow | LibpqSslMode::Prefer => TlsPlan { mode: SslMode::Prefer, verify: None, identity },
-        LibpqSslMode::Require => {
+        "allow" | "prefer" => TlsPlan { mode: SslMode::Prefer, verify: None, identity },
+        "require" => {
             let root = match rootcert {
                 Some(path) => Some(existing(path, "root certificate file (sslrootcert)")?),
                 None => default_file("root.crt").filter(|p| p.is_file()),
@@ -83,7 +86,8 @@ pub(super) fn plan(
             let verify = root.map(|r| Verify { roots: Roots::File(r), hostname: false });
             TlsPlan { mode: SslMode::Require, verify, identity }
         }
-        LibpqSslMode::VerifyCa | LibpqSslMode::VerifyFull => {
+        _ => {
+            // verify-ca, verify-full
             let roots = match rootcert {
                 Some("system") => Roots::System,
                 Some(path) => Roots::File(existing(path, "root certificate file (sslrootcert)")?),
@@ -92,8 +96,7 @@ pub(super) fn plan(
                     default => {
                         let shown = default.map_or("~/.postgresql/root.crt".to_string(), |p| p.display().to_string());
                         return Err(Error::input(format!(
-                            "sslmode={} needs a root certificate, and {shown} does not exist",
-                            mode.name()
+                            "sslmode={mode} needs a root certificate, and {shown} does not exist"
                         ))
                         .with_hint(
                             "give the file with sslrootcert, use the system's roots with sslrootcert=system \
@@ -102,52 +105,11 @@ pub(super) fn plan(
                     }
                 },
             };
-            let verify = Verify { roots, hostname: mode == LibpqSslMode::VerifyFull };
+            let verify = Verify { roots, hostname: mode == "verify-full" };
             TlsPlan { mode: SslMode::Require, verify: Some(verify), identity }
         }
     };
     Ok(plan)
-}
-
-/// libpq's six `sslmode` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LibpqSslMode {
-    Disable,
-    Allow,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl LibpqSslMode {
-    const NAMES: [(&str, LibpqSslMode); 6] = [
-        ("disable", LibpqSslMode::Disable),
-        ("allow", LibpqSslMode::Allow),
-        ("prefer", LibpqSslMode::Prefer),
-        ("require", LibpqSslMode::Require),
-        ("verify-ca", LibpqSslMode::VerifyCa),
-        ("verify-full", LibpqSslMode::VerifyFull),
-    ];
-
-    fn name(self) -> &'static str {
-        LibpqSslMode::NAMES.iter().find(|(_, m)| *m == self).map_or("", |(name, _)| name)
-    }
-
-    fn parse(s: &str) -> Result<LibpqSslMode> {
-        let found = LibpqSslMode::NAMES.iter().find(|(name, _)| *name == s).map(|(_, m)| *m);
-        found.ok_or_else(|| {
-            Error::input(format!(
-                "invalid sslmode {}: expected disable, allow, prefer, require, verify-ca or verify-full",
-                quote(s)
-            ))
-        })
-    }
-
-    /// Whether the mode never connects in clear.
-    fn requires_tls(self) -> bool {
-        matches!(self, LibpqSslMode::Require | LibpqSslMode::VerifyCa | LibpqSslMode::VerifyFull)
-    }
 }
 
 /// Where trusted roots come from when the server certificate is checked.
@@ -206,7 +168,6 @@ fn client_identity(
 }
 
 /// libpq refuses a private key readable by group or others (0640 is allowed when root owns it).
-#[cfg(unix)]
 fn check_key_permissions(key: &Path, meta: &std::fs::Metadata) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let mode = meta.mode();
@@ -228,11 +189,6 @@ fn check_key_permissions(key: &Path, meta: &std::fs::Metadata) -> Result<()> {
     Ok(())
 }
 
-#[cfg(not(unix))]
-fn check_key_permissions(_key: &Path, _meta: &std::fs::Metadata) -> Result<()> {
-    Ok(())
-}
-
 /// `path` as a path, if it names something that exists.
 fn existing(path: &str, what: &str) -> Result<PathBuf> {
     std::fs::metadata(path).map_err(|e| Error::input(format!("cannot read the {what} {path}: {e}")))?;
@@ -242,17 +198,6 @@ fn existing(path: &str, what: &str) -> Result<PathBuf> {
 #[cfg(feature = "tls")]
 pub(super) fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::input(format!("cannot read the {what} {}: {e}", path.display())))
-}
-
-/// The connector `plan` asks for.
-#[cfg(feature = "tls")]
-pub(super) fn connector(plan: &TlsPlan) -> Result<Tls> {
-    super::tls::build(plan)
-}
-
-#[cfg(not(feature = "tls"))]
-pub(super) fn connector(_plan: &TlsPlan) -> Result<Tls> {
-    Ok(postgres::NoTls)
 }
 
 #[cfg(test)]
