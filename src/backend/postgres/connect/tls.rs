@@ -15,7 +15,7 @@
 //!   certificate with the hash function of its signature algorithm, SHA-256 for MD5 and SHA-1
 //!   (RFC 5929 §4.1); none for algorithms it does not define (Ed25519, RSA-PSS).
 
-use super::{Roots, TlsPlan, read_file};
+use super::tls_plan::{Roots, TlsPlan, read_file};
 use crate::error::{Error, Result};
 use postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use rustls::client::WebPkiServerVerifier;
