@@ -9,7 +9,8 @@
 //! Tests that stop a server start their own ([`crate::servers`]); pool_timeout is 1 s, so every
 //! failure comes within seconds.
 
-use crate::servers::{Batch, OwnMemcached, OwnPostgres, OwnRedis, RigDb, run_within, sq, status};
+use crate::util::rig::RigDb;
+use crate::util::servers::{Batch, OwnMemcached, OwnPostgres, OwnRedis, run_within, sq, status};
 use crate::util::{Env, Out};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -146,7 +147,7 @@ fn read_back(env: &Env, keys: &[String]) -> Vec<Option<String>> {
     let input: String = keys.iter().map(|k| format!("get {}\n", sq(k))).collect();
     let out = env.run_stdin(&["batch", "--keep-going"], Some(input.as_bytes()));
     out.ok();
-    let replies = crate::servers::replies(&out.stdout);
+    let replies = crate::util::servers::replies(&out.stdout);
     assert_eq!(replies.len(), keys.len(), "{}", out.stdout);
     replies.iter().map(|r| r["value"].as_str().map(str::to_string)).collect()
 }
@@ -535,7 +536,7 @@ fn postgresql_statement_timeout_behind_a_lock_is_status_3() {
         let out = run_within(env, &["batch", "--keep-going"], Some(input), HANG);
         out.code(3);
         assert!(started.elapsed() < Duration::from_secs(5), "{how}: batch took {:?}", started.elapsed());
-        let replies = crate::servers::replies(&out.stdout);
+        let replies = crate::util::servers::replies(&out.stdout);
         assert_eq!(statuses(&replies), [3, 3, 3, 3], "{how}: {}", out.stdout);
     }
     tx.commit().expect("commit");
@@ -551,7 +552,7 @@ fn postgresql_statement_timeout_behind_a_lock_is_status_3() {
 /// not attempted and are not reported. With `--keep-going`, every line is.
 #[test]
 fn a_batch_that_cannot_connect_reports_only_the_first_line() {
-    let port = crate::servers::free_port();
+    let port = crate::util::servers::free_port();
     let mut cases = vec![
         ("postgresql", "KINTO_CACHE_URL", format!("postgresql://u@127.0.0.1:{port}/db"), 3),
         ("redis", "KINTO_CACHE_URL", format!("redis://127.0.0.1:{port}/0"), 3),
@@ -566,18 +567,18 @@ fn a_batch_that_cannot_connect_reports_only_the_first_line() {
         let input = b"get a\nset b c 60\nget c\n";
         let out = run_within(&env, &["batch"], Some(input), PHASE);
         out.code(code);
-        let replies = crate::servers::replies(&out.stdout);
+        let replies = crate::util::servers::replies(&out.stdout);
         assert_eq!(statuses(&replies), vec![code as u64], "{backend} {target}: {}", out.stdout);
         assert_eq!(replies[0]["line"], 1, "{}", out.stdout);
         let out = run_within(&env, &["batch", "--keep-going"], Some(input), PHASE);
         out.code(code);
-        assert_eq!(statuses(&crate::servers::replies(&out.stdout)), vec![code as u64; 3], "{}", out.stdout);
+        assert_eq!(statuses(&crate::util::servers::replies(&out.stdout)), vec![code as u64; 3], "{}", out.stdout);
     }
 }
 
 #[test]
 fn a_batch_against_a_dead_server_answers_every_line_at_once() {
-    let port = crate::servers::free_port();
+    let port = crate::util::servers::free_port();
     for (backend, var, target) in [
         ("postgresql", "KINTO_CACHE_URL", format!("postgresql://u@127.0.0.1:{port}/db")),
         ("redis", "KINTO_CACHE_URL", format!("redis://127.0.0.1:{port}/0")),
@@ -713,7 +714,7 @@ fn postgresql_read_only_role_reads_and_refuses_writes_with_status_4() {
         Some(b"get k\nset k w 600\nttl k\ndelete k\nget k\nexpire k 9\nget nope\nset x y 60\n"),
     );
     out.code(4);
-    let replies = crate::servers::replies(&out.stdout);
+    let replies = crate::util::servers::replies(&out.stdout);
     assert_eq!(statuses(&replies), [0, 4, 0, 4, 0, 4, 1, 4], "{}", out.stdout);
     assert_eq!(replies[0]["value"], "v");
     assert_eq!(replies[4]["value"], "v");
@@ -727,7 +728,7 @@ fn postgresql_read_only_role_reads_and_refuses_writes_with_status_4() {
 /// unreported: either it has a reply, or the key is not there.
 #[track_caller]
 fn nothing_ran_unreported(out: &Out, after_is_stored: bool) {
-    let replies = crate::servers::replies(&out.stdout);
+    let replies = crate::util::servers::replies(&out.stdout);
     assert!(status(&replies[0]) >= 2, "{}", out.stdout);
     let reported = replies.iter().any(|r| r["line"] == 2);
     assert!(
@@ -739,7 +740,7 @@ fn nothing_ran_unreported(out: &Out, after_is_stored: bool) {
 
 #[test]
 fn a_stopped_batch_never_runs_a_command_it_does_not_report_redis() {
-    let Some(url) = crate::rig::server("KCACHE_TEST_REDIS_URL") else { return };
+    let Some(url) = crate::util::rig::server("KCACHE_TEST_REDIS_URL") else { return };
     let prefix = format!("{}:", crate::util::unique("stop"));
     let env =
         Env::new().var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url).var("KINTO_CACHE_PREFIX", &prefix);
@@ -923,7 +924,7 @@ fn postgresql_a_server_that_stops_answering_after_connecting_is_status_3() {
     let took = started.elapsed();
     out.code(3);
     // Both lines went out in one group: each is reported, as not done.
-    let replies = crate::servers::replies(&out.stdout);
+    let replies = crate::util::servers::replies(&out.stdout);
     assert_eq!(statuses(&replies), vec![3, 3], "{}", out.stdout);
     names_the_server(&replies[0], &address);
     assert!(took < bound, "the batch took {took:?} (bound {bound:?})");

@@ -1,11 +1,11 @@
 //! The memcached backend against real servers: the two the rig starts (`KCACHE_TEST_MEMCACHED`),
 //! shared by every test and so only used with unique prefixes and never flushed, and servers a
-//! test starts for itself (`crate::servers::OwnMemcached`) when it stops one, flushes one or counts connections.
+//! test starts for itself (`crate::util::servers::OwnMemcached`) when it stops one, flushes one or counts connections.
 //!
 //! What Kinto writes comes from `tests/data/kinto/memcached.json` (Kinto 26.5 with
 //! python-memcached 1.62); the tests read and write servers with raw ASCII commands ([`Raw`]).
 
-use crate::servers::OwnMemcached;
+use crate::util::servers::OwnMemcached;
 use crate::util::{Env, left, secs, string, unique};
 use kcache::backend::Cache;
 use kcache::backend::memcached::hosts;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The rig's two servers, or `None` (skipped, loudly) outside CI.
 fn rig() -> Option<Vec<String>> {
-    let hosts = crate::rig::server("KCACHE_TEST_MEMCACHED")?;
+    let hosts = crate::util::rig::server("KCACHE_TEST_MEMCACHED")?;
     Some(hosts.split(',').map(|h| h.trim().to_string()).collect())
 }
 
@@ -547,7 +547,7 @@ fn a_stopped_server_is_status_3_naming_it_quickly() {
 #[test]
 fn ping_checks_every_server_every_time() {
     let Some([live]) = own::<1>() else { return };
-    let dead = format!("127.0.0.1:{}", crate::servers::free_port());
+    let dead = format!("127.0.0.1:{}", crate::util::servers::free_port());
     for hosts in [[live.host(), dead.clone()], [dead.clone(), live.host()]] {
         let e = env(&hosts, "p:").var("KINTO_CACHE_POOL_TIMEOUT", "1");
         for _ in 0..5 {
@@ -570,7 +570,7 @@ fn ping_checks_every_server_every_time() {
 #[test]
 fn no_failover_a_key_whose_server_is_down_is_an_error() {
     let Some([live]) = own::<1>() else { return };
-    let dead = format!("127.0.0.1:{}", crate::servers::free_port());
+    let dead = format!("127.0.0.1:{}", crate::util::servers::free_port());
     let hosts = [live.host().clone(), dead.clone()];
     let mut c =
         kcache::backend::open(&settings(&hosts.join(","), "", &[("pool_timeout", RawSetting::Int(1))])).unwrap();
@@ -614,7 +614,7 @@ fn flush_is_refused_with_a_prefix_and_flush_all_empties_every_server() {
 #[test]
 fn flush_all_flushes_the_servers_it_reaches_then_names_the_others() {
     let Some([live]) = own::<1>() else { return };
-    let dead = format!("127.0.0.1:{}", crate::servers::free_port());
+    let dead = format!("127.0.0.1:{}", crate::util::servers::free_port());
     Raw::to(&live.host()).set("x", 0, 0, b"x");
     let e = env(&[dead.clone(), live.host().clone()], "").var("KINTO_CACHE_POOL_TIMEOUT", "1");
     let out = e.run(&["flush", "--all"]);
@@ -657,7 +657,7 @@ fn flush_of_hung_servers_takes_one_pool_timeout_in_all_and_names_them() {
     let hung = [fake_server(None), fake_server(None)];
     let e = env(&hung, "").var("KINTO_CACHE_POOL_TIMEOUT", "2");
     let start = Instant::now();
-    let out = crate::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
+    let out = crate::util::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
     let took = start.elapsed();
     out.code(3).one_error_line().stderr_has("could not flush 2 of 2 memcached servers").stderr_has("none flushed");
     for h in &hung {
@@ -672,7 +672,7 @@ fn flush_of_hung_servers_takes_one_pool_timeout_in_all_and_names_them() {
     let hosts = [hung[0].clone(), live.host(), hung[1].clone()];
     let e = env(&hosts, "").var("KINTO_CACHE_POOL_TIMEOUT", "2");
     let start = Instant::now();
-    let out = crate::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
+    let out = crate::util::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
     assert!(start.elapsed() < Duration::from_millis(3500), "{:?}", start.elapsed());
     out.code(3)
         .one_error_line()
@@ -800,7 +800,7 @@ fn no_hosts_and_bad_hosts_are_status_2() {
 fn a_unix_socket_host_works() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("memcached.sock");
-    if crate::servers::is_root() {
+    if crate::util::servers::is_root() {
         // memcached drops to nobody, who must be able to create the socket.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();

@@ -30,7 +30,7 @@ pub struct Server {
 impl Server {
     /// The rig's server, or `None` (skipped, loudly) outside CI.
     pub fn get() -> Option<Server> {
-        let url = crate::rig::server("KCACHE_TEST_PG_URL")?;
+        let url = crate::util::rig::server("KCACHE_TEST_PG_URL")?;
         let config: postgres::Config = url.parse().expect("KCACHE_TEST_PG_URL parses");
         let host = match config.get_hosts().first() {
             Some(postgres::config::Host::Tcp(h)) => h.clone(),
@@ -186,7 +186,7 @@ fn env_for(url: &str) -> Env {
 
 /// The server log, or `None` (skipped, loudly) outside CI.
 fn server_log() -> Option<PathBuf> {
-    crate::rig::server("KCACHE_TEST_PG_LOG").map(PathBuf::from)
+    crate::util::rig::server("KCACHE_TEST_PG_LOG").map(PathBuf::from)
 }
 
 /// The `connection authorized` lines of the server log for database `db`.
@@ -755,7 +755,7 @@ fn set_mode(path: &std::path::Path, mode: u32) {
 fn sslmodes_behave_as_in_libpq() {
     let Some(db) = TestDb::create() else { return };
     let Some(log) = server_log() else { return };
-    let Some(ca) = crate::rig::server("KCACHE_TEST_PG_CA") else { return };
+    let Some(ca) = crate::util::rig::server("KCACHE_TEST_PG_CA") else { return };
     db.migrate();
     let userinfo = format!("{}:{}", db.server.user, db.server.password);
     let on_localhost = |query: &str| format!("postgresql://{userinfo}@localhost:{}/{}{query}", db.server.port, db.name);
@@ -1065,7 +1065,7 @@ fn a_prefixed_flush_takes_the_prefix_literally() {
 #[test]
 fn a_refused_port_fails_at_once_with_status_3() {
     let Some(server) = Server::get() else { return };
-    let port = crate::servers::free_port();
+    let port = crate::util::servers::free_port();
     let secret = format!("NeverPrinted{}", unique("pw"));
     let url = format!("postgresql://postgres:{secret}@127.0.0.1:{port}/postgres");
     for args in [&["get", "k"][..], &["migrate"], &["ping"], &["-v", "set", "k", "v", "60"]] {
@@ -1160,7 +1160,7 @@ fn keys_over_256_characters_are_refused_before_connecting() {
 fn url_forms_and_query_parameters() {
     let Some(db) = TestDb::create() else { return };
     let Some(log) = server_log() else { return };
-    let Some(socket_dir) = crate::rig::server("KCACHE_TEST_PG_SOCKET_DIR") else { return };
+    let Some(socket_dir) = crate::util::rig::server("KCACHE_TEST_PG_SOCKET_DIR") else { return };
     db.migrate();
     let s = &db.server;
     let (name, userinfo) = (&db.name, format!("{}:{}", s.user, s.password));
@@ -1183,7 +1183,7 @@ fn url_forms_and_query_parameters() {
 #[test]
 fn libpq_variables_fill_what_the_url_leaves_out() {
     let Some(db) = TestDb::create() else { return };
-    let Some(socket_dir) = crate::rig::server("KCACHE_TEST_PG_SOCKET_DIR") else { return };
+    let Some(socket_dir) = crate::util::rig::server("KCACHE_TEST_PG_SOCKET_DIR") else { return };
     db.migrate();
     let s = &db.server;
     let port = s.port.to_string();

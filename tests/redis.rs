@@ -56,7 +56,7 @@ fn cache(url: &str, prefix: &str) -> Cache {
 
 /// The rig's server with a fresh prefix (`None`: skipped outside CI).
 fn rig() -> Option<(String, String)> {
-    let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
+    let url = crate::util::rig::server("KCACHE_TEST_REDIS_URL")?;
     Some((url, format!("{}:", unique("rt"))))
 }
 
@@ -93,7 +93,7 @@ impl OwnRedis {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().expect("temp dir");
-            let port = crate::servers::free_port();
+            let port = crate::util::servers::free_port();
             let log = dir.path().join("redis.log");
             let mut cmd = Command::new("redis-server");
             cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
