@@ -9,8 +9,8 @@
 //! Tests that stop a server start their own ([`crate::servers`]); pool_timeout is 1 s, so every
 //! failure comes within seconds.
 
-use crate::util::rig::RigDb;
-use crate::util::servers::{Batch, OwnMemcached, OwnPostgres, OwnRedis, run_within, sq, status};
+use crate::util::rig::{RigDb, pg_env};
+use crate::util::servers::{Batch, OwnMemcached, OwnPostgres, OwnRedis, run_within, signal, sq, status};
 use crate::util::{Env, Out};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -109,12 +109,6 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         signal("-CONT", &self.0);
     }
-}
-
-fn signal(which: &str, pids: &[u32]) {
-    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-    let ok = std::process::Command::new("kill").arg(which).args(&pids).status().is_ok_and(|s| s.success());
-    assert!(ok, "kill {which} {pids:?}");
 }
 
 /// Statuses of `replies`.
@@ -450,7 +444,7 @@ fn postgresql_pool_exhausted_with_max_backlog_0_fails_at_once_through_batch_jobs
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
     let env = db
-        .env_with(&db.url(), "10")
+        .env()
         .var("KINTO_CACHE_POOL_SIZE", "1")
         .var("KINTO_CACHE_MAX_OVERFLOW", "0")
         .var("KINTO_CACHE_MAX_BACKLOG", "0");
@@ -496,7 +490,7 @@ fn postgresql_pool_exhausted_with_max_backlog_0_fails_at_once_through_batch_jobs
 fn postgresql_statement_timeout_behind_a_lock_is_status_3() {
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
-    let role = db.role();
+    let role = db.role(None);
     let name = db.name.clone();
     db.sql()
         .batch_execute(&format!(
@@ -504,14 +498,14 @@ fn postgresql_statement_timeout_behind_a_lock_is_status_3() {
              ALTER ROLE {role} IN DATABASE {name} SET statement_timeout = '300ms'"
         ))
         .expect("role");
-    let plain = db.env_with(&db.url(), "5");
+    let plain = pg_env(&db.url(), "5");
     plain.run(&["set", "k", "v", "600"]).ok();
     let mut locker = db.session();
     let mut tx = locker.transaction().expect("begin");
     tx.batch_execute("LOCK TABLE cache IN ACCESS EXCLUSIVE MODE").expect("lock");
     let envs = [
-        ("options in the URL", db.env_with(&db.url_as(None, "options=-c%20statement_timeout%3D300"), "5")),
-        ("ALTER ROLE ... SET statement_timeout", db.env_with(&db.url_as(Some(&role), ""), "5")),
+        ("options in the URL", pg_env(&db.url_as(None, "options=-c%20statement_timeout%3D300"), "5")),
+        ("ALTER ROLE ... SET statement_timeout", pg_env(&db.url_as(Some(&role), ""), "5")),
     ];
     for (how, env) in &envs {
         for args in [
@@ -603,7 +597,7 @@ fn a_batch_against_a_dead_server_answers_every_line_at_once() {
 fn postgresql_a_lock_wait_is_bounded_by_pool_timeout() {
     let Some(db) = RigDb::create() else { return };
     db.migrate();
-    let env = db.env_with(&db.url(), "1");
+    let env = pg_env(&db.url(), "1");
     let mut locker = db.session();
     let holder = std::thread::spawn(move || {
         let mut tx = locker.transaction().expect("begin");
@@ -625,7 +619,7 @@ fn postgresql_a_lock_wait_is_bounded_by_pool_timeout() {
 fn postgresql_a_batch_group_that_waited_for_a_lock_keeps_expiry_exact() {
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
-    let env = db.env_with(&db.url(), "10");
+    let env = db.env();
     env.run(&["set", "a", "v", "600"]).ok();
     let mut batch = Batch::spawn(&env, &["batch", "--keep-going"]);
     batch.send("get warm-up\n");
@@ -655,7 +649,7 @@ fn postgresql_a_batch_group_that_waited_for_a_lock_keeps_expiry_exact() {
 fn postgresql_table_dropped_under_a_running_batch_is_status_4_with_the_migrate_hint() {
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
-    let env = db.env_with(&db.url(), "1");
+    let env = pg_env(&db.url(), "1");
     for jobs in ["1", "3"] {
         env.run(&["migrate"]).ok();
         let mut batch = Batch::spawn(&env, &["batch", "--keep-going", "--jobs", jobs]);
@@ -677,16 +671,16 @@ fn postgresql_table_dropped_under_a_running_batch_is_status_4_with_the_migrate_h
 fn postgresql_read_only_role_reads_and_refuses_writes_with_status_4() {
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
-    let role = db.role();
+    let role = db.role(None);
     db.sql()
         .batch_execute(&format!(
             "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON cache TO {role}; \
              ALTER ROLE {role} SET default_transaction_read_only = on"
         ))
         .expect("role");
-    let admin = db.env_with(&db.url(), "5");
+    let admin = pg_env(&db.url(), "5");
     admin.run(&["set", "k", "v", "600"]).ok();
-    let env = db.env_with(&db.url_as(Some(&role), ""), "1");
+    let env = pg_env(&db.url_as(Some(&role), ""), "1");
     env.run(&["get", "k"]).ok().stdout_is("v\n");
     env.run(&["get", "nope"]).code(1);
     env.run(&["ttl", "nope"]).code(1);
@@ -744,8 +738,7 @@ fn a_stopped_batch_never_runs_a_command_it_does_not_report_redis() {
     let prefix = format!("{}:", crate::util::unique("stop"));
     let env =
         Env::new().var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url).var("KINTO_CACHE_PREFIX", &prefix);
-    let client = redis::Client::open(url.as_str()).expect("url");
-    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connect");
+    let mut conn = crate::util::servers::redis_client(&url);
     let _: () = redis::cmd("HSET").arg(format!("{prefix}h")).arg("f").arg("v").query(&mut conn).expect("hset");
     let out = env.run_stdin(&["batch"], Some(b"get h\nset after 1 60\n"));
     out.code(4);
@@ -768,7 +761,7 @@ fn a_stopped_batch_never_runs_a_command_it_does_not_report_memcached() {
 fn a_stopped_batch_never_runs_a_command_it_does_not_report_postgresql() {
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
-    let env = db.env_with(&db.url_as(None, "options=-c%20statement_timeout%3D300"), "5");
+    let env = pg_env(&db.url_as(None, "options=-c%20statement_timeout%3D300"), "5");
     env.run(&["set", "h", "v", "600"]).ok();
     // A row lock: `set h` waits for it and times out; `set after` does not need it.
     let mut locker = db.session();
@@ -902,14 +895,11 @@ fn stalling_proxy(upstream: u16, connections: usize) -> u16 {
 fn postgresql_a_server_that_stops_answering_after_connecting_is_status_3() {
     let Some(db) = RigDb::create() else { return };
     db.migrate();
-    let upstream: u16 = db.tcp_address().rsplit(':').next().and_then(|p| p.parse().ok()).expect("rig port");
-    let port = stalling_proxy(upstream, 2);
-    let admin: postgres::Config = std::env::var("KCACHE_TEST_PG_URL").expect("rig url").parse().expect("url");
-    let password = String::from_utf8(admin.get_password().unwrap_or_default().to_vec()).expect("password");
-    let userinfo = format!("{}:{}", admin.get_user().unwrap_or("postgres"), sq_url(&password));
+    let port = stalling_proxy(db.server.port, 2);
+    let userinfo = format!("{}:{}", db.server.user, sq_url(&db.server.password));
     // In clear, so that the proxy sees the server's ReadyForQuery.
     let url = format!("postgresql://{userinfo}@127.0.0.1:{port}/{}?sslmode=disable", db.name);
-    let env = db.env_with(&url, "1");
+    let env = pg_env(&url, "1");
     let address = format!("127.0.0.1:{port}");
     let bound = hung_bound("postgresql");
 

@@ -553,7 +553,7 @@ fn hostile_prefixed_flush_sqlite() {
 fn hostile_prefixed_flush_postgresql() {
     let Some(db) = RigDb::create() else { return };
     db.migrate();
-    prefixed_flush_removes_exactly_the_prefix(&db.env_with(&db.url(), "10"));
+    prefixed_flush_removes_exactly_the_prefix(&db.env());
 }
 
 #[cfg(feature = "redis")]
@@ -657,7 +657,7 @@ fn hostile_keys_and_values_postgresql() {
              ALTER DATABASE {name} SET backslash_quote = on"
         ))
         .expect("settings");
-    let env = db.env_with(&db.url(), "10");
+    let env = db.env();
     let keys = hostile_keys_round_trip(&env, true);
     let mut stored: Vec<String> =
         db.sql().query("SELECT key FROM cache", &[]).expect("keys").iter().map(|r| r.get(0)).collect();
@@ -675,8 +675,7 @@ fn hostile_keys_and_values_redis() {
     let env =
         Env::new().var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url).var("KINTO_CACHE_PREFIX", &prefix);
     let keys = hostile_keys_round_trip(&env, true);
-    let client = redis::Client::open(url.as_str()).expect("url");
-    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connect");
+    let mut conn = crate::util::servers::redis_client(&url);
     let pattern = format!("{prefix}*");
     let mut stored: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).expect("keys");
     stored.sort();
@@ -835,7 +834,7 @@ fn postgresql_passwords_never_appear_in_any_failure() {
     let Some(mut db) = RigDb::create() else { return };
     let right = format!("R1ght:{}@/%?", unique("pw"));
     let wrong = format!("Wr0ng:{}@/%?", unique("pw"));
-    let role = db.role_with_password(Some(&right));
+    let role = db.role(Some(&right));
     let closed = format!("127.0.0.1:{}", crate::util::servers::free_port());
     let address = db.tcp_address();
     let name = db.name.clone();
@@ -1086,7 +1085,7 @@ fn with_raw_value(backend: &str, key: &str, text: &str) -> Option<(Env, Box<dyn 
         #[cfg(feature = "redis")]
         "redis" => {
             let url = crate::util::rig::server("KCACHE_TEST_REDIS_URL")?;
-            let mut c = redis::Client::open(url.as_str()).expect("url").get_connection().expect("connect");
+            let mut c = crate::util::servers::redis_client(&url);
             redis::cmd("SET").arg(&full).arg(text).arg("PX").arg(600_000).query::<()>(&mut c).expect("SET");
             let env = Env::new()
                 .var("KINTO_CACHE_BACKEND", "redis")

@@ -1,4 +1,5 @@
-//! Servers a test starts, stops, kills and restarts for itself, and `kcache batch` run as a
+//! Servers a test starts, stops, kills and restarts for itself, raw clients to read and write
+//! what kcache does ([`MemcachedClient`], [`redis_client`]), and `kcache batch` run as a
 //! coprocess (lines written while replies are read).
 //!
 //! The rig's servers (`KCACHE_TEST_*`) are shared by every test, so a test that stops one must
@@ -10,8 +11,6 @@
 //!
 //! When a server's binaries are missing, [`require`] skips the test with a `skipped:` line, or
 //! fails it when `CI` is set, as `crate::util::rig::server` does for the rig's servers.
-
-#![allow(dead_code)]
 
 use crate::util::Env;
 use serde_json::Value;
@@ -25,6 +24,8 @@ use std::time::{Duration, Instant};
 
 /// How long a server may take to start or stop.
 const STARTUP: Duration = Duration::from_secs(15);
+/// How long a raw client waits for a reply.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `true` when `found`; else skips the test loudly (`false`), or fails it under CI.
 pub fn require(found: bool, what: &str) -> bool {
@@ -108,6 +109,13 @@ fn wait_ready(child: &mut Child, mut ready: impl FnMut() -> bool) -> Result<(), 
     }
 }
 
+/// Sends `which` (`-STOP`, `-CONT`) to every process of `pids` (a server's, to freeze it).
+pub fn signal(which: &str, pids: &[u32]) {
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let ok = Command::new("kill").arg(which).args(&pids).status().is_ok_and(|s| s.success());
+    assert!(ok, "kill {which} {pids:?}");
+}
+
 fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = c.kill();
@@ -130,6 +138,12 @@ impl OwnMemcached {
     /// Starts one on a free port (`None`: skipped, memcached is not installed).
     pub fn start() -> Option<OwnMemcached> {
         Self::start_on(None)
+    }
+
+    /// `N` of them (`None`: skipped, memcached is not installed).
+    pub fn several<const N: usize>() -> Option<[OwnMemcached; N]> {
+        let servers: Option<Vec<OwnMemcached>> = (0..N).map(|_| OwnMemcached::start()).collect();
+        servers?.try_into().ok()
     }
 
     /// Starts one listening on the unix socket `path` only.
@@ -206,20 +220,65 @@ impl OwnMemcached {
         self.spawn().unwrap_or_else(|e| panic!("memcached did not restart on port {}: {e}", self.port));
     }
 
-    /// A raw ASCII command; returns the reply lines up to and including `END`, or the one line.
+    /// A raw client on a connection of its own (`total_connections` counts it).
+    pub fn client(&self) -> MemcachedClient {
+        MemcachedClient::to(&self.host())
+    }
+
+    /// One raw command on a connection of its own ([`MemcachedClient::command`]).
     pub fn raw(&self, command: &str) -> Vec<String> {
-        let mut stream = TcpStream::connect(self.host()).expect("connect to memcached");
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        stream.write_all(command.as_bytes()).unwrap();
-        let mut reader = BufReader::new(stream);
+        self.client().command(command)
+    }
+
+    /// One number of `stats`, on a connection of its own (`total_connections` counts it).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.client().stat(name)
+    }
+}
+
+impl Drop for OwnMemcached {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Raw ASCII commands to one memcached server over one connection, as python-memcached sends
+/// them.
+pub struct MemcachedClient {
+    reader: BufReader<TcpStream>,
+}
+
+impl MemcachedClient {
+    pub fn to(host: &str) -> MemcachedClient {
+        let stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        MemcachedClient { reader: BufReader::new(stream) }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("write");
+    }
+
+    /// The next line of the reply, `\r\n` included.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read");
+        line
+    }
+
+    /// Sends `command` and returns the reply's lines without their `\r\n`: up to `END` for
+    /// `get` and `stats`, else the one line.
+    pub fn command(&mut self, command: &str) -> Vec<String> {
+        self.send(command.as_bytes());
+        let many = command.starts_with("get") || command.starts_with("stats");
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
                 break;
             }
             let line = line.trim_end().to_string();
-            let done = !command.starts_with("get") && !command.starts_with("stats") || line == "END";
+            let done = !many || line == "END";
             lines.push(line);
             if done {
                 break;
@@ -228,18 +287,48 @@ impl OwnMemcached {
         lines
     }
 
-    /// One number of `stats` (asking opens a connection: `total_connections` counts it).
-    pub fn stat(&self, name: &str) -> u64 {
-        self.raw("stats\r\n")
+    /// `get`: the flags and bytes stored under `key`.
+    pub fn get(&mut self, key: &str) -> Option<(u32, Vec<u8>)> {
+        self.send(format!("get {key}\r\n").as_bytes());
+        let header = self.line();
+        if header == "END\r\n" {
+            return None;
+        }
+        let parts: Vec<&str> = header.trim_end().split(' ').collect();
+        assert_eq!(parts[..2], ["VALUE", key], "{header:?}");
+        let flags = parts[2].parse().unwrap();
+        let len: usize = parts[3].parse().unwrap();
+        let mut data = vec![0; len + 2];
+        self.reader.read_exact(&mut data).unwrap();
+        data.truncate(len);
+        assert_eq!(self.line(), "END\r\n");
+        Some((flags, data))
+    }
+
+    /// `set`, with python-memcached's trailing space.
+    pub fn set(&mut self, key: &str, flags: u32, exptime: u32, data: &[u8]) {
+        self.send(format!("set {key} {flags} {exptime} {} \r\n", data.len()).as_bytes());
+        self.send(data);
+        self.send(b"\r\n");
+        assert_eq!(self.line(), "STORED\r\n");
+    }
+
+    /// The server's own seconds left for `key` (meta get): -1 for never, `None` if missing.
+    pub fn server_ttl(&mut self, key: &str) -> Option<i64> {
+        let reply = self.command(&format!("mg {key} t\r\n")).concat();
+        if reply.starts_with("EN") {
+            return None;
+        }
+        let t = reply.split(' ').find_map(|f| f.strip_prefix('t')).expect("t flag");
+        Some(t.parse().unwrap())
+    }
+
+    /// One number of `stats`.
+    pub fn stat(&mut self, name: &str) -> u64 {
+        self.command("stats\r\n")
             .iter()
             .find_map(|l| l.strip_prefix(&format!("STAT {name} ")).map(|v| v.parse().expect("a number")))
             .unwrap_or_else(|| panic!("no stat {name}"))
-    }
-}
-
-impl Drop for OwnMemcached {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -252,20 +341,38 @@ pub struct OwnRedis {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Its unix socket, in `dir` (asked for with a bare `--unixsocket`; always there with TLS).
+    pub socket: Option<PathBuf>,
+    tls: bool,
     args: Vec<String>,
 }
 
 impl OwnRedis {
     /// Starts one with `extra` arguments (`None`: skipped, redis-server is not installed).
     pub fn start(extra: &[&str]) -> Option<OwnRedis> {
+        Self::start_with(extra, false, |_| Vec::new())
+    }
+
+    /// `tls`: the port is a TLS port (the plain one is off, and readiness is asked over the
+    /// unix socket). `more` adds arguments that need the server's folder (certificates).
+    pub fn start_with(extra: &[&str], tls: bool, more: impl Fn(&Path) -> Vec<String>) -> Option<OwnRedis> {
         if !crate::util::rig::compiled("redis") || !require(installed("redis-server", "--version"), "redis-server") {
             return None;
         }
         let mut last = String::new();
         for _ in 0..3 {
             let dir = tempfile::tempdir().expect("temp dir");
-            let mut server =
-                OwnRedis { child: None, dir, port: free_port(), args: extra.iter().map(|s| s.to_string()).collect() };
+            let path = dir.path().join("redis.sock");
+            let unix = tls || extra.contains(&"--unixsocket");
+            let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            match args.iter().position(|a| a == "--unixsocket") {
+                Some(i) => args.insert(i + 1, path.display().to_string()),
+                None if tls => args.extend(["--unixsocket".into(), path.display().to_string()]),
+                None => {}
+            }
+            args.extend(more(dir.path()));
+            let socket = unix.then_some(path);
+            let mut server = OwnRedis { child: None, dir, port: free_port(), socket, tls, args };
             match server.spawn() {
                 Ok(()) => return Some(server),
                 Err(e) => last = e,
@@ -275,20 +382,26 @@ impl OwnRedis {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port.to_string();
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--dir"])
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.dir.path().join("redis.log"))
-            .args(&self.args);
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]);
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port", &port]);
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        cmd.arg("--dir").arg(self.dir.path()).arg("--logfile").arg(self.dir.path().join("redis.log")).args(&self.args);
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
-        let port = self.port;
+        let (port, socket) = (self.port, self.socket.clone().filter(|_| self.tls));
         // PING answers -LOADING while an append-only file is read back: wait for +PONG (or
         // -NOAUTH, from a server with a password).
         let ready = wait_ready(&mut child, || {
-            probe(port, b"PING\r\n").is_some_and(|l| l.starts_with("+PONG") || l.starts_with("-NOAUTH"))
+            let reply = match &socket {
+                Some(path) => probe_unix(path, b"PING\r\n"),
+                None => probe(port, b"PING\r\n"),
+            };
+            reply.is_some_and(|l| l.starts_with("+PONG") || l.starts_with("-NOAUTH"))
         });
         self.child = Some(child);
         if ready.is_err() {
@@ -301,7 +414,12 @@ impl OwnRedis {
 
     /// `redis://127.0.0.1:PORT/0`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.url_as("", 0)
+    }
+
+    /// `redis://[auth@]127.0.0.1:PORT/db`, `auth` with its `@`.
+    pub fn url_as(&self, auth: &str, db: u32) -> String {
+        format!("redis://{auth}127.0.0.1:{}/{db}", self.port)
     }
 
     /// Kills the server (SIGKILL) and waits until it is gone.
@@ -319,21 +437,22 @@ impl OwnRedis {
         self.kill();
         self.spawn().unwrap_or_else(|e| panic!("redis-server did not restart on port {}: {e}", self.port));
     }
-
-    /// A connection of the redis crate.
-    #[cfg(feature = "redis")]
-    pub fn client(&self) -> redis::Connection {
-        let client = redis::Client::open(self.url()).expect("url");
-        let conn = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connect to redis");
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        conn
-    }
 }
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A raw connection (the redis crate) to `url`, with 5 s timeouts: to write as Kinto does and
+/// read what kcache wrote.
+#[cfg(feature = "redis")]
+pub fn redis_client(url: &str) -> redis::Connection {
+    let client = redis::Client::open(url).unwrap_or_else(|e| panic!("bad redis URL {url}: {e}"));
+    let conn = client.get_connection_with_timeout(TIMEOUT).unwrap_or_else(|e| panic!("cannot connect: {e}"));
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    conn
 }
 
 // ---- postgresql ------------------------------------------------------------------------------
