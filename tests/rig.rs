@@ -1,36 +1,10 @@
 //! The rig's servers (`scripts/test`, [`crate::util::rig`]) answer.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use crate::util::servers::probe;
 
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connects to `host:port` with 5 s timeouts on connect, read and write.
-fn connect(host_port: &str) -> TcpStream {
-    let addrs: Vec<SocketAddr> =
-        host_port.to_socket_addrs().unwrap_or_else(|e| panic!("cannot resolve {host_port}: {e}")).collect();
-    let mut last_error = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, TIMEOUT) {
-            Ok(stream) => {
-                stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-                stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-                return stream;
-            }
-            Err(e) => last_error = Some(e),
-        }
-    }
-    panic!("cannot connect to {host_port}: {last_error:?}");
-}
-
-/// Sends `request` and returns the first line of the reply, `\r\n` included.
+/// The first line of the reply to `request` from `host_port` (panics without one).
 fn request_line(host_port: &str, request: &[u8]) -> String {
-    let mut stream = connect(host_port);
-    stream.write_all(request).unwrap_or_else(|e| panic!("cannot write to {host_port}: {e}"));
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).unwrap_or_else(|e| panic!("no reply from {host_port}: {e}"));
-    reply
+    probe(host_port, request).unwrap_or_else(|| panic!("no reply from {host_port}"))
 }
 
 /// `host:port` of a `redis://[user:password@]host[:port][/db]` URL.
@@ -53,7 +27,7 @@ fn rig_postgresql_answers() {
         return;
     };
     let mut config: postgres::Config = url.parse().unwrap_or_else(|e| panic!("KCACHE_TEST_PG_URL does not parse: {e}"));
-    config.connect_timeout(TIMEOUT);
+    config.connect_timeout(std::time::Duration::from_secs(5));
     let mut client =
         config.connect(postgres::NoTls).unwrap_or_else(|e| panic!("cannot connect to KCACHE_TEST_PG_URL: {e}"));
     let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);

@@ -72,24 +72,26 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Sends one command line to `127.0.0.1:port` and returns the first line of the reply.
-fn probe(port: u16, request: &[u8]) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream.write_all(request).ok()?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).ok()?;
-    Some(line)
-}
-
-/// [`probe`] over a unix socket.
-fn probe_unix(path: &Path, request: &[u8]) -> Option<String> {
-    let mut stream = std::os::unix::net::UnixStream::connect(path).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream.write_all(request).ok()?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).ok()?;
-    Some(line)
+/// Sends `request` to `address` (`host:port`, or `unix:PATH`) and returns the first line of the
+/// reply, `\r\n` included; `None` without a connection (500 ms) or a reply (2 s).
+pub fn probe(address: &str, request: &[u8]) -> Option<String> {
+    fn first_line(mut stream: impl Read + Write, request: &[u8]) -> Option<String> {
+        stream.write_all(request).ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).ok()?;
+        Some(line)
+    }
+    let wait = Some(Duration::from_secs(2));
+    if let Some(path) = address.strip_prefix("unix:") {
+        let stream = std::os::unix::net::UnixStream::connect(path).ok()?;
+        stream.set_read_timeout(wait).ok()?;
+        return first_line(stream, request);
+    }
+    let stream = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .ok()?
+        .find_map(|addr| TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok())?;
+    stream.set_read_timeout(wait).ok()?;
+    first_line(stream, request)
 }
 
 /// Polls `ready` until it holds or `child` died or [`STARTUP`] passed; `Ok` when ready.
@@ -181,14 +183,9 @@ impl OwnMemcached {
         }
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
-        let (port, socket) = (self.port, self.socket.clone());
-        let ready = wait_ready(&mut child, || {
-            let reply = match &socket {
-                Some(path) => probe_unix(path, b"version\r\n"),
-                None => probe(port, b"version\r\n"),
-            };
-            reply.is_some_and(|l| l.starts_with("VERSION"))
-        });
+        let address = self.host();
+        let ready =
+            wait_ready(&mut child, || probe(&address, b"version\r\n").is_some_and(|l| l.starts_with("VERSION")));
         self.child = Some(child);
         if ready.is_err() {
             kill(&mut self.child);
@@ -393,15 +390,14 @@ impl OwnRedis {
         cmd.arg("--dir").arg(self.dir.path()).arg("--logfile").arg(self.dir.path().join("redis.log")).args(&self.args);
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
-        let (port, socket) = (self.port, self.socket.clone().filter(|_| self.tls));
+        let address = match (&self.socket, self.tls) {
+            (Some(path), true) => format!("unix:{}", path.display()),
+            _ => format!("127.0.0.1:{}", self.port),
+        };
         // PING answers -LOADING while an append-only file is read back: wait for +PONG (or
         // -NOAUTH, from a server with a password).
         let ready = wait_ready(&mut child, || {
-            let reply = match &socket {
-                Some(path) => probe_unix(path, b"PING\r\n"),
-                None => probe(port, b"PING\r\n"),
-            };
-            reply.is_some_and(|l| l.starts_with("+PONG") || l.starts_with("-NOAUTH"))
+            probe(&address, b"PING\r\n").is_some_and(|l| l.starts_with("+PONG") || l.starts_with("-NOAUTH"))
         });
         self.child = Some(child);
         if ready.is_err() {
