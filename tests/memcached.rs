@@ -5,7 +5,7 @@
 //! What Kinto writes comes from `tests/data/kinto/memcached.json` (Kinto 26.5 with
 //! python-memcached 1.62); the tests read and write servers with raw ASCII commands ([`MemcachedClient`]).
 
-use crate::util::servers::{MemcachedClient, OwnMemcached};
+use crate::util::servers::{MemcachedClient, OwnMemcached, fake_server};
 use crate::util::{Env, left, secs, settings, string, unique};
 use kcache::backend::Cache;
 use kcache::backend::memcached::hosts;
@@ -533,34 +533,6 @@ fn flush_all_flushes_the_servers_it_reaches_then_names_the_others() {
     let out = e.run(&["flush", "--all"]);
     out.code(3).one_error_line().stderr_has(&format!("could not flush 1 of 2 memcached servers ({dead}"));
     assert!(MemcachedClient::to(&live.host()).get("x").is_none(), "the live server was flushed");
-}
-
-/// A deliberately broken "server" of this test's own on a loopback port: it accepts every
-/// connection and answers whatever it reads with `reply`, or never answers at all (`None`:
-/// it holds the socket open, as a hung memcached does). It lives as long as the test process.
-fn fake_server(reply: Option<&'static [u8]>) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let host = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            match reply {
-                None => held.push(client),
-                Some(reply) => {
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 4096];
-                        while let Ok(n) = client.read(&mut buf) {
-                            if n == 0 || client.write_all(reply).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-            }
-        }
-    });
-    host
 }
 
 #[test]

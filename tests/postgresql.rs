@@ -682,20 +682,16 @@ fn sslmodes_behave_as_in_libpq() {
 
 #[test]
 fn max_backlog_fails_the_next_waiter_at_once() {
-    use kcache::settings::{Layer, Raw, Settings};
+    use kcache::settings::Raw;
     let Some(db) = RigDb::create() else { return };
-    let mut layer = Layer::default();
-    for (k, v) in [
+    let settings = crate::util::settings(&[
         ("backend", Raw::Str("postgresql".into())),
         ("url", Raw::Str(db.url())),
         ("pool_size", Raw::Int(1)),
         ("max_overflow", Raw::Int(0)),
         ("max_backlog", Raw::Int(1)),
         ("pool_timeout", Raw::Int(10)),
-    ] {
-        layer.set(k, v, "test", None);
-    }
-    let settings = Settings::from_layer(&layer).expect("settings");
+    ]);
     let backend = kcache::backend::postgres::Postgres::new(&settings, &|_| None, 3).expect("backend");
     let pool = std::sync::Arc::clone(backend.pool());
 
@@ -921,15 +917,8 @@ fn a_silent_server_is_bounded_by_pool_timeout() {
         return;
     }
     // Accepts connections and never answers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming() {
-            held.push(stream);
-        }
-    });
-    let url = format!("postgresql://postgres:pw@127.0.0.1:{port}/postgres");
+    let address = crate::util::servers::fake_server(None);
+    let url = format!("postgresql://postgres:pw@{address}/postgres");
     let start = Instant::now();
     let out = pg_env(&url, "10").var("KINTO_CACHE_POOL_TIMEOUT", "1").run(&["get", "k"]);
     let took = start.elapsed();

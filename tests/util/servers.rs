@@ -125,6 +125,35 @@ fn kill(child: &mut Option<Child>) {
     }
 }
 
+/// A deliberately broken "server" of this test's own on a loopback port (`127.0.0.1:PORT`, held
+/// from the start): it accepts every connection and answers whatever it reads with `reply`, or
+/// never answers at all (`None`: it holds the socket open, as a hung server does). It lives as
+/// long as the test process.
+pub fn fake_server(reply: Option<&'static [u8]>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let host = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            match reply {
+                None => held.push(client),
+                Some(reply) => {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = client.read(&mut buf) {
+                            if n == 0 || client.write_all(reply).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+    host
+}
+
 // ---- memcached -------------------------------------------------------------------------------
 
 /// A memcached of one test's own, on a free loopback port or a unix socket; SIGKILLed on
@@ -571,14 +600,6 @@ impl OwnPostgres {
     /// `postgresql://postgres@127.0.0.1:PORT/db`.
     pub fn url(&self, db: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-
-    /// A session of the superuser on `db`.
-    #[cfg(feature = "postgresql")]
-    pub fn client(&self, db: &str) -> postgres::Client {
-        let mut config: postgres::Config = self.url(db).parse().expect("url");
-        config.connect_timeout(Duration::from_secs(5));
-        config.connect(postgres::NoTls).unwrap_or_else(|e| panic!("cannot connect to own postgresql: {e:?}"))
     }
 
     /// Stops the server as a crash would: every backend dies at once, nothing is checkpointed.
