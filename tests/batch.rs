@@ -1,12 +1,12 @@
 //! `kcache batch` through the real binary: the protocol, order, per-key order under --jobs,
 //! barriers, --keep-going, exit status, bad lines; on every backend the rig provides.
 
-use crate::servers::replies;
 use crate::util::Env;
+use crate::util::servers::replies;
 use serde_json::Value;
 
 fn protocol(backend: &str) {
-    let Some((env, _guard)) = crate::servers::backend_env(backend) else { return };
+    let Some((env, _guard)) = crate::util::rig::backend_env(backend) else { return };
     let input = r#"set a "hello world" 60
 # a comment, then a blank line
 
@@ -47,7 +47,7 @@ set k - 10
 }
 
 fn stops_at_the_first_error_without_keep_going(backend: &str) {
-    let Some((env, _guard)) = crate::servers::backend_env(backend) else { return };
+    let Some((env, _guard)) = crate::util::rig::backend_env(backend) else { return };
     let out = env.run_stdin(&["batch"], Some(b"set a 1 60\nset b 2 10x\nset c 3 60\n"));
     out.code(2);
     let r = replies(&out.stdout);
@@ -64,12 +64,12 @@ fn stops_at_the_first_error_without_keep_going(backend: &str) {
 }
 
 fn status_is_0_when_only_misses(backend: &str) {
-    let Some((env, _guard)) = crate::servers::backend_env(backend) else { return };
+    let Some((env, _guard)) = crate::util::rig::backend_env(backend) else { return };
     env.run_stdin(&["batch"], Some(b"get nope\ndelete nope\nexpire nope 5\n")).code(0);
 }
 
 fn jobs_keep_per_key_order_and_barriers(backend: &str) {
-    let Some((env, _guard)) = crate::servers::backend_env(backend) else { return };
+    let Some((env, _guard)) = crate::util::rig::backend_env(backend) else { return };
     let mut input = String::new();
     for i in 0..600 {
         input.push_str(&format!("set k{} v{i} 60\nget k{}\n", i % 13, i % 13));
@@ -112,7 +112,7 @@ fn jobs_keep_per_key_order_and_barriers(backend: &str) {
 }
 
 fn keep_going_with_jobs_reports_every_line(backend: &str) {
-    let Some((env, _guard)) = crate::servers::backend_env(backend) else { return };
+    let Some((env, _guard)) = crate::util::rig::backend_env(backend) else { return };
     let mut input = String::new();
     for i in 0..50 {
         input.push_str(&format!("set k{i} v 60\n"));
@@ -230,8 +230,8 @@ fn an_overlong_line_is_refused_briefly_and_the_batch_goes_on() {
     let out = env.run_stdin(&["batch", "--keep-going"], Some(&input));
     out.code(2);
     assert!(out.stdout.len() < 2000, "no message repeats the input: {} bytes", out.stdout.len());
-    let r = crate::servers::replies(&out.stdout);
-    let statuses: Vec<u64> = r.iter().map(crate::servers::status).collect();
+    let r = crate::util::servers::replies(&out.stdout);
+    let statuses: Vec<u64> = r.iter().map(crate::util::servers::status).collect();
     assert_eq!(statuses, [0, 2, 0, 2, 2], "{}", out.stdout);
     let error = r[1]["error"].as_str().unwrap_or_default();
     assert!(error.contains(&format!("the line is {} bytes long", (20 << 20) + 9)), "{error}");

@@ -802,7 +802,7 @@ fn verbose_never_shows_a_password() {
 #[test]
 fn verbose_hides_a_connection_string_password_however_it_is_quoted() {
     let env = Env::new();
-    let port = crate::servers::free_port(); // nothing listens there: refused
+    let port = crate::util::servers::free_port(); // nothing listens there: refused
     let cases = [
         (
             format!("host=127.0.0.1 port={port} user=u password='alpha beta gamma'"),
@@ -1021,9 +1021,9 @@ fn quiet_keeps_errors() {
 fn tiny_pool_timeouts_and_recycles_become_a_millisecond_not_a_panic() {
     // Found by hostile::toml_loader_never_panics_and_checks_every_setting: 2.2e-308 s rounded to
     // a zero duration, which r2d2 and socket timeouts refuse with a panic.
-    let closed = crate::servers::free_port();
+    let closed = crate::util::servers::free_port();
     for backend in ["redis", "postgresql", "memcached"] {
-        if !crate::rig::compiled(backend) {
+        if !crate::util::rig::compiled(backend) {
             continue;
         }
         for (var, value) in [("KINTO_CACHE_POOL_TIMEOUT", "1e-12"), ("KINTO_CACHE_POOL_RECYCLE", "0")] {

@@ -54,7 +54,7 @@ pub fn open(kind: &str) -> Option<Fixture> {
         }
         #[cfg(feature = "postgresql")]
         "postgresql" => {
-            let db = crate::servers::RigDb::create()?;
+            let db = crate::util::rig::RigDb::create()?;
             let s = settings(&[
                 ("backend", Raw::Str("postgresql".into())),
                 ("url", Raw::Str(db.url())),
@@ -66,7 +66,7 @@ pub fn open(kind: &str) -> Option<Fixture> {
             Some(Fixture { cache, isolated: true, _guard: Some(Box::new(db)) })
         }
         "redis" => {
-            let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
+            let url = crate::util::rig::server("KCACHE_TEST_REDIS_URL")?;
             let s = settings(&[
                 ("backend", Raw::Str("redis".into())),
                 ("url", Raw::Str(url)),
@@ -76,7 +76,7 @@ pub fn open(kind: &str) -> Option<Fixture> {
             Some(Fixture { cache: kcache::backend::open(&s).expect("open"), isolated: false, _guard: None })
         }
         "memcached" => {
-            let hosts = crate::rig::server("KCACHE_TEST_MEMCACHED")?;
+            let hosts = crate::util::rig::server("KCACHE_TEST_MEMCACHED")?;
             let s = settings(&[
                 ("backend", Raw::Str("memcached".into())),
                 ("hosts", Raw::Str(hosts)),
@@ -84,7 +84,7 @@ pub fn open(kind: &str) -> Option<Fixture> {
             ]);
             Some(Fixture { cache: kcache::backend::open(&s).expect("open"), isolated: false, _guard: None })
         }
-        other if !crate::rig::compiled(other) => None,
+        other if !crate::util::rig::compiled(other) => None,
         other => panic!("no fixture for backend {other}"),
     }
 }

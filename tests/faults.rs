@@ -9,7 +9,8 @@
 //! Tests that stop a server start their own ([`crate::servers`]); pool_timeout is 1 s, so every
 //! failure comes within seconds.
 
-use crate::servers::{Batch, OwnMemcached, OwnPostgres, OwnRedis, RigDb, run_within, sq, status};
+use crate::util::rig::{RigDb, pg_env};
+use crate::util::servers::{Batch, OwnMemcached, OwnPostgres, OwnRedis, run_within, signal, sq, status};
 use crate::util::{Env, Out};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -110,12 +111,6 @@ impl Drop for Frozen {
     }
 }
 
-fn signal(which: &str, pids: &[u32]) {
-    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-    let ok = std::process::Command::new("kill").arg(which).args(&pids).status().is_ok_and(|s| s.success());
-    assert!(ok, "kill {which} {pids:?}");
-}
-
 /// Statuses of `replies`.
 fn statuses(replies: &[Value]) -> Vec<u64> {
     replies.iter().map(status).collect()
@@ -146,7 +141,7 @@ fn read_back(env: &Env, keys: &[String]) -> Vec<Option<String>> {
     let input: String = keys.iter().map(|k| format!("get {}\n", sq(k))).collect();
     let out = env.run_stdin(&["batch", "--keep-going"], Some(input.as_bytes()));
     out.ok();
-    let replies = crate::servers::replies(&out.stdout);
+    let replies = crate::util::servers::replies(&out.stdout);
     assert_eq!(replies.len(), keys.len(), "{}", out.stdout);
     replies.iter().map(|r| r["value"].as_str().map(str::to_string)).collect()
 }
@@ -449,7 +444,7 @@ fn postgresql_pool_exhausted_with_max_backlog_0_fails_at_once_through_batch_jobs
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
     let env = db
-        .env_with(&db.url(), "10")
+        .env()
         .var("KINTO_CACHE_POOL_SIZE", "1")
         .var("KINTO_CACHE_MAX_OVERFLOW", "0")
         .var("KINTO_CACHE_MAX_BACKLOG", "0");
@@ -495,7 +490,7 @@ fn postgresql_pool_exhausted_with_max_backlog_0_fails_at_once_through_batch_jobs
 fn postgresql_statement_timeout_behind_a_lock_is_status_3() {
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
-    let role = db.role();
+    let role = db.role(None);
     let name = db.name.clone();
     db.sql()
         .batch_execute(&format!(
@@ -503,14 +498,14 @@ fn postgresql_statement_timeout_behind_a_lock_is_status_3() {
              ALTER ROLE {role} IN DATABASE {name} SET statement_timeout = '300ms'"
         ))
         .expect("role");
-    let plain = db.env_with(&db.url(), "5");
+    let plain = pg_env(&db.url(), "5");
     plain.run(&["set", "k", "v", "600"]).ok();
     let mut locker = db.session();
     let mut tx = locker.transaction().expect("begin");
     tx.batch_execute("LOCK TABLE cache IN ACCESS EXCLUSIVE MODE").expect("lock");
     let envs = [
-        ("options in the URL", db.env_with(&db.url_as(None, "options=-c%20statement_timeout%3D300"), "5")),
-        ("ALTER ROLE ... SET statement_timeout", db.env_with(&db.url_as(Some(&role), ""), "5")),
+        ("options in the URL", pg_env(&db.url_as(None, "options=-c%20statement_timeout%3D300"), "5")),
+        ("ALTER ROLE ... SET statement_timeout", pg_env(&db.url_as(Some(&role), ""), "5")),
     ];
     for (how, env) in &envs {
         for args in [
@@ -535,7 +530,7 @@ fn postgresql_statement_timeout_behind_a_lock_is_status_3() {
         let out = run_within(env, &["batch", "--keep-going"], Some(input), HANG);
         out.code(3);
         assert!(started.elapsed() < Duration::from_secs(5), "{how}: batch took {:?}", started.elapsed());
-        let replies = crate::servers::replies(&out.stdout);
+        let replies = crate::util::servers::replies(&out.stdout);
         assert_eq!(statuses(&replies), [3, 3, 3, 3], "{how}: {}", out.stdout);
     }
     tx.commit().expect("commit");
@@ -551,7 +546,7 @@ fn postgresql_statement_timeout_behind_a_lock_is_status_3() {
 /// not attempted and are not reported. With `--keep-going`, every line is.
 #[test]
 fn a_batch_that_cannot_connect_reports_only_the_first_line() {
-    let port = crate::servers::free_port();
+    let port = crate::util::servers::free_port();
     let mut cases = vec![
         ("postgresql", "KINTO_CACHE_URL", format!("postgresql://u@127.0.0.1:{port}/db"), 3),
         ("redis", "KINTO_CACHE_URL", format!("redis://127.0.0.1:{port}/0"), 3),
@@ -566,18 +561,18 @@ fn a_batch_that_cannot_connect_reports_only_the_first_line() {
         let input = b"get a\nset b c 60\nget c\n";
         let out = run_within(&env, &["batch"], Some(input), PHASE);
         out.code(code);
-        let replies = crate::servers::replies(&out.stdout);
+        let replies = crate::util::servers::replies(&out.stdout);
         assert_eq!(statuses(&replies), vec![code as u64], "{backend} {target}: {}", out.stdout);
         assert_eq!(replies[0]["line"], 1, "{}", out.stdout);
         let out = run_within(&env, &["batch", "--keep-going"], Some(input), PHASE);
         out.code(code);
-        assert_eq!(statuses(&crate::servers::replies(&out.stdout)), vec![code as u64; 3], "{}", out.stdout);
+        assert_eq!(statuses(&crate::util::servers::replies(&out.stdout)), vec![code as u64; 3], "{}", out.stdout);
     }
 }
 
 #[test]
 fn a_batch_against_a_dead_server_answers_every_line_at_once() {
-    let port = crate::servers::free_port();
+    let port = crate::util::servers::free_port();
     for (backend, var, target) in [
         ("postgresql", "KINTO_CACHE_URL", format!("postgresql://u@127.0.0.1:{port}/db")),
         ("redis", "KINTO_CACHE_URL", format!("redis://127.0.0.1:{port}/0")),
@@ -602,7 +597,7 @@ fn a_batch_against_a_dead_server_answers_every_line_at_once() {
 fn postgresql_a_lock_wait_is_bounded_by_pool_timeout() {
     let Some(db) = RigDb::create() else { return };
     db.migrate();
-    let env = db.env_with(&db.url(), "1");
+    let env = pg_env(&db.url(), "1");
     let mut locker = db.session();
     let holder = std::thread::spawn(move || {
         let mut tx = locker.transaction().expect("begin");
@@ -624,7 +619,7 @@ fn postgresql_a_lock_wait_is_bounded_by_pool_timeout() {
 fn postgresql_a_batch_group_that_waited_for_a_lock_keeps_expiry_exact() {
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
-    let env = db.env_with(&db.url(), "10");
+    let env = db.env();
     env.run(&["set", "a", "v", "600"]).ok();
     let mut batch = Batch::spawn(&env, &["batch", "--keep-going"]);
     batch.send("get warm-up\n");
@@ -654,7 +649,7 @@ fn postgresql_a_batch_group_that_waited_for_a_lock_keeps_expiry_exact() {
 fn postgresql_table_dropped_under_a_running_batch_is_status_4_with_the_migrate_hint() {
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
-    let env = db.env_with(&db.url(), "1");
+    let env = pg_env(&db.url(), "1");
     for jobs in ["1", "3"] {
         env.run(&["migrate"]).ok();
         let mut batch = Batch::spawn(&env, &["batch", "--keep-going", "--jobs", jobs]);
@@ -676,16 +671,16 @@ fn postgresql_table_dropped_under_a_running_batch_is_status_4_with_the_migrate_h
 fn postgresql_read_only_role_reads_and_refuses_writes_with_status_4() {
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
-    let role = db.role();
+    let role = db.role(None);
     db.sql()
         .batch_execute(&format!(
             "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON cache TO {role}; \
              ALTER ROLE {role} SET default_transaction_read_only = on"
         ))
         .expect("role");
-    let admin = db.env_with(&db.url(), "5");
+    let admin = pg_env(&db.url(), "5");
     admin.run(&["set", "k", "v", "600"]).ok();
-    let env = db.env_with(&db.url_as(Some(&role), ""), "1");
+    let env = pg_env(&db.url_as(Some(&role), ""), "1");
     env.run(&["get", "k"]).ok().stdout_is("v\n");
     env.run(&["get", "nope"]).code(1);
     env.run(&["ttl", "nope"]).code(1);
@@ -713,7 +708,7 @@ fn postgresql_read_only_role_reads_and_refuses_writes_with_status_4() {
         Some(b"get k\nset k w 600\nttl k\ndelete k\nget k\nexpire k 9\nget nope\nset x y 60\n"),
     );
     out.code(4);
-    let replies = crate::servers::replies(&out.stdout);
+    let replies = crate::util::servers::replies(&out.stdout);
     assert_eq!(statuses(&replies), [0, 4, 0, 4, 0, 4, 1, 4], "{}", out.stdout);
     assert_eq!(replies[0]["value"], "v");
     assert_eq!(replies[4]["value"], "v");
@@ -727,7 +722,7 @@ fn postgresql_read_only_role_reads_and_refuses_writes_with_status_4() {
 /// unreported: either it has a reply, or the key is not there.
 #[track_caller]
 fn nothing_ran_unreported(out: &Out, after_is_stored: bool) {
-    let replies = crate::servers::replies(&out.stdout);
+    let replies = crate::util::servers::replies(&out.stdout);
     assert!(status(&replies[0]) >= 2, "{}", out.stdout);
     let reported = replies.iter().any(|r| r["line"] == 2);
     assert!(
@@ -739,12 +734,11 @@ fn nothing_ran_unreported(out: &Out, after_is_stored: bool) {
 
 #[test]
 fn a_stopped_batch_never_runs_a_command_it_does_not_report_redis() {
-    let Some(url) = crate::rig::server("KCACHE_TEST_REDIS_URL") else { return };
+    let Some(url) = crate::util::rig::server("KCACHE_TEST_REDIS_URL") else { return };
     let prefix = format!("{}:", crate::util::unique("stop"));
     let env =
         Env::new().var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url).var("KINTO_CACHE_PREFIX", &prefix);
-    let client = redis::Client::open(url.as_str()).expect("url");
-    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connect");
+    let mut conn = crate::util::servers::redis_client(&url);
     let _: () = redis::cmd("HSET").arg(format!("{prefix}h")).arg("f").arg("v").query(&mut conn).expect("hset");
     let out = env.run_stdin(&["batch"], Some(b"get h\nset after 1 60\n"));
     out.code(4);
@@ -767,7 +761,7 @@ fn a_stopped_batch_never_runs_a_command_it_does_not_report_memcached() {
 fn a_stopped_batch_never_runs_a_command_it_does_not_report_postgresql() {
     let Some(mut db) = RigDb::create() else { return };
     db.migrate();
-    let env = db.env_with(&db.url_as(None, "options=-c%20statement_timeout%3D300"), "5");
+    let env = pg_env(&db.url_as(None, "options=-c%20statement_timeout%3D300"), "5");
     env.run(&["set", "h", "v", "600"]).ok();
     // A row lock: `set h` waits for it and times out; `set after` does not need it.
     let mut locker = db.session();
@@ -901,14 +895,11 @@ fn stalling_proxy(upstream: u16, connections: usize) -> u16 {
 fn postgresql_a_server_that_stops_answering_after_connecting_is_status_3() {
     let Some(db) = RigDb::create() else { return };
     db.migrate();
-    let upstream: u16 = db.tcp_address().rsplit(':').next().and_then(|p| p.parse().ok()).expect("rig port");
-    let port = stalling_proxy(upstream, 2);
-    let admin: postgres::Config = std::env::var("KCACHE_TEST_PG_URL").expect("rig url").parse().expect("url");
-    let password = String::from_utf8(admin.get_password().unwrap_or_default().to_vec()).expect("password");
-    let userinfo = format!("{}:{}", admin.get_user().unwrap_or("postgres"), sq_url(&password));
+    let port = stalling_proxy(db.server.port, 2);
+    let userinfo = format!("{}:{}", db.server.user, sq_url(&db.server.password));
     // In clear, so that the proxy sees the server's ReadyForQuery.
     let url = format!("postgresql://{userinfo}@127.0.0.1:{port}/{}?sslmode=disable", db.name);
-    let env = db.env_with(&url, "1");
+    let env = pg_env(&url, "1");
     let address = format!("127.0.0.1:{port}");
     let bound = hung_bound("postgresql");
 
@@ -923,7 +914,7 @@ fn postgresql_a_server_that_stops_answering_after_connecting_is_status_3() {
     let took = started.elapsed();
     out.code(3);
     // Both lines went out in one group: each is reported, as not done.
-    let replies = crate::servers::replies(&out.stdout);
+    let replies = crate::util::servers::replies(&out.stdout);
     assert_eq!(statuses(&replies), vec![3, 3], "{}", out.stdout);
     names_the_server(&replies[0], &address);
     assert!(took < bound, "the batch took {took:?} (bound {bound:?})");

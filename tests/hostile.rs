@@ -6,11 +6,11 @@
 // Helpers of the PostgreSQL and Redis tests go unused in a build without those backends.
 #![cfg_attr(not(all(feature = "postgresql", feature = "redis")), allow(dead_code, unused_imports))]
 
-#[cfg(feature = "redis")]
-use crate::servers::OwnRedis;
 #[cfg(feature = "postgresql")]
-use crate::servers::RigDb;
-use crate::servers::{Batch, OwnMemcached, replies, run_within, sq, status};
+use crate::util::rig::RigDb;
+#[cfg(feature = "redis")]
+use crate::util::servers::OwnRedis;
+use crate::util::servers::{Batch, OwnMemcached, replies, run_within, sq, status};
 use crate::util::{Env, Out, encode, unique};
 use kcache::batch::{Op, parse_line};
 use kcache::ttl::{MAX_TTL, Ttl};
@@ -553,13 +553,13 @@ fn hostile_prefixed_flush_sqlite() {
 fn hostile_prefixed_flush_postgresql() {
     let Some(db) = RigDb::create() else { return };
     db.migrate();
-    prefixed_flush_removes_exactly_the_prefix(&db.env_with(&db.url(), "10"));
+    prefixed_flush_removes_exactly_the_prefix(&db.env());
 }
 
 #[cfg(feature = "redis")]
 #[test]
 fn hostile_prefixed_flush_redis() {
-    let Some(url) = crate::rig::server("KCACHE_TEST_REDIS_URL") else { return };
+    let Some(url) = crate::util::rig::server("KCACHE_TEST_REDIS_URL") else { return };
     prefixed_flush_removes_exactly_the_prefix(
         &Env::new().var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url),
     );
@@ -657,7 +657,7 @@ fn hostile_keys_and_values_postgresql() {
              ALTER DATABASE {name} SET backslash_quote = on"
         ))
         .expect("settings");
-    let env = db.env_with(&db.url(), "10");
+    let env = db.env();
     let keys = hostile_keys_round_trip(&env, true);
     let mut stored: Vec<String> =
         db.sql().query("SELECT key FROM cache", &[]).expect("keys").iter().map(|r| r.get(0)).collect();
@@ -670,13 +670,12 @@ fn hostile_keys_and_values_postgresql() {
 #[cfg(feature = "redis")]
 #[test]
 fn hostile_keys_and_values_redis() {
-    let Some(url) = crate::rig::server("KCACHE_TEST_REDIS_URL") else { return };
+    let Some(url) = crate::util::rig::server("KCACHE_TEST_REDIS_URL") else { return };
     let prefix = format!("{}:", unique("hk"));
     let env =
         Env::new().var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url).var("KINTO_CACHE_PREFIX", &prefix);
     let keys = hostile_keys_round_trip(&env, true);
-    let client = redis::Client::open(url.as_str()).expect("url");
-    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connect");
+    let mut conn = crate::util::servers::redis_client(&url);
     let pattern = format!("{prefix}*");
     let mut stored: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).expect("keys");
     stored.sort();
@@ -801,7 +800,7 @@ fn fails_without_secrets(env: &Env, extra: &[&str], statuses: &[i32], secrets: &
 #[cfg(all(feature = "postgresql", feature = "redis"))]
 #[test]
 fn a_password_that_is_an_ordinary_word_leaves_messages_intact() {
-    let port = crate::servers::free_port();
+    let port = crate::util::servers::free_port();
     for password in ["postgres", "cache", "error"] {
         let url = format!("postgresql://postgres:{password}@127.0.0.1:{port}/postgres");
         let env = Env::new().var("KINTO_CACHE_BACKEND", "postgresql").var("KINTO_CACHE_URL", &url);
@@ -835,8 +834,8 @@ fn postgresql_passwords_never_appear_in_any_failure() {
     let Some(mut db) = RigDb::create() else { return };
     let right = format!("R1ght:{}@/%?", unique("pw"));
     let wrong = format!("Wr0ng:{}@/%?", unique("pw"));
-    let role = db.role_with_password(Some(&right));
-    let closed = format!("127.0.0.1:{}", crate::servers::free_port());
+    let role = db.role(Some(&right));
+    let closed = format!("127.0.0.1:{}", crate::util::servers::free_port());
     let address = db.tcp_address();
     let name = db.name.clone();
     let url = |pw: &str, at: &str, query: &str| {
@@ -929,7 +928,7 @@ fn redis_passwords_never_appear_in_any_failure() {
     let right = format!("R1ght:{}@/%?", unique("rpw"));
     let wrong = format!("Wr0ng:{}@/%?", unique("rpw"));
     let Some(server) = OwnRedis::start(&["--requirepass", &right]) else { return };
-    let closed = crate::servers::free_port();
+    let closed = crate::util::servers::free_port();
     let url = |scheme: &str, pw: &str, port: &str| format!("{scheme}://:{}@127.0.0.1:{port}/0", encode(pw));
     let port = server.port.to_string();
     let cases: Vec<(&str, String, &[i32])> = vec![
@@ -969,7 +968,7 @@ fn redis_passwords_never_appear_in_any_failure() {
 #[test]
 fn a_config_file_with_a_password_readable_by_others_is_warned_about_as_ssh_does() {
     let secret = format!("Cfg-{}", unique("pw"));
-    let closed = crate::servers::free_port();
+    let closed = crate::util::servers::free_port();
     let url = format!("redis://:{secret}@127.0.0.1:{closed}/0");
     let env = Env::new().var("KINTO_CACHE_POOL_TIMEOUT", "1");
     let toml = env.write("conf/c.toml", &format!("[cache]\nbackend = \"redis\"\nurl = \"{url}\"\n"));
@@ -1028,7 +1027,7 @@ fn a_config_file_with_a_password_readable_by_others_is_warned_about_as_ssh_does(
 #[test]
 fn batch_error_fields_never_hold_a_password() {
     let secret = format!("Bt-{}", unique("pw"));
-    let closed = crate::servers::free_port();
+    let closed = crate::util::servers::free_port();
     let env = Env::new()
         .var("KINTO_CACHE_BACKEND", "redis")
         .var("KINTO_CACHE_URL", &format!("redis://u:{secret}@127.0.0.1:{closed}/0"))
@@ -1085,8 +1084,8 @@ fn with_raw_value(backend: &str, key: &str, text: &str) -> Option<(Env, Box<dyn 
         }
         #[cfg(feature = "redis")]
         "redis" => {
-            let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
-            let mut c = redis::Client::open(url.as_str()).expect("url").get_connection().expect("connect");
+            let url = crate::util::rig::server("KCACHE_TEST_REDIS_URL")?;
+            let mut c = crate::util::servers::redis_client(&url);
             redis::cmd("SET").arg(&full).arg(text).arg("PX").arg(600_000).query::<()>(&mut c).expect("SET");
             let env = Env::new()
                 .var("KINTO_CACHE_BACKEND", "redis")
@@ -1104,7 +1103,7 @@ fn with_raw_value(backend: &str, key: &str, text: &str) -> Option<(Env, Box<dyn 
                 .var("KINTO_CACHE_PREFIX", &prefix);
             Some((env, Box::new(server)))
         }
-        other if !crate::rig::compiled(other) => None,
+        other if !crate::util::rig::compiled(other) => None,
         other => panic!("{other}"),
     }
 }

@@ -4,7 +4,7 @@
 //! (8 concurrent `kcache migrate` on an empty PostgreSQL database are tested in
 //! tests/postgresql.rs, `concurrent_migrates_create_each_object_once`.)
 
-use crate::servers::{replies, status};
+use crate::util::servers::{replies, status};
 use crate::util::{BIN, Env};
 use serde_json::Value;
 use std::io::Write;
@@ -86,7 +86,7 @@ fn run_batches(env: &Env, inputs: Vec<(Vec<&str>, String)>) -> Vec<(i32, String,
 }
 
 fn sixteen_batches_on_fifty_keys(backend: &str) {
-    let Some((env, _db)) = crate::servers::backend_env(backend) else { return };
+    let Some((env, _db)) = crate::util::rig::backend_env(backend) else { return };
     let inputs = (0..WORKERS)
         .map(|w| {
             let args = if w % 2 == 0 { vec!["batch"] } else { vec!["batch", "--jobs", "4"] };
@@ -163,7 +163,7 @@ fn sixteen_batches_on_fifty_keys_redis() {
 fn shell(env: &Env, commands: &[Vec<String>]) -> Command {
     let mut script = String::from("set -u\n");
     for args in commands {
-        let quoted: Vec<String> = args.iter().map(|a| crate::servers::sq(a)).collect();
+        let quoted: Vec<String> = args.iter().map(|a| crate::util::servers::sq(a)).collect();
         script.push_str(&format!("\"$KCACHE\" {} || exit $?\n", quoted.join(" ")));
     }
     shell_script(env, &script)
@@ -235,7 +235,8 @@ fn sqlite_eight_writers_and_a_flusher_never_see_a_locked_database() {
     for w in 0..8 {
         let input: String = (0..300).map(|i| format!("set b{} w{w}-{i} 600\n", i % 10)).collect();
         let file = env.write(&format!("batch{w}.txt"), &input);
-        let script = format!("\"$KCACHE\" batch < {} > /dev/null", crate::servers::sq(&file.display().to_string()));
+        let script =
+            format!("\"$KCACHE\" batch < {} > /dev/null", crate::util::servers::sq(&file.display().to_string()));
         shells.push(shell_script(&env, &script));
     }
     for (i, (code, stderr)) in run_shells(shells).into_iter().enumerate() {
@@ -268,7 +269,7 @@ fn concurrent_pings(env: &Env) {
 #[test]
 fn concurrent_pings_of_a_healthy_backend_all_succeed() {
     concurrent_pings(&Env::new());
-    if let Some(url) = crate::rig::server("KCACHE_TEST_REDIS_URL") {
+    if let Some(url) = crate::util::rig::server("KCACHE_TEST_REDIS_URL") {
         let prefix = format!("{}:", crate::util::unique("ping"));
         concurrent_pings(
             &Env::new()

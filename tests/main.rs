@@ -22,19 +22,24 @@ mod postgresql;
 #[cfg(feature = "redis")]
 mod redis;
 mod rig;
-mod servers;
 mod util;
 
+/// Every file of tests/ is a module of tests/main.rs, and every file of tests/util/ one of
+/// tests/util/mod.rs.
 #[test]
 fn no_forgotten_test_files() {
-    let main = include_str!("main.rs");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
-    for entry in std::fs::read_dir(&dir).expect("tests dir") {
-        let path = entry.expect("entry").path();
-        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
-        let is_module = path.extension().is_some_and(|e| e == "rs") || path.join("mod.rs").exists();
-        if is_module && stem != "main" {
-            assert!(main.contains(&format!("mod {stem};")), "tests/{stem} is not declared in tests/main.rs");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (dir, declaring) in [("tests", "main.rs"), ("tests/util", "mod.rs")] {
+        let dir = root.join(dir);
+        let declared = std::fs::read_to_string(dir.join(declaring)).expect("the declaring file");
+        for entry in std::fs::read_dir(&dir).expect("tests dir") {
+            let path = entry.expect("entry").path();
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+            let is_module = path.extension().is_some_and(|e| e == "rs") || path.join("mod.rs").exists();
+            if is_module && format!("{stem}.rs") != declaring {
+                let name = path.display();
+                assert!(declared.contains(&format!("mod {stem};")), "{name} is not declared in {declaring}");
+            }
         }
     }
 }

@@ -1,19 +1,19 @@
 //! The memcached backend against real servers: the two the rig starts (`KCACHE_TEST_MEMCACHED`),
 //! shared by every test and so only used with unique prefixes and never flushed, and servers a
-//! test starts for itself (`crate::servers::OwnMemcached`) when it stops one, flushes one or counts connections.
+//! test starts for itself ([`OwnMemcached`]) when it stops one, flushes one or counts connections.
 //!
 //! What Kinto writes comes from `tests/data/kinto/memcached.json` (Kinto 26.5 with
-//! python-memcached 1.62); the tests read and write servers with raw ASCII commands ([`Raw`]).
+//! python-memcached 1.62); the tests read and write servers with raw ASCII commands ([`MemcachedClient`]).
 
-use crate::servers::OwnMemcached;
-use crate::util::{Env, left, secs, string, unique};
+use crate::util::servers::{MemcachedClient, OwnMemcached, fake_server};
+use crate::util::{Env, left, secs, settings, string, unique};
 use kcache::backend::Cache;
 use kcache::backend::memcached::hosts;
 use kcache::error::ErrorKind;
-use kcache::settings::{Layer, Raw as RawSetting, Settings};
+use kcache::settings::Raw;
 use kcache::ttl::Remaining;
 use kcache::value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,106 +21,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The rig's two servers, or `None` (skipped, loudly) outside CI.
 fn rig() -> Option<Vec<String>> {
-    let hosts = crate::rig::server("KCACHE_TEST_MEMCACHED")?;
+    let hosts = crate::util::rig::server("KCACHE_TEST_MEMCACHED")?;
     Some(hosts.split(',').map(|h| h.trim().to_string()).collect())
 }
 
-/// `N` memcached servers of this test's own (`crate::servers`), or `None` (skipped, loudly,
-/// outside CI) without memcached.
-fn own<const N: usize>() -> Option<[OwnMemcached; N]> {
-    let servers: Option<Vec<OwnMemcached>> = (0..N).map(|_| OwnMemcached::start()).collect();
-    servers?.try_into().ok()
-}
-
-/// Raw ASCII commands to one server, as python-memcached sends them.
-struct Raw {
-    reader: BufReader<TcpStream>,
-}
-
-impl Raw {
-    fn to(host: &str) -> Raw {
-        let stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        Raw { reader: BufReader::new(stream) }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.reader.get_mut().write_all(bytes).expect("write");
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("read");
-        line
-    }
-
-    /// `get`: the flags and bytes stored under `key`.
-    fn get(&mut self, key: &str) -> Option<(u32, Vec<u8>)> {
-        self.send(format!("get {key}\r\n").as_bytes());
-        let header = self.line();
-        if header == "END\r\n" {
-            return None;
-        }
-        let parts: Vec<&str> = header.trim_end().split(' ').collect();
-        assert_eq!(parts[..2], ["VALUE", key], "{header:?}");
-        let flags = parts[2].parse().unwrap();
-        let len: usize = parts[3].parse().unwrap();
-        let mut data = vec![0; len + 2];
-        self.reader.read_exact(&mut data).unwrap();
-        data.truncate(len);
-        assert_eq!(self.line(), "END\r\n");
-        Some((flags, data))
-    }
-
-    /// `set`, with python-memcached's trailing space.
-    fn set(&mut self, key: &str, flags: u32, exptime: u32, data: &[u8]) {
-        self.send(format!("set {key} {flags} {exptime} {} \r\n", data.len()).as_bytes());
-        self.send(data);
-        self.send(b"\r\n");
-        assert_eq!(self.line(), "STORED\r\n");
-    }
-
-    /// The server's own seconds left for `key` (meta get): -1 for never, `None` if missing.
-    fn server_ttl(&mut self, key: &str) -> Option<i64> {
-        self.send(format!("mg {key} t\r\n").as_bytes());
-        let reply = self.line();
-        if reply.starts_with("EN") {
-            return None;
-        }
-        let t = reply.trim_end().split(' ').find_map(|f| f.strip_prefix('t')).expect("t flag");
-        Some(t.parse().unwrap())
-    }
-
-    fn stat(&mut self, name: &str) -> u64 {
-        self.send(b"stats\r\n");
-        let mut found = None;
-        loop {
-            let line = self.line();
-            if line == "END\r\n" {
-                break;
-            }
-            let parts: Vec<&str> = line.trim_end().split(' ').collect();
-            if parts[1] == name {
-                found = Some(parts[2].parse().unwrap());
-            }
-        }
-        found.unwrap_or_else(|| panic!("no stat {name}"))
-    }
-}
-
-fn settings(hosts: &str, prefix: &str, extra: &[(&'static str, RawSetting)]) -> Settings {
-    let mut layer = Layer::default();
-    layer.set("backend", RawSetting::Str("memcached".into()), "test", None);
-    layer.set("hosts", RawSetting::Str(hosts.into()), "test", None);
-    layer.set("prefix", RawSetting::Str(prefix.into()), "test", None);
-    for (k, v) in extra {
-        layer.set(k, v.clone(), "test", None);
-    }
-    Settings::from_layer(&layer).expect("settings")
-}
-
 fn cache(hosts: &[String], prefix: &str) -> Cache {
-    kcache::backend::open(&settings(&hosts.join(","), prefix, &[])).expect("open")
+    open(hosts, prefix, None)
+}
+
+/// A cache on `hosts` with `prefix`, and `pool_timeout` when given.
+fn open(hosts: &[String], prefix: &str, pool_timeout: Option<i64>) -> Cache {
+    let mut entries = vec![("backend", Raw::Str("memcached".into())), ("hosts", Raw::Str(hosts.join(",")))];
+    entries.push(("prefix", Raw::Str(prefix.into())));
+    entries.extend(pool_timeout.map(|t| ("pool_timeout", Raw::Int(t))));
+    kcache::backend::open(&settings(&entries)).expect("open")
 }
 
 /// The binary with a memcached configuration, as Kinto's environment variables give it.
@@ -151,7 +65,7 @@ fn split_envelope(bytes: &[u8]) -> (String, f64) {
 
 /// Which of `hosts` holds `key` (by raw `get` on each); panics if several do.
 fn holder(hosts: &[String], key: &str) -> Option<usize> {
-    let holding: Vec<usize> = (0..hosts.len()).filter(|&i| Raw::to(&hosts[i]).get(key).is_some()).collect();
+    let holding: Vec<usize> = (0..hosts.len()).filter(|&i| MemcachedClient::to(&hosts[i]).get(key).is_some()).collect();
     assert!(holding.len() <= 1, "{key:?} is on several servers: {holding:?}");
     holding.first().copied()
 }
@@ -182,7 +96,7 @@ fn keys_land_on_the_server_python_memcached_picks_of_two() {
 
 #[test]
 fn keys_land_on_the_server_python_memcached_picks_of_three() {
-    let Some(servers) = own::<3>() else { return };
+    let Some(servers) = OwnMemcached::several::<3>() else { return };
     let hosts: Vec<String> = servers.iter().map(|s| s.host()).collect();
     check_placement(&hosts, "server_index_3");
 }
@@ -225,7 +139,7 @@ fn reads_entries_as_kinto_writes_them() {
         let key = format!("{prefix}{}", w["key"].as_str().unwrap());
         let exptime = w["wire_command_line"].as_str().unwrap().split(' ').nth(3).unwrap().parse().unwrap();
         for flags in [16, 0] {
-            Raw::to(&hosts[hosts::bucket(&key, 2)]).set(&key, flags, exptime, payload.as_bytes());
+            MemcachedClient::to(&hosts[hosts::bucket(&key, 2)]).set(&key, flags, exptime, payload.as_bytes());
             let short = w["key"].as_str().unwrap();
             assert_eq!(c.get(short).unwrap().as_deref(), Some(recorded_value.as_str()), "{short} flags {flags}");
             // The server's expiry (int(ttl)) comes first; kcache counts on its seconds minus 2.
@@ -247,7 +161,7 @@ fn writes_entries_as_kinto_writes_them() {
         let text = serde_json::to_string(&w["value_json"]).unwrap();
         let before = now();
         c.set(short, &value::encode_json(&text).unwrap(), secs(&ttl.to_string())).unwrap();
-        let mut raw = Raw::to(&hosts[hosts::bucket(&key, 2)]);
+        let mut raw = MemcachedClient::to(&hosts[hosts::bucket(&key, 2)]);
         let (flags, bytes) = raw.get(&key).unwrap_or_else(|| panic!("{key} was not stored"));
         assert_eq!(flags, 16, "python-memcached's text flag");
         let (value, time) = split_envelope(&bytes);
@@ -268,7 +182,7 @@ fn entries_that_are_not_kintos_are_refused_with_status_4() {
     let mut c = cache(&hosts, &prefix);
     for (flags, data) in [(1u32, &b"\x80\x04K\x01."[..]), (16, b"plain text"), (16, br#"{"value":1}"#)] {
         let key = format!("{prefix}k{flags}{}", data.len());
-        Raw::to(&hosts[hosts::bucket(&key, 2)]).set(&key, flags, 60, data);
+        MemcachedClient::to(&hosts[hosts::bucket(&key, 2)]).set(&key, flags, 60, data);
         let e = c.get(&key[prefix.len()..]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Backend, "{data:?}");
         assert!(e.to_string().contains("cannot be read as a Kinto cache entry"), "{e}");
@@ -302,7 +216,7 @@ fn write_as_kinto(server: &OwnMemcached, w: &serde_json::Value) -> f64 {
 fn ttl_of_a_kinto_entry_is_the_servers_expiry_which_comes_first() {
     // Kinto's set("ttl-3600s", "alive", 3600): exptime 3600, envelope ceil(now + 3600). The
     // server drops it up to a second before the envelope's time: `ttl` follows the server.
-    let Some([server]) = own::<1>() else { return };
+    let Some([server]) = OwnMemcached::several::<1>() else { return };
     let w = kinto_write("ttl-3600s");
     let envelope_time = write_as_kinto(&server, &w);
     assert!(envelope_time - now() > 3600.0, "the envelope alone would say more than 3600 s");
@@ -324,7 +238,7 @@ fn ttl_of_a_kinto_entry_is_the_servers_expiry_which_comes_first() {
 fn a_kinto_entry_is_live_until_its_server_drops_it_and_never_after() {
     // Kinto's set("ttl-1.9s", [1,2], 1.9): exptime 1, envelope ceil(now + 1.9), 1.9 to 2.9 s
     // away. The server drops it within a second; kcache's `ttl` never promises more.
-    let Some([server]) = own::<1>() else { return };
+    let Some([server]) = OwnMemcached::several::<1>() else { return };
     let w = kinto_write("ttl-1.9s");
     let envelope_time = write_as_kinto(&server, &w);
     let e = env(&[server.host()], "kinto:");
@@ -359,7 +273,7 @@ fn a_sub_second_ttl_expires_on_time_although_the_server_keeps_it_longer() {
     let prefix = format!("{}:", unique("short"));
     let mut c = cache(&hosts, &prefix);
     let key = format!("{prefix}k");
-    let mut raw = Raw::to(&hosts[hosts::bucket(&key, 2)]);
+    let mut raw = MemcachedClient::to(&hosts[hosts::bucket(&key, 2)]);
     c.set("k", &string("v"), secs("0.3")).unwrap();
     assert_eq!(c.get("k").unwrap(), Some(string("v")));
     assert!(left(c.ttl("k").unwrap()) <= Duration::from_millis(300));
@@ -381,7 +295,7 @@ fn a_forty_day_ttl_is_sent_as_a_unix_time() {
     let d = left(c.ttl("k").unwrap());
     assert_eq!(kcache::ttl::whole_seconds_up(d), 3_456_000);
     let key = format!("{prefix}k");
-    let server = Raw::to(&hosts[hosts::bucket(&key, 2)]).server_ttl(&key).unwrap();
+    let server = MemcachedClient::to(&hosts[hosts::bucket(&key, 2)]).server_ttl(&key).unwrap();
     assert!((3_456_002..=3_456_007).contains(&server), "server ttl {server}");
     // Exactly 30 days: the largest relative exptime would be 30 days, so with the margin it is
     // sent as a unix time too, and the item stays.
@@ -400,7 +314,7 @@ fn expire_on_a_missing_or_expired_key_writes_nothing() {
 
     c.set("gone", &string("v"), secs("0.05")).unwrap();
     let gone = format!("{prefix}gone");
-    let mut raw = Raw::to(&hosts[hosts::bucket(&gone, 2)]);
+    let mut raw = MemcachedClient::to(&hosts[hosts::bucket(&gone, 2)]);
     std::thread::sleep(Duration::from_millis(80));
     let before = raw.get(&gone).expect("the server still holds it");
     assert!(!c.expire("gone", secs("60")).unwrap());
@@ -416,7 +330,7 @@ fn expire_rewrites_the_envelope_and_the_server_exptime() {
     c.set("k", &value::encode_json(r#"{"é":[1,2.5]}"#).unwrap(), secs("5")).unwrap();
     assert!(c.expire("k", secs("2h")).unwrap());
     let key = format!("{prefix}k");
-    let mut raw = Raw::to(&hosts[hosts::bucket(&key, 2)]);
+    let mut raw = MemcachedClient::to(&hosts[hosts::bucket(&key, 2)]);
     let (flags, bytes) = raw.get(&key).unwrap();
     let (v, time) = split_envelope(&bytes);
     assert_eq!((flags, v.as_str()), (16, r#"{"\u00E9":[1,2.5]}"#));
@@ -497,9 +411,9 @@ fn a_value_over_the_item_size_limit_is_status_4_and_one_under_it_is_stored() {
 
 #[test]
 fn bad_keys_never_reach_a_server() {
-    let Some([mut server]) = own::<1>() else { return };
+    let Some([mut server]) = OwnMemcached::several::<1>() else { return };
     let hosts = vec![server.host().clone()];
-    let mut raw = Raw::to(&server.host());
+    let mut raw = MemcachedClient::to(&server.host());
     raw.set("victim", 16, 60, br#"{"value":"still here","ttl":9999999999}"#);
     let connections = raw.stat("total_connections");
     let e = env(&hosts, "");
@@ -531,7 +445,7 @@ fn bad_keys_never_reach_a_server() {
 
 #[test]
 fn a_stopped_server_is_status_3_naming_it_quickly() {
-    let Some([mut server]) = own::<1>() else { return };
+    let Some([mut server]) = OwnMemcached::several::<1>() else { return };
     let hosts = vec![server.host().clone()];
     let e = env(&hosts, "p:").var("KINTO_CACHE_POOL_TIMEOUT", "1");
     e.run(&["set", "k", "v", "60"]).ok();
@@ -546,15 +460,15 @@ fn a_stopped_server_is_status_3_naming_it_quickly() {
 
 #[test]
 fn ping_checks_every_server_every_time() {
-    let Some([live]) = own::<1>() else { return };
-    let dead = format!("127.0.0.1:{}", crate::servers::free_port());
+    let Some([live]) = OwnMemcached::several::<1>() else { return };
+    let dead = format!("127.0.0.1:{}", crate::util::servers::free_port());
     for hosts in [[live.host(), dead.clone()], [dead.clone(), live.host()]] {
         let e = env(&hosts, "p:").var("KINTO_CACHE_POOL_TIMEOUT", "1");
         for _ in 0..5 {
             e.run(&["ping"]).code(3).one_error_line().stderr_has(&dead);
         }
     }
-    let Some(servers) = own::<3>() else { return };
+    let Some(servers) = OwnMemcached::several::<3>() else { return };
     let hosts: Vec<String> = servers.iter().map(|s| s.host()).collect();
     // Read back (a get hit), then deleted (kcache deletes with `cas`: a cas hit) on each server.
     let hits = |s: &OwnMemcached| (s.stat("get_hits"), s.stat("cas_hits"));
@@ -569,11 +483,10 @@ fn ping_checks_every_server_every_time() {
 
 #[test]
 fn no_failover_a_key_whose_server_is_down_is_an_error() {
-    let Some([live]) = own::<1>() else { return };
-    let dead = format!("127.0.0.1:{}", crate::servers::free_port());
+    let Some([live]) = OwnMemcached::several::<1>() else { return };
+    let dead = format!("127.0.0.1:{}", crate::util::servers::free_port());
     let hosts = [live.host().clone(), dead.clone()];
-    let mut c =
-        kcache::backend::open(&settings(&hosts.join(","), "", &[("pool_timeout", RawSetting::Int(1))])).unwrap();
+    let mut c = open(&hosts, "", Some(1));
     let on = |want: usize| (0..).map(|i| format!("key{i}")).find(|k| hosts::bucket(k, 2) == want).unwrap();
     let (k_live, k_dead) = (on(0), on(1));
     c.set(&k_live, &string("v"), secs("60")).unwrap();
@@ -582,25 +495,25 @@ fn no_failover_a_key_whose_server_is_down_is_an_error() {
         assert_eq!(e.kind(), ErrorKind::Unavailable);
         assert!(e.render(false)[0].contains(&format!("cannot connect to memcached at {dead}")), "{e}");
     }
-    assert!(Raw::to(&live.host()).get(&k_dead).is_none(), "python-memcached would have rehashed it here");
+    assert!(MemcachedClient::to(&live.host()).get(&k_dead).is_none(), "python-memcached would have rehashed it here");
 }
 
 #[test]
 fn flush_is_refused_with_a_prefix_and_flush_all_empties_every_server() {
-    let Some(servers) = own::<2>() else { return };
+    let Some(servers) = OwnMemcached::several::<2>() else { return };
     let hosts: Vec<String> = servers.iter().map(|s| s.host()).collect();
     let e = env(&hosts, "app:");
     for i in 0..10 {
         e.run(&["set", &format!("k{i}"), "v", "60"]).ok();
     }
-    Raw::to(&hosts[0]).set("other-app", 0, 0, b"x");
+    MemcachedClient::to(&hosts[0]).set("other-app", 0, 0, b"x");
     let out = e.run(&["flush"]);
     out.code(2).stderr_has("cannot flush only the keys under the prefix 'app:'").stderr_has("--all");
-    assert!(Raw::to(&hosts[0]).get("other-app").is_some(), "nothing was flushed");
-    assert!(hosts.iter().all(|h| Raw::to(h).stat("curr_items") > 0));
+    assert!(MemcachedClient::to(&hosts[0]).get("other-app").is_some(), "nothing was flushed");
+    assert!(hosts.iter().all(|h| MemcachedClient::to(h).stat("curr_items") > 0));
 
     e.run(&["flush", "--all"]).ok().stdout_is("");
-    assert!(Raw::to(&hosts[0]).get("other-app").is_none());
+    assert!(MemcachedClient::to(&hosts[0]).get("other-app").is_none());
     for i in 0..10 {
         e.run(&["get", &format!("k{i}")]).code(1);
     }
@@ -613,41 +526,13 @@ fn flush_is_refused_with_a_prefix_and_flush_all_empties_every_server() {
 
 #[test]
 fn flush_all_flushes_the_servers_it_reaches_then_names_the_others() {
-    let Some([live]) = own::<1>() else { return };
-    let dead = format!("127.0.0.1:{}", crate::servers::free_port());
-    Raw::to(&live.host()).set("x", 0, 0, b"x");
+    let Some([live]) = OwnMemcached::several::<1>() else { return };
+    let dead = format!("127.0.0.1:{}", crate::util::servers::free_port());
+    MemcachedClient::to(&live.host()).set("x", 0, 0, b"x");
     let e = env(&[dead.clone(), live.host().clone()], "").var("KINTO_CACHE_POOL_TIMEOUT", "1");
     let out = e.run(&["flush", "--all"]);
     out.code(3).one_error_line().stderr_has(&format!("could not flush 1 of 2 memcached servers ({dead}"));
-    assert!(Raw::to(&live.host()).get("x").is_none(), "the live server was flushed");
-}
-
-/// A deliberately broken "server" of this test's own on a loopback port: it accepts every
-/// connection and answers whatever it reads with `reply`, or never answers at all (`None`:
-/// it holds the socket open, as a hung memcached does). It lives as long as the test process.
-fn fake_server(reply: Option<&'static [u8]>) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let host = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            match reply {
-                None => held.push(client),
-                Some(reply) => {
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 4096];
-                        while let Ok(n) = client.read(&mut buf) {
-                            if n == 0 || client.write_all(reply).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-            }
-        }
-    });
-    host
+    assert!(MemcachedClient::to(&live.host()).get("x").is_none(), "the live server was flushed");
 }
 
 #[test]
@@ -657,7 +542,7 @@ fn flush_of_hung_servers_takes_one_pool_timeout_in_all_and_names_them() {
     let hung = [fake_server(None), fake_server(None)];
     let e = env(&hung, "").var("KINTO_CACHE_POOL_TIMEOUT", "2");
     let start = Instant::now();
-    let out = crate::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
+    let out = crate::util::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
     let took = start.elapsed();
     out.code(3).one_error_line().stderr_has("could not flush 2 of 2 memcached servers").stderr_has("none flushed");
     for h in &hung {
@@ -667,18 +552,18 @@ fn flush_of_hung_servers_takes_one_pool_timeout_in_all_and_names_them() {
     assert!(took < Duration::from_millis(3500), "{took:?}: the servers were waited for one after the other");
 
     // One live server among hung ones is flushed all the same, in the same time.
-    let Some([live]) = own::<1>() else { return };
-    Raw::to(&live.host()).set("x", 0, 0, b"x");
+    let Some([live]) = OwnMemcached::several::<1>() else { return };
+    MemcachedClient::to(&live.host()).set("x", 0, 0, b"x");
     let hosts = [hung[0].clone(), live.host(), hung[1].clone()];
     let e = env(&hosts, "").var("KINTO_CACHE_POOL_TIMEOUT", "2");
     let start = Instant::now();
-    let out = crate::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
+    let out = crate::util::servers::run_within(&e, &["flush", "--all"], None, Duration::from_secs(10));
     assert!(start.elapsed() < Duration::from_millis(3500), "{:?}", start.elapsed());
     out.code(3)
         .one_error_line()
         .stderr_has("could not flush 2 of 3 memcached servers")
         .stderr_has("the other 1 flushed");
-    assert!(Raw::to(&live.host()).get("x").is_none(), "the live server was flushed");
+    assert!(MemcachedClient::to(&live.host()).get("x").is_none(), "the live server was flushed");
 }
 
 #[test]
@@ -716,9 +601,9 @@ fn a_garbage_reply_is_quoted_escaped_in_valid_utf8() {
 
 #[test]
 fn a_command_connects_only_to_the_server_its_key_needs_and_reuses_the_connection() {
-    let Some(servers) = own::<2>() else { return };
+    let Some(servers) = OwnMemcached::several::<2>() else { return };
     let hosts: Vec<String> = servers.iter().map(|s| s.host()).collect();
-    let mut raw: Vec<Raw> = hosts.iter().map(|h| Raw::to(h)).collect();
+    let mut raw: Vec<MemcachedClient> = hosts.iter().map(|h| MemcachedClient::to(h)).collect();
     let mut connections = || [raw[0].stat("total_connections"), raw[1].stat("total_connections")];
     let key = (0..)
         .map(|i| format!("k{i}"))
@@ -800,7 +685,7 @@ fn no_hosts_and_bad_hosts_are_status_2() {
 fn a_unix_socket_host_works() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("memcached.sock");
-    if crate::servers::is_root() {
+    if crate::util::servers::is_root() {
         // memcached drops to nobody, who must be able to create the socket.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -980,7 +865,7 @@ impl Proxy {
 
 #[test]
 fn a_group_is_one_pipeline_per_server_with_one_meta_command_per_operation() {
-    let Some(servers) = own::<2>() else { return };
+    let Some(servers) = OwnMemcached::several::<2>() else { return };
     let delay = Duration::from_millis(50);
     let proxies = [Proxy::start(&servers[0].host(), delay), Proxy::start(&servers[1].host(), delay)];
     let hosts: Vec<String> = proxies.iter().map(|p| p.host.clone()).collect();
@@ -1054,10 +939,9 @@ fn a_group_is_one_pipeline_per_server_with_one_meta_command_per_operation() {
 
 #[test]
 fn a_group_fails_only_the_operations_of_a_server_that_is_down_naming_it() {
-    let Some(mut servers) = own::<2>() else { return };
+    let Some(mut servers) = OwnMemcached::several::<2>() else { return };
     let hosts: Vec<String> = servers.iter().map(|s| s.host()).collect();
-    let mut c =
-        kcache::backend::open(&settings(&hosts.join(","), "", &[("pool_timeout", RawSetting::Int(1))])).unwrap();
+    let mut c = open(&hosts, "", Some(1));
     let mut taken = Vec::new();
     let (a, b) = (key_on("", 0, &mut taken), key_on("", 1, &mut taken));
     let v = string("v");
@@ -1099,8 +983,8 @@ fn a_group_fails_only_the_operations_of_a_server_that_is_down_naming_it() {
 fn a_group_of_large_values_never_waits_on_itself() {
     // Each get's reply is large: were the whole group written before any reply is read,
     // memcached would stop reading (its replies not taken) while kcache still writes.
-    let Some([server]) = own::<1>() else { return };
-    let mut c = kcache::backend::open(&settings(&server.host(), "", &[("pool_timeout", RawSetting::Int(2))])).unwrap();
+    let Some([server]) = OwnMemcached::several::<1>() else { return };
+    let mut c = open(&[server.host()], "", Some(2));
     let values: Vec<String> = (0..24u8).map(|i| string(&char::from(b'a' + i).to_string().repeat(900 * 1024))).collect();
     let keys: Vec<String> = (0..24).map(|i| format!("big{i}")).collect();
     let mut ops = Vec::new();

@@ -1,192 +1,24 @@
 //! The postgresql backend through the real binary, against the server `scripts/test` starts
 //! (TLS from a throwaway CA, connections logged to `KCACHE_TEST_PG_LOG`).
 //!
-//! Every test creates a database of its own (`kc_<pid>_<n>`) and drops it when it ends, so the
-//! tests run in parallel and never touch anything they did not create. Roles a test creates are
-//! dropped with its database.
+//! Every test creates a database of its own ([`RigDb`], `kc_<pid>_<n>`) and drops it when it
+//! ends, so the tests run in parallel and never touch anything they did not create. Roles a test
+//! creates are dropped with its database.
 //!
 //! Speed: a SCRAM login costs ~65 ms of CPU in a debug build, on both sides. So the tests' own
 //! sessions and most kcache runs use the rig's unix socket (trust); the tests about TCP,
 //! passwords, TLS and connection counts use TCP with the password.
 
+use crate::util::rig::{RigDb, RigPostgres, pg_env};
 use crate::util::{Env, Out, unique};
-use postgres::{Client, NoTls};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 // ---- fixtures --------------------------------------------------------------------------------
 
-/// The rig's server, from `KCACHE_TEST_PG_URL` (a superuser URL).
-#[derive(Clone)]
-pub struct Server {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: String,
-    /// The rig's unix socket folder (`KCACHE_TEST_PG_SOCKET_DIR`), where login is trusted.
-    pub socket_dir: Option<String>,
-}
-
-impl Server {
-    /// The rig's server, or `None` (skipped, loudly) outside CI.
-    pub fn get() -> Option<Server> {
-        let url = crate::rig::server("KCACHE_TEST_PG_URL")?;
-        let config: postgres::Config = url.parse().expect("KCACHE_TEST_PG_URL parses");
-        let host = match config.get_hosts().first() {
-            Some(postgres::config::Host::Tcp(h)) => h.clone(),
-            other => panic!("KCACHE_TEST_PG_URL must name a TCP host, not {other:?}"),
-        };
-        let host = std::env::var("KCACHE_TEST_PG_HOST").ok().filter(|h| !h.is_empty()).unwrap_or(host);
-        let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-        Some(Server {
-            host,
-            port: config.get_ports().first().copied().unwrap_or(5432),
-            user: config.get_user().unwrap_or("postgres").to_string(),
-            password,
-            socket_dir: std::env::var("KCACHE_TEST_PG_SOCKET_DIR").ok().filter(|d| !d.is_empty()),
-        })
-    }
-
-    /// A superuser session on `db` (through the socket when there is one).
-    pub fn try_connect(&self, db: &str) -> Result<Client, postgres::Error> {
-        let mut config = postgres::Config::new();
-        match &self.socket_dir {
-            Some(dir) => config.host_path(dir),
-            None => config.host(&self.host).password(&self.password),
-        };
-        config.port(self.port).user(&self.user).dbname(db).connect_timeout(Duration::from_secs(5)).connect(NoTls)
-    }
-
-    pub fn connect(&self, db: &str) -> Client {
-        self.try_connect(db).unwrap_or_else(|e| panic!("cannot connect to database {db}: {e:?}"))
-    }
-
-    /// `postgresql://<userinfo>@host:port/<db><query>`.
-    pub fn url(&self, userinfo: &str, db: &str, query: &str) -> String {
-        format!("postgresql://{userinfo}@{}:{}/{db}{query}", self.host, self.port)
-    }
-}
-
-/// A database of one test's own, dropped (with the roles the test made) when it goes.
-pub struct TestDb {
-    pub name: String,
-    pub server: Server,
-    /// The superuser URL of this database, through the socket when there is one (fast).
-    pub url: String,
-    /// The superuser URL of this database over TCP, with the password.
-    pub tcp_url: String,
-    client: Option<Client>,
-    roles: Vec<String>,
-}
-
-impl TestDb {
-    /// Creates a fresh, empty database, or `None` (skipped) outside CI without a server.
-    pub fn create() -> Option<TestDb> {
-        let server = Server::get()?;
-        let name = unique("kc_");
-        server.connect("postgres").batch_execute(&format!("CREATE DATABASE {name}")).expect("CREATE DATABASE");
-        let tcp_url = server.url(&format!("{}:{}", server.user, server.password), &name, "");
-        let url = match &server.socket_dir {
-            Some(dir) => format!("postgresql:///{name}?host={dir}&port={}&user={}", server.port, server.user),
-            None => tcp_url.clone(),
-        };
-        Some(TestDb { client: None, roles: Vec::new(), url, tcp_url, name, server })
-    }
-
-    /// A superuser session on this database, opened once (before any connection count).
-    pub fn sql(&mut self) -> &mut Client {
-        if self.client.is_none() {
-            self.client = Some(self.server.connect(&self.name));
-        }
-        self.client.as_mut().expect("client")
-    }
-
-    /// Closes the session of [`TestDb::sql`] (so that the next one sees database settings).
-    pub fn reconnect(&mut self) {
-        self.client = None;
-    }
-
-    /// An environment running kcache against this database as the superuser.
-    pub fn env(&self) -> Env {
-        env_for(&self.url)
-    }
-
-    /// Creates a login role with `password`, dropped with the database.
-    pub fn role(&mut self, password: &str) -> String {
-        let role = unique("kc_role_");
-        let quoted = password.replace('\'', "''");
-        self.server
-            .connect("postgres")
-            .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD '{quoted}'"))
-            .expect("CREATE ROLE");
-        self.roles.push(role.clone());
-        role
-    }
-
-    /// Runs `kcache migrate` as the superuser.
-    pub fn migrate(&self) {
-        self.env().run(&["migrate"]).ok();
-    }
-
-    /// How many of the table, the index and the function exist in `schema`.
-    pub fn objects(&mut self, schema: &str) -> (i64, i64, i64) {
-        let row = self
-            .sql()
-            .query_one(
-                "SELECT \
-                   (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                    WHERE n.nspname = $1 AND c.relname = 'cache' AND c.relkind = 'r'), \
-                   (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                    WHERE n.nspname = $1 AND c.relname = 'idx_cache_ttl' AND c.relkind = 'i'), \
-                   (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-                    WHERE n.nspname = $1 AND p.proname = 'sec2ttl')",
-                &[&schema],
-            )
-            .expect("catalog query");
-        (row.get(0), row.get(1), row.get(2))
-    }
-
-    /// Every key of `cache`, sorted.
-    pub fn keys(&mut self) -> Vec<String> {
-        let rows = self.sql().query("SELECT key FROM cache ORDER BY key", &[]).expect("keys");
-        rows.iter().map(|r| r.get(0)).collect()
-    }
-
-    /// The `value` column of `key`.
-    pub fn stored(&mut self, key: &str) -> Option<String> {
-        let rows = self.sql().query("SELECT value FROM cache WHERE key = $1", &[&key]).expect("value");
-        rows.first().map(|r| r.get(0))
-    }
-
-    /// `count(*)` of the rows matching `condition`.
-    pub fn count(&mut self, condition: &str) -> i64 {
-        self.sql().query_one(&format!("SELECT count(*) FROM cache WHERE {condition}"), &[]).expect("count").get(0)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        self.client = None;
-        // Best effort: a failure here must not hide the test's own failure.
-        let Ok(mut admin) = self.server.try_connect("postgres") else { return };
-        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-        for role in &self.roles {
-            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}"));
-        }
-    }
-}
-
-/// An environment running kcache's postgresql backend at `url`.
-fn env_for(url: &str) -> Env {
-    Env::new()
-        .var("KINTO_CACHE_BACKEND", "postgresql")
-        .var("KINTO_CACHE_URL", url)
-        .var("KINTO_CACHE_POOL_TIMEOUT", "10")
-}
-
 /// The server log, or `None` (skipped, loudly) outside CI.
 fn server_log() -> Option<PathBuf> {
-    crate::rig::server("KCACHE_TEST_PG_LOG").map(PathBuf::from)
+    crate::util::rig::server("KCACHE_TEST_PG_LOG").map(PathBuf::from)
 }
 
 /// The `connection authorized` lines of the server log for database `db`.
@@ -297,7 +129,7 @@ fn squeeze(s: &str) -> String {
 
 #[test]
 fn migrate_creates_kintos_three_objects_and_then_is_up_to_date() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     let env = db.env();
 
     let dry = env.run(&["migrate", "--dry-run"]);
@@ -376,7 +208,7 @@ fn migrate_accepts_a_schema_kinto_or_a_dba_created() {
     for (what, sql) in
         [("Kinto's schema.sql", KINTO_SCHEMA_SQL), ("the repository's schema.sql", include_str!("../schema.sql"))]
     {
-        let Some(mut db) = TestDb::create() else { return };
+        let Some(mut db) = RigDb::create() else { return };
         db.sql().batch_execute(sql).unwrap_or_else(|e| panic!("{what}: {e:?}"));
         db.reconnect();
         db.sql().batch_execute("INSERT INTO cache VALUES ('kinto:k', '\"from kinto\"', sec2ttl(60))").expect("row");
@@ -392,7 +224,7 @@ fn migrate_accepts_a_schema_kinto_or_a_dba_created() {
 
 #[test]
 fn migrate_completes_a_partial_schema() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     db.sql()
         .batch_execute(
             "CREATE TABLE cache (key VARCHAR(256) PRIMARY KEY, value TEXT NOT NULL, ttl TIMESTAMP DEFAULT NULL)",
@@ -423,7 +255,7 @@ fn migrate_completes_a_partial_schema() {
 
 #[test]
 fn migrate_looks_in_the_connections_own_schema() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     // Kinto checks information_schema.tables for a `cache` of any schema and is fooled.
     db.sql()
         .batch_execute(
@@ -443,7 +275,7 @@ fn migrate_looks_in_the_connections_own_schema() {
     env.run(&["get", "k"]).ok().stdout_is("v\n");
 
     // A database whose search_path starts with another schema: migrate creates there.
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     let name = db.name.clone();
     db.sql()
         .batch_execute(&format!("CREATE SCHEMA app; ALTER DATABASE {name} SET search_path = app, public"))
@@ -458,7 +290,7 @@ fn migrate_looks_in_the_connections_own_schema() {
 
 #[test]
 fn concurrent_migrates_create_each_object_once() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     let env = db.env();
     let outs: Vec<Out> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8).map(|_| s.spawn(|| env.run(&["migrate"]))).collect();
@@ -473,13 +305,13 @@ fn concurrent_migrates_create_each_object_once() {
 
 #[test]
 fn migrate_without_the_create_privilege_is_refused_with_status_4() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     let password = format!("pw-{}", unique("nocreate"));
-    let role = db.role(&password);
+    let role = db.role(Some(&password));
     // PostgreSQL 15 gives PUBLIC no CREATE on schema public; older servers do: take it away.
     db.sql().batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC").expect("revoke");
     let url = db.server.url(&format!("{role}:{password}"), &db.name, "");
-    let env = env_for(&url);
+    let env = pg_env(&url, "10");
 
     let out = env.run(&["migrate"]);
     out.code(4).one_error_line();
@@ -500,7 +332,7 @@ fn migrate_without_the_create_privilege_is_refused_with_status_4() {
 
 #[test]
 fn ttls_follow_the_sessions_time_zone_as_kinto_does() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     db.migrate();
     let name = db.name.clone();
     db.sql().batch_execute(&format!("ALTER DATABASE {name} SET timezone = 'America/New_York'")).expect("tz");
@@ -546,7 +378,7 @@ fn ttls_follow_the_sessions_time_zone_as_kinto_does() {
 
 #[test]
 fn ttls_are_whole_durations_and_expiry_is_exact() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     db.migrate();
     let env = db.env();
     // Up to 100 years: sec2ttl() gets a number PostgreSQL prints without an exponent.
@@ -592,7 +424,7 @@ fn ttls_are_whole_durations_and_expiry_is_exact() {
 
 #[test]
 fn set_purges_a_bounded_batch_and_purge_removes_every_expired_row() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     db.migrate();
     db.sql()
         .batch_execute(
@@ -615,7 +447,7 @@ fn set_purges_a_bounded_batch_and_purge_removes_every_expired_row() {
 
 #[test]
 fn reads_work_on_a_read_only_database() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     db.migrate();
     let env = db.env();
     env.run(&["set", "k", "v", "60"]).ok();
@@ -636,47 +468,47 @@ fn reads_work_on_a_read_only_database() {
 
 #[test]
 fn passwords_come_from_the_url_pgpassword_and_pgpass_and_are_never_printed() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     db.migrate();
     let password = format!("S3cret:{}@/%", unique("pw"));
-    let role = db.role(&password);
+    let role = db.role(Some(&password));
     db.sql().batch_execute(&format!("GRANT SELECT, INSERT, UPDATE, DELETE ON cache TO {role}")).expect("grant");
     let (host, port, name) = (db.server.host.clone(), db.server.port, db.name.clone());
     let bare = db.server.url(&role, &name, "");
 
     // Percent-encoded in the URL.
     let encoded = password.replace('%', "%25").replace(':', "%3A").replace('@', "%40").replace('/', "%2F");
-    let out = env_for(&db.server.url(&format!("{role}:{encoded}"), &name, "")).run(&["-v", "ping"]);
+    let out = pg_env(&db.server.url(&format!("{role}:{encoded}"), &name, ""), "10").run(&["-v", "ping"]);
     out.ok().stdout_is("ok\n");
     no_secret(&out, &password);
     no_secret(&out, &encoded);
 
     // PGPASSWORD.
-    let out = env_for(&bare).var("PGPASSWORD", &password).run(&["-v", "ping"]);
+    let out = pg_env(&bare, "10").var("PGPASSWORD", &password).run(&["-v", "ping"]);
     out.ok().stdout_is("ok\n");
     no_secret(&out, &password);
 
     // ~/.pgpass, mode 0600, with a comment, a non-matching line and an escaped password.
     let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
     let pgpass = format!("# kcache test\notherhost:*:*:*:nope\n{host}:{port}:{name}:{role}:{escaped}\n");
-    let env = env_for(&bare);
+    let env = pg_env(&bare, "10");
     let file = env.write(".pgpass", &pgpass);
     set_mode(&file, 0o600);
     let out = env.run(&["-v", "ping"]);
     out.ok().stdout_is("ok\n");
     no_secret(&out, &password);
     // Wildcards.
-    let env = env_for(&bare);
+    let env = pg_env(&bare, "10");
     set_mode(&env.write(".pgpass", &format!("*:*:*:{role}:{escaped}\n")), 0o600);
     env.run(&["ping"]).ok().stdout_is("ok\n");
     // PGPASSFILE.
-    let env = env_for(&bare);
+    let env = pg_env(&bare, "10");
     let elsewhere = env.write("secrets/pass", &format!("{host}:{port}:*:{role}:{escaped}\n"));
     set_mode(&elsewhere, 0o600);
     env.var("PGPASSFILE", &elsewhere.display().to_string()).run(&["ping"]).ok().stdout_is("ok\n");
 
     // A .pgpass readable by others is ignored, as libpq does.
-    let env = env_for(&bare);
+    let env = pg_env(&bare, "10");
     set_mode(&env.write(".pgpass", &pgpass), 0o644);
     let out = env.run(&["-v", "ping"]);
     code_in(&out, &[3, 4]);
@@ -686,14 +518,14 @@ fn passwords_come_from_the_url_pgpassword_and_pgpass_and_are_never_printed() {
 
     // A wrong password: refused, and printed nowhere, not even with -v.
     let wrong = format!("Wr0ng-{}", unique("pw"));
-    let out = env_for(&db.server.url(&format!("{role}:{wrong}"), &name, "")).run(&["-v", "ping"]);
+    let out = pg_env(&db.server.url(&format!("{role}:{wrong}"), &name, ""), "10").run(&["-v", "ping"]);
     code_in(&out, &[3, 4]);
     no_secret(&out, &wrong);
     no_secret(&out, &password);
-    let out = env_for(&bare).var("PGPASSWORD", &wrong).run(&["-v", "get", "k"]);
+    let out = pg_env(&bare, "10").var("PGPASSWORD", &wrong).run(&["-v", "get", "k"]);
     code_in(&out, &[3, 4]);
     no_secret(&out, &wrong);
-    let out = env_for(&bare).var("PGPASSWORD", &wrong).run(&["get", "k"]);
+    let out = pg_env(&bare, "10").var("PGPASSWORD", &wrong).run(&["get", "k"]);
     code_in(&out, &[3, 4]);
     out.one_error_line();
     no_secret(&out, &wrong);
@@ -701,10 +533,10 @@ fn passwords_come_from_the_url_pgpassword_and_pgpass_and_are_never_printed() {
 
 #[test]
 fn no_password_for_a_server_that_wants_one_is_status_4_with_a_hint() {
-    let Some(mut db) = TestDb::create() else { return };
-    let role = db.role("unused-password");
+    let Some(mut db) = RigDb::create() else { return };
+    let role = db.role(Some("unused-password"));
     // Not worth retrying: the server refuses until someone gives a password.
-    let out = env_for(&db.server.url(&role, &db.name, "")).run(&["ping"]);
+    let out = pg_env(&db.server.url(&role, &db.name, ""), "10").run(&["ping"]);
     out.code(4).one_error_line();
     let hint = out.stderr.lines().find(|l| l.starts_with("kcache: hint: ")).unwrap_or_default();
     assert!(hint.contains("password"), "no hint about the password:\n{}", out.stderr);
@@ -712,18 +544,18 @@ fn no_password_for_a_server_that_wants_one_is_status_4_with_a_hint() {
 
 #[test]
 fn a_role_with_only_kintos_runtime_privileges_can_do_all_but_create() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     let Some(log) = server_log() else { return };
     db.migrate();
     let password = format!("pw-{}", unique("dml"));
-    let role = db.role(&password);
+    let role = db.role(Some(&password));
     // What Kinto's runtime needs (reference §2.2): DML on the table, EXECUTE on sec2ttl (PUBLIC).
     db.sql()
         .batch_execute(&format!(
             "REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT SELECT, INSERT, UPDATE, DELETE ON cache TO {role}"
         ))
         .expect("grant");
-    let env = env_for(&db.server.url(&format!("{role}:{password}"), &db.name, ""));
+    let env = pg_env(&db.server.url(&format!("{role}:{password}"), &db.name, ""), "10");
     // A deploy script runs migrate every time: up to date is not an error.
     env.run(&["migrate"]).ok();
     env.run(&["migrate", "--dry-run"]).ok().stdout_is("-- the schema is up to date\n");
@@ -753,9 +585,9 @@ fn set_mode(path: &std::path::Path, mode: u32) {
 
 #[test]
 fn sslmodes_behave_as_in_libpq() {
-    let Some(db) = TestDb::create() else { return };
+    let Some(db) = RigDb::create() else { return };
     let Some(log) = server_log() else { return };
-    let Some(ca) = crate::rig::server("KCACHE_TEST_PG_CA") else { return };
+    let Some(ca) = crate::util::rig::server("KCACHE_TEST_PG_CA") else { return };
     db.migrate();
     let userinfo = format!("{}:{}", db.server.user, db.server.password);
     let on_localhost = |query: &str| format!("postgresql://{userinfo}@localhost:{}/{}{query}", db.server.port, db.name);
@@ -768,12 +600,12 @@ fn sslmodes_behave_as_in_libpq() {
     };
     let ssl_of = |url: &str| -> (Out, Vec<String>) {
         let mut out = None;
-        let lines = connections_of(&log, &db.name, || out = Some(env_for(url).run(&["ping"])));
+        let lines = connections_of(&log, &db.name, || out = Some(pg_env(url, "10").run(&["ping"])));
         (out.expect("ran"), lines)
     };
     let cases = [
         ("sslmode=require on 127.0.0.1", db.server.url(&userinfo, &db.name, "?sslmode=require"), true),
-        ("default (prefer)", db.tcp_url.clone(), true),
+        ("default (prefer)", db.tcp_url(), true),
         ("sslmode=disable", db.server.url(&userinfo, &db.name, "?sslmode=disable"), false),
         (
             "verify-ca with the CA",
@@ -802,7 +634,7 @@ fn sslmodes_behave_as_in_libpq() {
     // PGSSLMODE, when the URL says nothing.
     let mut out = None;
     let lines = connections_of(&log, &db.name, || {
-        out = Some(env_for(&db.tcp_url).var("PGSSLMODE", "disable").run(&["ping"]));
+        out = Some(pg_env(&db.tcp_url(), "10").var("PGSSLMODE", "disable").run(&["ping"]));
     });
     out.expect("ran").ok();
     assert!(lines.len() == 1 && !lines[0].contains("SSL enabled"), "PGSSLMODE=disable: {lines:#?}");
@@ -826,13 +658,13 @@ fn sslmodes_behave_as_in_libpq() {
         out.code(2).one_error_line();
         assert!(out.stderr.contains("root.crt"), "{}", out.stderr);
         assert!(lines.is_empty(), "nothing is sent: {lines:#?}");
-        let env = env_for(&url);
+        let env = pg_env(&url, "10");
         let pem = std::fs::read_to_string(&ca).expect("CA file");
         env.write(".postgresql/root.crt", &pem);
         env.run(&["ping"]).ok().stdout_is("ok\n");
     }
     // sslmode=require with a root certificate verifies the chain, as libpq does.
-    let env = env_for(&on_localhost("?sslmode=require"));
+    let env = pg_env(&on_localhost("?sslmode=require"), "10");
     env.write(".postgresql/root.crt", &std::fs::read_to_string(&ca).expect("CA file"));
     env.run(&["ping"]).ok().stdout_is("ok\n");
     // ... so a root certificate of another CA makes it fail (any CA of the system's bundle).
@@ -840,7 +672,7 @@ fn sslmodes_behave_as_in_libpq() {
         .ok()
         .and_then(|bundle| bundle.split_inclusive("-----END CERTIFICATE-----\n").next().map(str::to_string))
     {
-        let env = env_for(&on_localhost("?sslmode=require"));
+        let env = pg_env(&on_localhost("?sslmode=require"), "10");
         env.write(".postgresql/root.crt", &other);
         env.run(&["ping"]).code(4).stderr_has("invalid peer certificate").stderr_has("sslrootcert");
     }
@@ -850,20 +682,16 @@ fn sslmodes_behave_as_in_libpq() {
 
 #[test]
 fn max_backlog_fails_the_next_waiter_at_once() {
-    use kcache::settings::{Layer, Raw, Settings};
-    let Some(db) = TestDb::create() else { return };
-    let mut layer = Layer::default();
-    for (k, v) in [
+    use kcache::settings::Raw;
+    let Some(db) = RigDb::create() else { return };
+    let settings = crate::util::settings(&[
         ("backend", Raw::Str("postgresql".into())),
-        ("url", Raw::Str(db.url.clone())),
+        ("url", Raw::Str(db.url())),
         ("pool_size", Raw::Int(1)),
         ("max_overflow", Raw::Int(0)),
         ("max_backlog", Raw::Int(1)),
         ("pool_timeout", Raw::Int(10)),
-    ] {
-        layer.set(k, v, "test", None);
-    }
-    let settings = Settings::from_layer(&layer).expect("settings");
+    ]);
     let backend = kcache::backend::postgres::Postgres::new(&settings, &|_| None, 3).expect("backend");
     let pool = std::sync::Arc::clone(backend.pool());
 
@@ -898,11 +726,11 @@ fn max_backlog_fails_the_next_waiter_at_once() {
 
 #[test]
 fn a_one_shot_command_opens_exactly_one_connection() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     let Some(log) = server_log() else { return };
     db.sql(); // our own session is opened before counting
     // Over TCP with the password and TLS (sslmode prefer), as a deployment connects.
-    let env = env_for(&db.tcp_url);
+    let env = pg_env(&db.tcp_url(), "10");
     let before = authorized(&log, &db.name).len();
     let runs: &[(&[&str], i32)] = &[
         (&["migrate"], 0),
@@ -932,7 +760,7 @@ fn a_one_shot_command_opens_exactly_one_connection() {
 
 #[test]
 fn reads_the_rows_kinto_wrote() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     db.migrate();
     let recorded = kinto_recording();
     let prefix = recorded["cache_prefix"].as_str().expect("prefix").to_string();
@@ -982,7 +810,7 @@ fn reads_the_rows_kinto_wrote() {
 
 #[test]
 fn writes_what_kinto_writes() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     db.migrate();
     let cases: Vec<serde_json::Value> =
         serde_json::from_str(include_str!("data/kinto/values.json")).expect("values.json");
@@ -1033,7 +861,7 @@ fn writes_what_kinto_writes() {
 
 #[test]
 fn a_prefixed_flush_takes_the_prefix_literally() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     db.migrate();
     let prefix = "a%_\\";
     let doomed = ["a%_\\", "a%_\\k", "a%_\\%", "a%_\\_x"];
@@ -1064,13 +892,13 @@ fn a_prefixed_flush_takes_the_prefix_literally() {
 
 #[test]
 fn a_refused_port_fails_at_once_with_status_3() {
-    let Some(server) = Server::get() else { return };
-    let port = crate::servers::free_port();
+    let Some(server) = RigPostgres::get() else { return };
+    let port = crate::util::servers::free_port();
     let secret = format!("NeverPrinted{}", unique("pw"));
     let url = format!("postgresql://postgres:{secret}@127.0.0.1:{port}/postgres");
     for args in [&["get", "k"][..], &["migrate"], &["ping"], &["-v", "set", "k", "v", "60"]] {
         let start = Instant::now();
-        let out = env_for(&url).var("KINTO_CACHE_POOL_TIMEOUT", "1").run(args);
+        let out = pg_env(&url, "10").var("KINTO_CACHE_POOL_TIMEOUT", "1").run(args);
         let took = start.elapsed();
         out.code(3);
         if !args.contains(&"-v") {
@@ -1085,21 +913,14 @@ fn a_refused_port_fails_at_once_with_status_3() {
 
 #[test]
 fn a_silent_server_is_bounded_by_pool_timeout() {
-    if Server::get().is_none() {
+    if RigPostgres::get().is_none() {
         return;
     }
     // Accepts connections and never answers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming() {
-            held.push(stream);
-        }
-    });
-    let url = format!("postgresql://postgres:pw@127.0.0.1:{port}/postgres");
+    let address = crate::util::servers::fake_server(None);
+    let url = format!("postgresql://postgres:pw@{address}/postgres");
     let start = Instant::now();
-    let out = env_for(&url).var("KINTO_CACHE_POOL_TIMEOUT", "1").run(&["get", "k"]);
+    let out = pg_env(&url, "10").var("KINTO_CACHE_POOL_TIMEOUT", "1").run(&["get", "k"]);
     let took = start.elapsed();
     out.code(3).one_error_line();
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "took {took:?}");
@@ -1107,7 +928,7 @@ fn a_silent_server_is_bounded_by_pool_timeout() {
 
 #[test]
 fn a_missing_schema_is_status_4_with_a_hint() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     let env = db.env();
     for args in [&["get", "k"][..], &["set", "k", "v", "60"], &["ttl", "k"], &["purge"], &["ping"]] {
         let out = env.run(args);
@@ -1127,7 +948,7 @@ fn a_missing_schema_is_status_4_with_a_hint() {
 
 #[test]
 fn keys_over_256_characters_are_refused_before_connecting() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     let Some(log) = server_log() else { return };
     db.migrate();
     db.sql();
@@ -1158,9 +979,9 @@ fn keys_over_256_characters_are_refused_before_connecting() {
 
 #[test]
 fn url_forms_and_query_parameters() {
-    let Some(db) = TestDb::create() else { return };
+    let Some(db) = RigDb::create() else { return };
     let Some(log) = server_log() else { return };
-    let Some(socket_dir) = crate::rig::server("KCACHE_TEST_PG_SOCKET_DIR") else { return };
+    let Some(socket_dir) = crate::util::rig::server("KCACHE_TEST_PG_SOCKET_DIR") else { return };
     db.migrate();
     let s = &db.server;
     let (name, userinfo) = (&db.name, format!("{}:{}", s.user, s.password));
@@ -1170,20 +991,20 @@ fn url_forms_and_query_parameters() {
         format!("postgresql:///{name}?host={socket_dir}&port={}&user={}", s.port, s.user),
     ];
     for url in &urls {
-        env_for(url).run(&["set", "k", url.as_str(), "60"]).ok();
-        env_for(url).run(&["get", "k"]).ok().stdout_is(&format!("{url}\n"));
+        pg_env(url, "10").run(&["set", "k", url.as_str(), "60"]).ok();
+        pg_env(url, "10").run(&["get", "k"]).ok().stdout_is(&format!("{url}\n"));
     }
     // Query parameters reach the server.
     let lines = connections_of(&log, name, || {
-        env_for(&s.url(&userinfo, name, "?application_name=kcache-probe&connect_timeout=5")).run(&["ping"]).ok();
+        pg_env(&s.url(&userinfo, name, "?application_name=kcache-probe&connect_timeout=5"), "10").run(&["ping"]).ok();
     });
     assert!(lines.len() == 1 && lines[0].contains("application_name=kcache-probe"), "{lines:#?}");
 }
 
 #[test]
 fn libpq_variables_fill_what_the_url_leaves_out() {
-    let Some(db) = TestDb::create() else { return };
-    let Some(socket_dir) = crate::rig::server("KCACHE_TEST_PG_SOCKET_DIR") else { return };
+    let Some(db) = RigDb::create() else { return };
+    let Some(socket_dir) = crate::util::rig::server("KCACHE_TEST_PG_SOCKET_DIR") else { return };
     db.migrate();
     let s = &db.server;
     let port = s.port.to_string();
@@ -1211,7 +1032,7 @@ fn libpq_variables_fill_what_the_url_leaves_out() {
 
 #[test]
 fn kinto_ini_with_the_module_path_and_pool_settings() {
-    let Some(mut db) = TestDb::create() else { return };
+    let Some(mut db) = RigDb::create() else { return };
     db.migrate();
     let s = db.server.clone();
     let env = Env::new();

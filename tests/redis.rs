@@ -7,25 +7,16 @@
 //! whole-database flush or an old server's missing commands start their own `redis-server` on a
 //! free port in a temp dir, killed when the test ends ([`OwnRedis`]).
 
-use crate::util::{Env, Out, encode, left, secs, string, unique};
+use crate::util::servers::{OwnRedis, redis_client};
+use crate::util::{Env, Out, encode, left, secs, settings, string, unique};
 use kcache::backend::Cache;
-use kcache::settings::{Layer, Raw, Settings};
+use kcache::settings::Raw;
 use kcache::ttl::Remaining;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 // ---- fixtures --------------------------------------------------------------------------------
-
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A raw connection (the redis crate), for writing as Kinto does and reading what kcache wrote.
-fn raw(url: &str) -> redis::Connection {
-    let client = redis::Client::open(url).unwrap_or_else(|e| panic!("bad test URL: {e}"));
-    let conn = client.get_connection_with_timeout(TIMEOUT).unwrap_or_else(|e| panic!("cannot connect: {e}"));
-    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
-    conn
-}
 
 /// A raw command: `q!(conn, "PSETEX", key, ms, value)`, or `q!(i64; conn, "DBSIZE")` for a typed
 /// reply; panics when it fails.
@@ -39,116 +30,28 @@ macro_rules! q {
     };
 }
 
-fn settings(url: &str, prefix: &str, extra: &[(&'static str, Raw)]) -> Settings {
-    let mut layer = Layer::default();
-    layer.set("backend", Raw::Str("redis".into()), "test", None);
-    layer.set("url", Raw::Str(url.into()), "test", None);
-    layer.set("prefix", Raw::Str(prefix.into()), "test", None);
-    for (k, v) in extra {
-        layer.set(k, v.clone(), "test", None);
-    }
-    Settings::from_layer(&layer).expect("test settings")
+fn cache(url: &str, prefix: &str) -> Cache {
+    open(url, prefix, 5)
 }
 
-fn cache(url: &str, prefix: &str) -> Cache {
-    kcache::backend::open(&settings(url, prefix, &[("pool_timeout", Raw::Int(5))])).expect("open")
+/// A cache on `url` with `prefix` and `pool_timeout` (seconds).
+fn open(url: &str, prefix: &str, pool_timeout: i64) -> Cache {
+    let (url, prefix) = (Raw::Str(url.into()), Raw::Str(prefix.into()));
+    let backend = Raw::Str("redis".into());
+    let s =
+        settings(&[("backend", backend), ("url", url), ("prefix", prefix), ("pool_timeout", Raw::Int(pool_timeout))]);
+    kcache::backend::open(&s).expect("open")
 }
 
 /// The rig's server with a fresh prefix (`None`: skipped outside CI).
 fn rig() -> Option<(String, String)> {
-    let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
+    let url = crate::util::rig::server("KCACHE_TEST_REDIS_URL")?;
     Some((url, format!("{}:", unique("rt"))))
 }
 
 /// The binary with the redis backend at `url` and `prefix`.
 fn env(url: &str, prefix: &str) -> Env {
     Env::new().var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", url).var("KINTO_CACHE_PREFIX", prefix)
-}
-
-/// A `redis-server` of one test's own, on a free port in a temp dir; killed on drop.
-pub struct OwnRedis {
-    child: Child,
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-    /// The unix socket, when asked for.
-    pub socket: Option<PathBuf>,
-}
-
-impl OwnRedis {
-    /// Starts one with these extra arguments (`None`: skipped outside CI without redis-server).
-    pub fn start(extra: &[&str]) -> Option<OwnRedis> {
-        Self::start_with(extra, false, |_| Vec::new())
-    }
-
-    /// `tls`: the port is a TLS port (the plain one is off). `more` adds arguments that need
-    /// the temp dir (certificates).
-    fn start_with(extra: &[&str], tls: bool, more: impl Fn(&Path) -> Vec<String>) -> Option<OwnRedis> {
-        if Command::new("redis-server").arg("--version").output().is_err() {
-            if std::env::var_os("CI").is_some_and(|ci| !ci.is_empty()) {
-                panic!("redis-server is not installed: run the tests through scripts/test");
-            }
-            eprintln!("skipped: redis-server is not installed");
-            return None;
-        }
-        let mut last_log = String::new();
-        for _attempt in 0..3 {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let port = crate::servers::free_port();
-            let log = dir.path().join("redis.log");
-            let mut cmd = Command::new("redis-server");
-            cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .arg("--logfile")
-                .arg(&log);
-            if tls {
-                cmd.args(["--port", "0", "--tls-port", &port.to_string()]);
-            } else {
-                cmd.args(["--port", &port.to_string()]);
-            }
-            let socket = extra.contains(&"--unixsocket").then(|| dir.path().join("redis.sock"));
-            for a in extra {
-                if *a == "--unixsocket" {
-                    cmd.arg(a).arg(socket.as_ref().unwrap());
-                } else {
-                    cmd.arg(a);
-                }
-            }
-            cmd.args(more(dir.path()));
-            let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
-            let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().ok()?;
-            let mut server = OwnRedis { child, dir, port, socket };
-            let deadline = Instant::now() + TIMEOUT;
-            while Instant::now() < deadline {
-                last_log = std::fs::read_to_string(&log).unwrap_or_default();
-                if last_log.contains("Ready to accept connections") {
-                    return Some(server);
-                }
-                if server.child.try_wait().ok().flatten().is_some() {
-                    last_log += &std::fs::read_to_string(server.dir.path().join("stderr")).unwrap_or_default();
-                    break; // the port was taken meanwhile: try another
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        panic!("redis-server did not start:\n{last_log}");
-    }
-
-    /// `redis://[auth@]127.0.0.1:PORT/db`.
-    pub fn url(&self, auth: &str, db: u32) -> String {
-        format!("redis://{auth}127.0.0.1:{}/{db}", self.port)
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Kinto's records (tests/data/kinto/redis.json).
@@ -162,7 +65,7 @@ fn kinto_records() -> serde_json::Value {
 #[test]
 fn entries_written_as_kinto_writes_them_are_read_back() {
     let Some((url, prefix)) = rig() else { return };
-    let mut conn = raw(&url);
+    let mut conn = redis_client(&url);
     let mut c = cache(&url, &prefix);
     let records = kinto_records();
     for w in records["writes"].as_array().unwrap() {
@@ -187,7 +90,7 @@ fn entries_written_as_kinto_writes_them_are_read_back() {
 #[test]
 fn kcache_writes_exactly_what_kinto_writes() {
     let Some((url, prefix)) = rig() else { return };
-    let mut conn = raw(&url);
+    let mut conn = redis_client(&url);
     let mut c = cache(&url, &prefix);
     let records = kinto_records();
     for w in records["writes"].as_array().unwrap() {
@@ -213,7 +116,7 @@ fn kcache_writes_exactly_what_kinto_writes() {
 #[test]
 fn ttls_kinto_refuses_are_stored_or_removed() {
     let Some((url, prefix)) = rig() else { return };
-    let mut conn = raw(&url);
+    let mut conn = redis_client(&url);
     let mut c = cache(&url, &prefix);
     // Kinto: "invalid expire time in 'psetex' command" for 0.0005 and 0 (reference §11.31).
     c.set("sub-ms", &string("v"), secs("0.0005")).unwrap();
@@ -232,7 +135,7 @@ fn ttls_kinto_refuses_are_stored_or_removed() {
 #[test]
 fn sub_second_ttl_expires_on_time_and_long_ttls_hold() {
     let Some((url, prefix)) = rig() else { return };
-    let mut conn = raw(&url);
+    let mut conn = redis_client(&url);
     let mut c = cache(&url, &prefix);
     c.set("short", &string("v"), secs("0.3")).unwrap();
     let pttl: i64 = q!(&mut conn, "PTTL", &format!("{prefix}short"));
@@ -291,7 +194,7 @@ fn prefixed_flush_takes_glob_characters_literally() {
         (format!("{p}d\\:"), format!("{p}d:")),
         (format!("{p}e]*?\\[:"), format!("{p}e]Q?\\[:")),
     ];
-    let mut conn = raw(&url);
+    let mut conn = redis_client(&url);
     for (prefix, sibling) in &cases {
         let mut target = cache(&url, prefix);
         let mut other = cache(&url, sibling);
@@ -309,7 +212,7 @@ fn prefixed_flush_takes_glob_characters_literally() {
 #[test]
 fn prefixed_flush_walks_every_scan_page() {
     let Some((url, prefix)) = rig() else { return };
-    let mut conn = raw(&url);
+    let mut conn = redis_client(&url);
     let keys: Vec<String> = (0..2500).map(|i| format!("{prefix}{i}")).collect();
     let mut pipe = redis::pipe();
     for k in &keys {
@@ -327,21 +230,21 @@ fn prefixed_flush_walks_every_scan_page() {
 #[test]
 fn flush_without_prefix_empties_the_database_and_only_it() {
     let Some(server) = OwnRedis::start(&[]) else { return };
-    let mut c0 = cache(&server.url("", 0), "");
-    let mut other = cache(&server.url("", 0), "app:");
-    let mut db1 = cache(&server.url("", 1), "");
+    let mut c0 = cache(&server.url(), "");
+    let mut other = cache(&server.url(), "app:");
+    let mut db1 = cache(&server.url_as("", 1), "");
     c0.set("a", &string("v"), secs("60")).unwrap();
     other.set("b", &string("v"), secs("60")).unwrap();
     db1.set("c", &string("v"), secs("60")).unwrap();
-    let mut conn = raw(&server.url("", 0));
+    let mut conn = redis_client(&server.url());
     let _: () = q!(&mut conn, "HSET", "not-ours", "f", "v");
-    env(&server.url("", 0), "").run(&["flush"]).ok();
+    env(&server.url(), "").run(&["flush"]).ok();
     assert_eq!(q!(i64; &mut conn, "DBSIZE"), 0, "FLUSHDB, as Kinto");
     assert_eq!(db1.get("c").unwrap(), Some(string("v")), "another database is untouched");
     // `--all` with a prefix is the same FLUSHDB.
     other.set("b", &string("v"), secs("60")).unwrap();
     c0.set("a", &string("v"), secs("60")).unwrap();
-    env(&server.url("", 0), "app:").run(&["flush", "--all"]).ok();
+    env(&server.url(), "app:").run(&["flush", "--all"]).ok();
     assert_eq!(q!(i64; &mut conn, "DBSIZE"), 0);
 }
 
@@ -352,11 +255,11 @@ const PASSWORD: &str = "p@ss:w/rd#1%?é";
 #[test]
 fn percent_encoded_password_and_db_number() {
     let Some(server) = OwnRedis::start(&["--requirepass", PASSWORD]) else { return };
-    let url = server.url(&format!(":{}@", encode(PASSWORD)), 3);
+    let url = server.url_as(&format!(":{}@", encode(PASSWORD)), 3);
     env(&url, "pw:").run(&["set", "k", "v", "60"]).ok();
     env(&url, "pw:").run(&["get", "k"]).ok().stdout_is("v\n");
     // The data is in db 3, under the prefix, as Kinto's JSON.
-    let mut conn = raw(&format!("redis://:{}@127.0.0.1:{}/0", encode(PASSWORD), server.port));
+    let mut conn = redis_client(&format!("redis://:{}@127.0.0.1:{}/0", encode(PASSWORD), server.port));
     let _: () = q!(&mut conn, "SELECT", 3);
     assert_eq!(q!(Option<String>; &mut conn, "GET", "pw:k").as_deref(), Some("\"v\""));
     let _: () = q!(&mut conn, "SELECT", 0);
@@ -396,7 +299,7 @@ fn unencoded_at_slash_and_question_mark_in_the_password_work_and_are_never_shown
     out.ok().stdout_is("v\n").stderr_has(&format!("redis://:***@127.0.0.1:{port}/2"));
     hidden(&out);
     // In database 2, as the URL says.
-    let mut conn = raw(&format!("redis://:{}@127.0.0.1:{port}/2", encode(RAW)));
+    let mut conn = redis_client(&format!("redis://:{}@127.0.0.1:{port}/2", encode(RAW)));
     assert_eq!(q!(Option<String>; &mut conn, "GET", "raw:k").as_deref(), Some("\"v\""));
     // A mistake after the last '@' is quoted; nothing before it is.
     for args in [&["get", "k"][..], &["-v", "get", "k"]] {
@@ -426,7 +329,7 @@ fn assert_no_password(out: &Out) {
 #[test]
 fn wrong_or_missing_password_is_status_4_and_never_shown() {
     let Some(server) = OwnRedis::start(&["--requirepass", "right-one"]) else { return };
-    let wrong = server.url(&format!(":{}@", encode(PASSWORD)), 0);
+    let wrong = server.url_as(&format!(":{}@", encode(PASSWORD)), 0);
     for args in [&["get", "k"][..], &["-v", "get", "k"], &["-v", "set", "k", "v", "1"], &["ping"]] {
         let out = env(&wrong, "").run(args);
         out.code(4).stderr_has(&format!("127.0.0.1:{}", server.port)).stderr_has("kcache: hint:");
@@ -434,10 +337,10 @@ fn wrong_or_missing_password_is_status_4_and_never_shown() {
     }
     env(&wrong, "").run(&["get", "k"]).code(4).one_error_line().stderr_has("WRONGPASS");
     // No password at all: the server's NOAUTH, with a hint.
-    let out = env(&server.url("", 0), "").run(&["get", "k"]);
+    let out = env(&server.url(), "").run(&["get", "k"]);
     out.code(4).one_error_line().stderr_has("NOAUTH").stderr_has("password");
     // Same with a database number (the refusal comes from SELECT).
-    env(&server.url("", 2), "").run(&["get", "k"]).code(4).stderr_has("Authentication required");
+    env(&server.url_as("", 2), "").run(&["get", "k"]).code(4).stderr_has("Authentication required");
 }
 
 #[test]
@@ -463,19 +366,19 @@ fn acl_user_and_password() {
     ]) else {
         return;
     };
-    let url = server.url("app:app-secret-pw@", 0);
+    let url = server.url_as("app:app-secret-pw@", 0);
     env(&url, "acl:").run(&["set", "k", "v", "60"]).ok();
     env(&url, "acl:").run(&["get", "k"]).ok().stdout_is("v\n");
-    let reader = server.url("reader:reader-secret-pw@", 0);
+    let reader = server.url_as("reader:reader-secret-pw@", 0);
     env(&reader, "acl:").run(&["get", "k"]).ok().stdout_is("v\n");
     let out = env(&reader, "acl:").run(&["set", "k", "w", "60"]);
     out.code(4).one_error_line().stderr_has("NOPERM");
     assert!(!out.stderr.contains("reader-secret-pw"));
-    let out = env(&server.url("app:wrong-pw@", 0), "acl:").run(&["-v", "get", "k"]);
+    let out = env(&server.url_as("app:wrong-pw@", 0), "acl:").run(&["-v", "get", "k"]);
     out.code(4).stderr_has("redis://app:***@");
     assert!(!out.stderr.contains("wrong-pw"));
     // Without a user, the disabled default user is refused.
-    env(&server.url(":app-secret-pw@", 0), "acl:").run(&["get", "k"]).code(4);
+    env(&server.url_as(":app-secret-pw@", 0), "acl:").run(&["get", "k"]).code(4);
 }
 
 #[test]
@@ -487,7 +390,7 @@ fn unix_socket_urls() {
     env(&a, "u:").run(&["set", "k", "v", "60"]).ok();
     env(&b, "u:").run(&["get", "k"]).ok().stdout_is("v\n");
     env(&format!("unix://{}", socket.display()), "u:").run(&["get", "k"]).code(1);
-    let mut conn = raw(&server.url("", 2));
+    let mut conn = redis_client(&server.url_as("", 2));
     assert_eq!(q!(Option<String>; &mut conn, "GET", "u:k").as_deref(), Some("\"v\""));
     // A socket that does not exist: unavailable, naming it.
     let gone = format!("unix://{}/nope.sock", server.dir.path().display());
@@ -590,7 +493,7 @@ fn bad_urls_are_status_2_naming_the_problem() {
 #[test]
 fn a_stopped_server_is_status_3_in_seconds() {
     let Some(server) = OwnRedis::start(&[]) else { return };
-    let url = server.url(":some-pw@", 0);
+    let url = server.url_as(":some-pw@", 0);
     drop(server);
     let started = Instant::now();
     let out = env(&url, "").var("KINTO_CACHE_POOL_TIMEOUT", "1").run(&["get", "k"]);
@@ -602,10 +505,9 @@ fn a_stopped_server_is_status_3_in_seconds() {
 #[test]
 fn a_frozen_server_is_status_3_within_pool_timeout() {
     let Some(server) = OwnRedis::start(&[]) else { return };
-    let stop = Command::new("kill").args(["-STOP", &server.pid()]).status().expect("kill -STOP");
-    assert!(stop.success());
+    crate::util::servers::signal("-STOP", &server.pids());
     // Connected by the kernel, never answered: the PING, or AUTH and SELECT, time out.
-    for url in [server.url("", 0), server.url(":pw-frozen@", 3)] {
+    for url in [server.url(), server.url_as(":pw-frozen@", 3)] {
         let started = Instant::now();
         let out = env(&url, "").var("KINTO_CACHE_POOL_TIMEOUT", "1").run(&["get", "k"]);
         out.code(3).one_error_line().stderr_has(&format!("127.0.0.1:{}", server.port));
@@ -617,7 +519,7 @@ fn a_frozen_server_is_status_3_within_pool_timeout() {
 fn old_servers_without_getdel_or_unlink() {
     let renamed = ["--rename-command", "GETDEL", "", "--rename-command", "UNLINK", ""];
     let Some(server) = OwnRedis::start(&renamed) else { return };
-    let url = server.url("", 0);
+    let url = server.url();
     let mut c = cache(&url, "old:");
     c.set("k", &string("v"), secs("60")).unwrap();
     assert_eq!(c.delete("k").unwrap(), Some(string("v")), "MULTI GET DEL EXEC");
@@ -634,7 +536,7 @@ fn old_servers_without_getdel_or_unlink() {
 #[test]
 fn server_refusals_are_status_4() {
     let Some((url, prefix)) = rig() else { return };
-    let mut conn = raw(&url);
+    let mut conn = redis_client(&url);
     let _: () = q!(&mut conn, "HSET", &format!("{prefix}hash"), "f", "v");
     let out = env(&url, &prefix).run(&["get", "hash"]);
     out.code(4).one_error_line().stderr_has("WRONGTYPE").stderr_has("kcache: hint:");
@@ -708,8 +610,8 @@ fn server_counters(conn: &mut redis::Connection) -> (u64, u64) {
 /// A group of mixed operations gives, in order, exactly what running them one by one gives,
 /// in one round trip: the server reads the whole group at once.
 fn group_is_one_by_one_in_one_round_trip(server: &OwnRedis, old: bool) {
-    let url = server.url("", 0);
-    let mut conn = raw(&url);
+    let url = server.url();
+    let mut conn = redis_client(&url);
     let (v1, v2, v3) = (string("v1"), string("v2"), string("v3 é"));
     let ops = [
         GroupOp::Get("k"),
@@ -800,7 +702,7 @@ fn the_first_group_learns_how_to_delete() {
     // and the results are the same.
     for extra in [&[][..], &["--rename-command", "GETDEL", ""][..]] {
         let Some(server) = OwnRedis::start(extra) else { return };
-        let url = server.url("", 0);
+        let url = server.url();
         let v = string("v");
         let ops = [
             GroupOp::Set("a", &v, secs("60")),
@@ -823,10 +725,8 @@ fn the_first_group_learns_how_to_delete() {
 #[test]
 fn a_group_on_a_dead_server_fails_every_operation_at_once() {
     let Some(server) = OwnRedis::start(&[]) else { return };
-    let stop = Command::new("kill").args(["-STOP", &server.pid()]).status().expect("kill -STOP");
-    assert!(stop.success());
-    let s = settings(&server.url("", 0), "", &[("pool_timeout", Raw::Int(1))]);
-    let mut c = kcache::backend::open(&s).unwrap();
+    crate::util::servers::signal("-STOP", &server.pids());
+    let mut c = open(&server.url(), "", 1);
     let v = string("v");
     let mut ops = vec![GroupOp::Get("a"), GroupOp::Set("a", &v, secs("9")), GroupOp::Delete("a"), GroupOp::Ttl("b")];
     ops.extend([GroupOp::Get("c"); 16]);
@@ -849,7 +749,7 @@ fn a_group_on_a_dead_server_fails_every_operation_at_once() {
 fn batch_ttl_in_a_group_through_the_binary() {
     let Some((url, prefix)) = rig() else { return };
     let input = "set k v 1.5\nttl --ms k\nttl k\nget hash\nexpire k 2h\nttl k\ndelete k\nttl --ms k\n";
-    let mut conn = raw(&url);
+    let mut conn = redis_client(&url);
     let _: () = q!(&mut conn, "HSET", &format!("{prefix}hash"), "f", "v");
     let out = env(&url, &prefix).run_stdin(&["batch", "--keep-going"], Some(input.as_bytes()));
     out.code(4);

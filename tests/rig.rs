@@ -1,82 +1,10 @@
-//! The test servers that `scripts/test` starts, and checks that each of them answers.
-//!
-//! `scripts/test` exports `KCACHE_TEST_*` variables that point at throwaway servers. A test that
-//! needs one starts with
-//!
-//! ```ignore
-//! let Some(url) = rig::server("KCACHE_TEST_PG_URL") else { return };
-//! ```
-//!
-//! Without the variable the test is skipped with a message on stderr, except in CI (`CI` set),
-//! where it fails: CI must never pass by skipping.
+//! The rig's servers (`scripts/test`, [`crate::util::rig`]) answer.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use crate::util::servers::probe;
 
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The value of the environment variable `var` when it is set and not empty.
-///
-/// When it is missing: panics if `CI` is set (to anything not empty), else prints a "skipped"
-/// line to stderr and returns `None`.
-pub fn server(var: &str) -> Option<String> {
-    let backend = ["PG", "REDIS", "MEMCACHED"]
-        .into_iter()
-        .zip(["postgresql", "redis", "memcached"])
-        .find_map(|(tag, name)| var.starts_with(&format!("KCACHE_TEST_{tag}")).then_some(name));
-    if let Some(name) = backend
-        && !compiled(name)
-    {
-        return None;
-    }
-    match std::env::var(var) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ => {
-            if std::env::var_os("CI").is_some_and(|ci| !ci.is_empty()) {
-                panic!("{var} is not set: run the tests through scripts/test");
-            }
-            eprintln!("skipped: {var} is not set (run scripts/test to start the test servers)");
-            None
-        }
-    }
-}
-
-/// Whether this kcache was built with `backend` (`cargo test --no-default-features --features
-/// sqlite` builds without the others); a test of a backend not built is skipped, saying so.
-pub fn compiled(backend: &str) -> bool {
-    let on = kcache::backend::COMPILED.iter().any(|(name, on)| *name == backend && *on);
-    if !on {
-        eprintln!("skipped: kcache was built without the {backend} backend");
-    }
-    on
-}
-
-/// Connects to `host:port` with 5 s timeouts on connect, read and write.
-fn connect(host_port: &str) -> TcpStream {
-    let addrs: Vec<SocketAddr> =
-        host_port.to_socket_addrs().unwrap_or_else(|e| panic!("cannot resolve {host_port}: {e}")).collect();
-    let mut last_error = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, TIMEOUT) {
-            Ok(stream) => {
-                stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-                stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-                return stream;
-            }
-            Err(e) => last_error = Some(e),
-        }
-    }
-    panic!("cannot connect to {host_port}: {last_error:?}");
-}
-
-/// Sends `request` and returns the first line of the reply, `\r\n` included.
+/// The first line of the reply to `request` from `host_port` (panics without one).
 fn request_line(host_port: &str, request: &[u8]) -> String {
-    let mut stream = connect(host_port);
-    stream.write_all(request).unwrap_or_else(|e| panic!("cannot write to {host_port}: {e}"));
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).unwrap_or_else(|e| panic!("no reply from {host_port}: {e}"));
-    reply
+    probe(host_port, request).unwrap_or_else(|| panic!("no reply from {host_port}"))
 }
 
 /// `host:port` of a `redis://[user:password@]host[:port][/db]` URL.
@@ -95,11 +23,11 @@ fn redis_host_port(url: &str) -> String {
 #[cfg(feature = "postgresql")]
 #[test]
 fn rig_postgresql_answers() {
-    let Some(url) = server("KCACHE_TEST_PG_URL") else {
+    let Some(url) = crate::util::rig::server("KCACHE_TEST_PG_URL") else {
         return;
     };
     let mut config: postgres::Config = url.parse().unwrap_or_else(|e| panic!("KCACHE_TEST_PG_URL does not parse: {e}"));
-    config.connect_timeout(TIMEOUT);
+    config.connect_timeout(std::time::Duration::from_secs(5));
     let mut client =
         config.connect(postgres::NoTls).unwrap_or_else(|e| panic!("cannot connect to KCACHE_TEST_PG_URL: {e}"));
     let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
@@ -115,7 +43,7 @@ fn rig_postgresql_answers() {
 
 #[test]
 fn rig_memcached_both_answer() {
-    let Some(hosts) = server("KCACHE_TEST_MEMCACHED") else {
+    let Some(hosts) = crate::util::rig::server("KCACHE_TEST_MEMCACHED") else {
         return;
     };
     let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
@@ -131,7 +59,7 @@ fn rig_memcached_both_answer() {
 
 #[test]
 fn rig_redis_answers() {
-    let Some(url) = server("KCACHE_TEST_REDIS_URL") else {
+    let Some(url) = crate::util::rig::server("KCACHE_TEST_REDIS_URL") else {
         return;
     };
     let host_port = redis_host_port(&url);

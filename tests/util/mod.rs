@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod rig;
+pub mod servers;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

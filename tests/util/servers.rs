@@ -1,4 +1,5 @@
-//! Servers a test starts, stops, kills and restarts for itself, and `kcache batch` run as a
+//! Servers a test starts, stops, kills and restarts for itself, raw clients to read and write
+//! what kcache does ([`MemcachedClient`], [`redis_client`]), and `kcache batch` run as a
 //! coprocess (lines written while replies are read).
 //!
 //! The rig's servers (`KCACHE_TEST_*`) are shared by every test, so a test that stops one must
@@ -9,9 +10,7 @@
 //! and an append-only Redis, with the same data.
 //!
 //! When a server's binaries are missing, [`require`] skips the test with a `skipped:` line, or
-//! fails it when `CI` is set, as `crate::rig::server` does for the rig's servers.
-
-#![allow(dead_code)]
+//! fails it when `CI` is set, as `crate::util::rig::server` does for the rig's servers.
 
 use crate::util::Env;
 use serde_json::Value;
@@ -25,6 +24,8 @@ use std::time::{Duration, Instant};
 
 /// How long a server may take to start or stop.
 const STARTUP: Duration = Duration::from_secs(15);
+/// How long a raw client waits for a reply.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `true` when `found`; else skips the test loudly (`false`), or fails it under CI.
 pub fn require(found: bool, what: &str) -> bool {
@@ -71,24 +72,26 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Sends one command line to `127.0.0.1:port` and returns the first line of the reply.
-fn probe(port: u16, request: &[u8]) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream.write_all(request).ok()?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).ok()?;
-    Some(line)
-}
-
-/// [`probe`] over a unix socket.
-fn probe_unix(path: &Path, request: &[u8]) -> Option<String> {
-    let mut stream = std::os::unix::net::UnixStream::connect(path).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream.write_all(request).ok()?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).ok()?;
-    Some(line)
+/// Sends `request` to `address` (`host:port`, or `unix:PATH`) and returns the first line of the
+/// reply, `\r\n` included; `None` without a connection (500 ms) or a reply (2 s).
+pub fn probe(address: &str, request: &[u8]) -> Option<String> {
+    fn first_line(mut stream: impl Read + Write, request: &[u8]) -> Option<String> {
+        stream.write_all(request).ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).ok()?;
+        Some(line)
+    }
+    let wait = Some(Duration::from_secs(2));
+    if let Some(path) = address.strip_prefix("unix:") {
+        let stream = std::os::unix::net::UnixStream::connect(path).ok()?;
+        stream.set_read_timeout(wait).ok()?;
+        return first_line(stream, request);
+    }
+    let stream = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .ok()?
+        .find_map(|addr| TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok())?;
+    stream.set_read_timeout(wait).ok()?;
+    first_line(stream, request)
 }
 
 /// Polls `ready` until it holds or `child` died or [`STARTUP`] passed; `Ok` when ready.
@@ -108,11 +111,47 @@ fn wait_ready(child: &mut Child, mut ready: impl FnMut() -> bool) -> Result<(), 
     }
 }
 
+/// Sends `which` (`-STOP`, `-CONT`) to every process of `pids` (a server's, to freeze it).
+pub fn signal(which: &str, pids: &[u32]) {
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let ok = Command::new("kill").arg(which).args(&pids).status().is_ok_and(|s| s.success());
+    assert!(ok, "kill {which} {pids:?}");
+}
+
 fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+/// A deliberately broken "server" of this test's own on a loopback port (`127.0.0.1:PORT`, held
+/// from the start): it accepts every connection and answers whatever it reads with `reply`, or
+/// never answers at all (`None`: it holds the socket open, as a hung server does). It lives as
+/// long as the test process.
+pub fn fake_server(reply: Option<&'static [u8]>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let host = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            match reply {
+                None => held.push(client),
+                Some(reply) => {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = client.read(&mut buf) {
+                            if n == 0 || client.write_all(reply).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+    host
 }
 
 // ---- memcached -------------------------------------------------------------------------------
@@ -132,13 +171,19 @@ impl OwnMemcached {
         Self::start_on(None)
     }
 
+    /// `N` of them (`None`: skipped, memcached is not installed).
+    pub fn several<const N: usize>() -> Option<[OwnMemcached; N]> {
+        let servers: Option<Vec<OwnMemcached>> = (0..N).map(|_| OwnMemcached::start()).collect();
+        servers?.try_into().ok()
+    }
+
     /// Starts one listening on the unix socket `path` only.
     pub fn unix(path: &Path) -> Option<OwnMemcached> {
         Self::start_on(Some(path.to_path_buf()))
     }
 
     fn start_on(socket: Option<PathBuf>) -> Option<OwnMemcached> {
-        if !crate::rig::compiled("memcached") || !require(installed("memcached", "-V"), "memcached") {
+        if !crate::util::rig::compiled("memcached") || !require(installed("memcached", "-V"), "memcached") {
             return None;
         }
         let mut last = String::new();
@@ -167,14 +212,9 @@ impl OwnMemcached {
         }
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
-        let (port, socket) = (self.port, self.socket.clone());
-        let ready = wait_ready(&mut child, || {
-            let reply = match &socket {
-                Some(path) => probe_unix(path, b"version\r\n"),
-                None => probe(port, b"version\r\n"),
-            };
-            reply.is_some_and(|l| l.starts_with("VERSION"))
-        });
+        let address = self.host();
+        let ready =
+            wait_ready(&mut child, || probe(&address, b"version\r\n").is_some_and(|l| l.starts_with("VERSION")));
         self.child = Some(child);
         if ready.is_err() {
             kill(&mut self.child);
@@ -206,20 +246,65 @@ impl OwnMemcached {
         self.spawn().unwrap_or_else(|e| panic!("memcached did not restart on port {}: {e}", self.port));
     }
 
-    /// A raw ASCII command; returns the reply lines up to and including `END`, or the one line.
+    /// A raw client on a connection of its own (`total_connections` counts it).
+    pub fn client(&self) -> MemcachedClient {
+        MemcachedClient::to(&self.host())
+    }
+
+    /// One raw command on a connection of its own ([`MemcachedClient::command`]).
     pub fn raw(&self, command: &str) -> Vec<String> {
-        let mut stream = TcpStream::connect(self.host()).expect("connect to memcached");
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        stream.write_all(command.as_bytes()).unwrap();
-        let mut reader = BufReader::new(stream);
+        self.client().command(command)
+    }
+
+    /// One number of `stats`, on a connection of its own (`total_connections` counts it).
+    pub fn stat(&self, name: &str) -> u64 {
+        self.client().stat(name)
+    }
+}
+
+impl Drop for OwnMemcached {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Raw ASCII commands to one memcached server over one connection, as python-memcached sends
+/// them.
+pub struct MemcachedClient {
+    reader: BufReader<TcpStream>,
+}
+
+impl MemcachedClient {
+    pub fn to(host: &str) -> MemcachedClient {
+        let stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        MemcachedClient { reader: BufReader::new(stream) }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("write");
+    }
+
+    /// The next line of the reply, `\r\n` included.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read");
+        line
+    }
+
+    /// Sends `command` and returns the reply's lines without their `\r\n`: up to `END` for
+    /// `get` and `stats`, else the one line.
+    pub fn command(&mut self, command: &str) -> Vec<String> {
+        self.send(command.as_bytes());
+        let many = command.starts_with("get") || command.starts_with("stats");
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
                 break;
             }
             let line = line.trim_end().to_string();
-            let done = !command.starts_with("get") && !command.starts_with("stats") || line == "END";
+            let done = !many || line == "END";
             lines.push(line);
             if done {
                 break;
@@ -228,18 +313,48 @@ impl OwnMemcached {
         lines
     }
 
-    /// One number of `stats` (asking opens a connection: `total_connections` counts it).
-    pub fn stat(&self, name: &str) -> u64 {
-        self.raw("stats\r\n")
+    /// `get`: the flags and bytes stored under `key`.
+    pub fn get(&mut self, key: &str) -> Option<(u32, Vec<u8>)> {
+        self.send(format!("get {key}\r\n").as_bytes());
+        let header = self.line();
+        if header == "END\r\n" {
+            return None;
+        }
+        let parts: Vec<&str> = header.trim_end().split(' ').collect();
+        assert_eq!(parts[..2], ["VALUE", key], "{header:?}");
+        let flags = parts[2].parse().unwrap();
+        let len: usize = parts[3].parse().unwrap();
+        let mut data = vec![0; len + 2];
+        self.reader.read_exact(&mut data).unwrap();
+        data.truncate(len);
+        assert_eq!(self.line(), "END\r\n");
+        Some((flags, data))
+    }
+
+    /// `set`, with python-memcached's trailing space.
+    pub fn set(&mut self, key: &str, flags: u32, exptime: u32, data: &[u8]) {
+        self.send(format!("set {key} {flags} {exptime} {} \r\n", data.len()).as_bytes());
+        self.send(data);
+        self.send(b"\r\n");
+        assert_eq!(self.line(), "STORED\r\n");
+    }
+
+    /// The server's own seconds left for `key` (meta get): -1 for never, `None` if missing.
+    pub fn server_ttl(&mut self, key: &str) -> Option<i64> {
+        let reply = self.command(&format!("mg {key} t\r\n")).concat();
+        if reply.starts_with("EN") {
+            return None;
+        }
+        let t = reply.split(' ').find_map(|f| f.strip_prefix('t')).expect("t flag");
+        Some(t.parse().unwrap())
+    }
+
+    /// One number of `stats`.
+    pub fn stat(&mut self, name: &str) -> u64 {
+        self.command("stats\r\n")
             .iter()
             .find_map(|l| l.strip_prefix(&format!("STAT {name} ")).map(|v| v.parse().expect("a number")))
             .unwrap_or_else(|| panic!("no stat {name}"))
-    }
-}
-
-impl Drop for OwnMemcached {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -252,20 +367,38 @@ pub struct OwnRedis {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Its unix socket, in `dir` (asked for with a bare `--unixsocket`; always there with TLS).
+    pub socket: Option<PathBuf>,
+    tls: bool,
     args: Vec<String>,
 }
 
 impl OwnRedis {
     /// Starts one with `extra` arguments (`None`: skipped, redis-server is not installed).
     pub fn start(extra: &[&str]) -> Option<OwnRedis> {
-        if !crate::rig::compiled("redis") || !require(installed("redis-server", "--version"), "redis-server") {
+        Self::start_with(extra, false, |_| Vec::new())
+    }
+
+    /// `tls`: the port is a TLS port (the plain one is off, and readiness is asked over the
+    /// unix socket). `more` adds arguments that need the server's folder (certificates).
+    pub fn start_with(extra: &[&str], tls: bool, more: impl Fn(&Path) -> Vec<String>) -> Option<OwnRedis> {
+        if !crate::util::rig::compiled("redis") || !require(installed("redis-server", "--version"), "redis-server") {
             return None;
         }
         let mut last = String::new();
         for _ in 0..3 {
             let dir = tempfile::tempdir().expect("temp dir");
-            let mut server =
-                OwnRedis { child: None, dir, port: free_port(), args: extra.iter().map(|s| s.to_string()).collect() };
+            let path = dir.path().join("redis.sock");
+            let unix = tls || extra.contains(&"--unixsocket");
+            let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            match args.iter().position(|a| a == "--unixsocket") {
+                Some(i) => args.insert(i + 1, path.display().to_string()),
+                None if tls => args.extend(["--unixsocket".into(), path.display().to_string()]),
+                None => {}
+            }
+            args.extend(more(dir.path()));
+            let socket = unix.then_some(path);
+            let mut server = OwnRedis { child: None, dir, port: free_port(), socket, tls, args };
             match server.spawn() {
                 Ok(()) => return Some(server),
                 Err(e) => last = e,
@@ -275,20 +408,25 @@ impl OwnRedis {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port.to_string();
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--dir"])
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.dir.path().join("redis.log"))
-            .args(&self.args);
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]);
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port", &port]);
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        cmd.arg("--dir").arg(self.dir.path()).arg("--logfile").arg(self.dir.path().join("redis.log")).args(&self.args);
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
-        let port = self.port;
+        let address = match (&self.socket, self.tls) {
+            (Some(path), true) => format!("unix:{}", path.display()),
+            _ => format!("127.0.0.1:{}", self.port),
+        };
         // PING answers -LOADING while an append-only file is read back: wait for +PONG (or
         // -NOAUTH, from a server with a password).
         let ready = wait_ready(&mut child, || {
-            probe(port, b"PING\r\n").is_some_and(|l| l.starts_with("+PONG") || l.starts_with("-NOAUTH"))
+            probe(&address, b"PING\r\n").is_some_and(|l| l.starts_with("+PONG") || l.starts_with("-NOAUTH"))
         });
         self.child = Some(child);
         if ready.is_err() {
@@ -301,7 +439,12 @@ impl OwnRedis {
 
     /// `redis://127.0.0.1:PORT/0`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.url_as("", 0)
+    }
+
+    /// `redis://[auth@]127.0.0.1:PORT/db`, `auth` with its `@`.
+    pub fn url_as(&self, auth: &str, db: u32) -> String {
+        format!("redis://{auth}127.0.0.1:{}/{db}", self.port)
     }
 
     /// Kills the server (SIGKILL) and waits until it is gone.
@@ -319,21 +462,22 @@ impl OwnRedis {
         self.kill();
         self.spawn().unwrap_or_else(|e| panic!("redis-server did not restart on port {}: {e}", self.port));
     }
-
-    /// A connection of the redis crate.
-    #[cfg(feature = "redis")]
-    pub fn client(&self) -> redis::Connection {
-        let client = redis::Client::open(self.url()).expect("url");
-        let conn = client.get_connection_with_timeout(Duration::from_secs(5)).expect("connect to redis");
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        conn
-    }
 }
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A raw connection (the redis crate) to `url`, with 5 s timeouts: to write as Kinto does and
+/// read what kcache wrote.
+#[cfg(feature = "redis")]
+pub fn redis_client(url: &str) -> redis::Connection {
+    let client = redis::Client::open(url).unwrap_or_else(|e| panic!("bad redis URL {url}: {e}"));
+    let conn = client.get_connection_with_timeout(TIMEOUT).unwrap_or_else(|e| panic!("cannot connect: {e}"));
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    conn
 }
 
 // ---- postgresql ------------------------------------------------------------------------------
@@ -378,7 +522,7 @@ impl OwnPostgres {
     /// Creates and starts a cluster (`None`: skipped, PostgreSQL is not installed).
     pub fn start() -> Option<OwnPostgres> {
         let bin = pg_bin();
-        if !crate::rig::compiled("postgresql") || !require(bin.is_some(), "PostgreSQL (initdb, pg_ctl)") {
+        if !crate::util::rig::compiled("postgresql") || !require(bin.is_some(), "PostgreSQL (initdb, pg_ctl)") {
             return None;
         }
         let bin = bin.expect("found");
@@ -456,14 +600,6 @@ impl OwnPostgres {
     /// `postgresql://postgres@127.0.0.1:PORT/db`.
     pub fn url(&self, db: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-
-    /// A session of the superuser on `db`.
-    #[cfg(feature = "postgresql")]
-    pub fn client(&self, db: &str) -> postgres::Client {
-        let mut config: postgres::Config = self.url(db).parse().expect("url");
-        config.connect_timeout(Duration::from_secs(5));
-        config.connect(postgres::NoTls).unwrap_or_else(|e| panic!("cannot connect to own postgresql: {e:?}"))
     }
 
     /// Stops the server as a crash would: every backend dies at once, nothing is checkpointed.
@@ -722,179 +858,4 @@ pub fn status(reply: &Value) -> u64 {
 /// A word quoted for a batch line as a POSIX shell reads it: `'...'`, with `'\''` for a quote.
 pub fn sq(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
-}
-
-// ---- a database of one test's own on the rig's PostgreSQL ------------------------------------
-
-/// A kcache environment on the rig's `backend` under a prefix of its own (PostgreSQL: a fresh,
-/// migrated database, returned to outlive the test; sqlite: a migrated file), or `None`
-/// (skipped loudly outside CI) when that server is missing.
-/// Without the postgresql feature there is no database of a test's own to hold.
-#[cfg(not(feature = "postgresql"))]
-pub struct RigDb;
-
-pub fn backend_env(backend: &str) -> Option<(Env, Option<RigDb>)> {
-    let prefix = format!("{}:", crate::util::unique("e"));
-    let env = Env::new().var("KINTO_CACHE_PREFIX", &prefix);
-    Some(match backend {
-        "sqlite" => {
-            // An existing file: the race of first writes on a fresh file has its own test,
-            // sqlite_concurrent_first_writes_on_a_fresh_file_never_see_a_locked_database.
-            env.run(&["migrate"]).ok();
-            (env, None)
-        }
-        "memory" => (env.var("KINTO_CACHE_BACKEND", "memory"), None),
-        #[cfg(feature = "postgresql")]
-        "postgresql" => {
-            let db = RigDb::create()?;
-            db.migrate();
-            (env.var("KINTO_CACHE_BACKEND", "postgresql").var("KINTO_CACHE_URL", &db.url()), Some(db))
-        }
-        "memcached" => {
-            let hosts = crate::rig::server("KCACHE_TEST_MEMCACHED")?;
-            (env.var("KINTO_CACHE_BACKEND", "memcached").var("KINTO_CACHE_HOSTS", &hosts), None)
-        }
-        "redis" => {
-            let url = crate::rig::server("KCACHE_TEST_REDIS_URL")?;
-            (env.var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url), None)
-        }
-        other if !crate::rig::compiled(other) => return None,
-        other => panic!("no environment for the backend {other}"),
-    })
-}
-
-/// A database of one test's own on the rig's server (`KCACHE_TEST_PG_URL`), dropped with the
-/// roles the test made when it goes. kcache reaches it through the rig's unix socket (trust,
-/// no SCRAM cost) when there is one.
-#[cfg(feature = "postgresql")]
-pub struct RigDb {
-    pub name: String,
-    admin: String,
-    socket_dir: Option<String>,
-    port: u16,
-    client: Option<postgres::Client>,
-    roles: Vec<String>,
-}
-
-#[cfg(feature = "postgresql")]
-impl RigDb {
-    /// A fresh, empty database (`None`: skipped outside CI without the rig).
-    pub fn create() -> Option<RigDb> {
-        let admin = crate::rig::server("KCACHE_TEST_PG_URL")?;
-        let config: postgres::Config = admin.parse().expect("KCACHE_TEST_PG_URL parses");
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let name = crate::util::unique("kcf_");
-        let socket_dir = std::env::var("KCACHE_TEST_PG_SOCKET_DIR").ok().filter(|d| !d.is_empty());
-        let db = RigDb { name, admin, socket_dir, port, client: None, roles: Vec::new() };
-        db.connect_to("postgres").batch_execute(&format!("CREATE DATABASE {}", db.name)).expect("CREATE DATABASE");
-        Some(db)
-    }
-
-    fn try_connect_to(&self, db: &str) -> Result<postgres::Client, postgres::Error> {
-        let mut config: postgres::Config = self.admin.parse().expect("url");
-        if let Some(dir) = &self.socket_dir {
-            config.host_path(dir);
-        }
-        config.dbname(db).connect_timeout(Duration::from_secs(5));
-        config.connect(postgres::NoTls)
-    }
-
-    fn connect_to(&self, db: &str) -> postgres::Client {
-        self.try_connect_to(db).unwrap_or_else(|e| panic!("cannot connect to {db}: {e:?}"))
-    }
-
-    /// The superuser's session on this database (opened once).
-    pub fn sql(&mut self) -> &mut postgres::Client {
-        if self.client.is_none() {
-            self.client = Some(self.connect_to(&self.name));
-        }
-        self.client.as_mut().expect("client")
-    }
-
-    /// A new session of the superuser (for a second, concurrent transaction).
-    pub fn session(&self) -> postgres::Client {
-        self.connect_to(&self.name)
-    }
-
-    /// kcache's URL for this database as `user` (trusted on the socket), with `query` appended
-    /// (`"options=-c%20statement_timeout%3D300"`).
-    pub fn url_as(&self, user: Option<&str>, query: &str) -> String {
-        let user = user.map_or_else(
-            || self.admin.parse::<postgres::Config>().ok().and_then(|c| c.get_user().map(str::to_string)),
-            |u| Some(u.to_string()),
-        );
-        let user = user.unwrap_or_else(|| "postgres".into());
-        let amp = if query.is_empty() { String::new() } else { format!("&{query}") };
-        match &self.socket_dir {
-            Some(dir) => format!("postgresql:///{}?host={dir}&port={}&user={user}{amp}", self.name, self.port),
-            None => {
-                let base = self.admin.rsplit_once('/').map_or(self.admin.as_str(), |(b, _)| b);
-                let q = if query.is_empty() { String::new() } else { format!("?{query}") };
-                format!("{base}/{}{q}", self.name)
-            }
-        }
-    }
-
-    /// The superuser's kcache URL for this database.
-    pub fn url(&self) -> String {
-        self.url_as(None, "")
-    }
-
-    /// A login role (no password: the socket trusts it), dropped with the database.
-    pub fn role(&mut self) -> String {
-        self.role_with_password(None)
-    }
-
-    /// A login role with `password` (for TCP, where the rig asks for one), dropped with the
-    /// database.
-    pub fn role_with_password(&mut self, password: Option<&str>) -> String {
-        let role = crate::util::unique("kcf_role_");
-        let with = password.map_or(String::new(), |p| format!(" PASSWORD '{}'", p.replace('\'', "''")));
-        self.connect_to("postgres").batch_execute(&format!("CREATE ROLE {role} LOGIN{with}")).expect("CREATE ROLE");
-        self.roles.push(role.clone());
-        role
-    }
-
-    /// `host:port` of the rig's server over TCP.
-    pub fn tcp_address(&self) -> String {
-        let config: postgres::Config = self.admin.parse().expect("url");
-        let host = match config.get_hosts().first() {
-            Some(postgres::config::Host::Tcp(h)) => h.clone(),
-            _ => "127.0.0.1".to_string(),
-        };
-        let host = std::env::var("KCACHE_TEST_PG_HOST").ok().filter(|h| !h.is_empty()).unwrap_or(host);
-        format!("{host}:{}", self.port)
-    }
-
-    /// `postgresql://USERINFO@HOST:PORT/DB?QUERY` over TCP (`userinfo` may hold a password).
-    pub fn tcp_url(&self, userinfo: &str, query: &str) -> String {
-        let q = if query.is_empty() { String::new() } else { format!("?{query}") };
-        format!("postgresql://{userinfo}@{}/{}{q}", self.tcp_address(), self.name)
-    }
-
-    /// An environment running kcache on this database with `url`, pool_timeout `timeout`.
-    pub fn env_with(&self, url: &str, timeout: &str) -> Env {
-        Env::new()
-            .var("KINTO_CACHE_BACKEND", "postgresql")
-            .var("KINTO_CACHE_URL", url)
-            .var("KINTO_CACHE_POOL_TIMEOUT", timeout)
-    }
-
-    /// `kcache migrate` as the superuser.
-    pub fn migrate(&self) {
-        self.env_with(&self.url(), "10").run(&["migrate"]).ok();
-    }
-}
-
-#[cfg(feature = "postgresql")]
-impl Drop for RigDb {
-    fn drop(&mut self) {
-        self.client = None;
-        // Best effort: a failure here must not hide the test's own failure.
-        let Ok(mut admin) = self.try_connect_to("postgres") else { return };
-        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-        for role in &self.roles {
-            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}"));
-        }
-    }
 }
