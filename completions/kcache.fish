@@ -40,6 +40,7 @@ complete -c kcache -n "__fish_kcache_needs_command" -f -a "ttl" -d 'Print the se
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "expire" -d 'Give an existing entry a new TTL (status 1 if there is none)'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "delete" -d 'Remove KEY and print the value it had (status 1 if there was none)'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "flush" -d 'Remove every entry (with a prefix: only the entries under it, where the backend can)'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "keys" -d 'List the live keys (prefix stripped) that match PATTERN, one per line'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "ping" -d 'Check that the backend answers (write, read and delete a heartbeat key)'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "purge" -d 'Remove expired entries now (SQL backends; elsewhere there is nothing to do)'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "batch" -d 'Run many commands from standard input over one set of connections'
@@ -105,16 +106,31 @@ complete -c kcache -n "__fish_kcache_using_subcommand delete" -s v -l verbose -d
 complete -c kcache -n "__fish_kcache_using_subcommand delete" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand delete" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand delete" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -l match -d 'Remove only the entries whose key (prefix stripped) matches this glob' -r
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -l all -d 'Remove everything, whatever the prefix'
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -l dry-run -d 'With --match: print the keys that would be removed, remove nothing'
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -l limit -d 'Stop after N keys' -r
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -l ttl -d 'Append a tab and the seconds left, as `ttl` prints them (-1: no expiry)'
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -s 0 -l null -d 'End each key with a NUL byte instead of a newline (for xargs -0)'
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -l json -d 'One JSON object per line: {"key": K, "ttl": T}, T in seconds or null'
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -s V -l version -d 'Print version'
 complete -c kcache -n "__fish_kcache_using_subcommand ping" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand ping" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
 complete -c kcache -n "__fish_kcache_using_subcommand ping" -l url -d 'Backend URL (postgresql://..., redis://...)' -r

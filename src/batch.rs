@@ -256,7 +256,10 @@ impl Op {
                 }
                 Op::Set { key, value: encode(json, &value, "VALUE")?, ttl }
             }
-            C::Flush(FlushArgs { all }) => Op::Flush { all },
+            C::Flush(FlushArgs { pattern: Some(_), .. }) => {
+                return Err("flush --match is not allowed in a batch (run it as a command of its own)".into());
+            }
+            C::Flush(FlushArgs { all, .. }) => Op::Flush { all },
             C::Purge => Op::Purge,
             C::Ping => Op::Ping,
             other => return Err(format!("{other:?} cannot run in a batch")),

@@ -112,6 +112,15 @@ pub enum Command {
     /// Memcached cannot find keys by prefix, so there a prefixed flush needs --all. Example:
     ///   kcache --prefix myapp: flush
     Flush(FlushArgs),
+    /// List the live keys (prefix stripped) that match PATTERN, one per line
+    ///
+    /// PATTERN is a glob matched against the whole key: * any run of characters, ? one
+    /// character, [abc] [a-z] [!a] one of a set, \ makes the next character literal; every other
+    /// character (% and _ included) is literal. Status 1 when no key matched. Examples:
+    ///   kcache keys 'session:*'
+    ///   kcache keys --ttl --limit 10
+    ///   kcache keys -0 'tmp:*' | xargs -0 -n1 kcache delete
+    Keys(KeysArgs),
     /// Check that the backend answers (write, read and delete a heartbeat key)
     ///
     /// Prints "ok". Example:
@@ -213,6 +222,31 @@ pub struct FlushArgs {
     /// Remove everything, whatever the prefix
     #[arg(long)]
     pub all: bool,
+    /// Remove only the entries whose key (prefix stripped) matches this glob
+    #[arg(long = "match", value_name = "PATTERN", conflicts_with = "all")]
+    pub pattern: Option<String>,
+    /// With --match: print the keys that would be removed, remove nothing
+    #[arg(long, requires = "pattern")]
+    pub dry_run: bool,
+}
+
+/// Arguments of `keys`.
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    /// Glob matched against the whole key, prefix stripped [default: *]
+    pub pattern: Option<String>,
+    /// Append a tab and the seconds left, as `ttl` prints them (-1: no expiry)
+    #[arg(long)]
+    pub ttl: bool,
+    /// End each key with a NUL byte instead of a newline (for xargs -0)
+    #[arg(short = '0', long = "null", conflicts_with = "json")]
+    pub null: bool,
+    /// One JSON object per line: {"key": K, "ttl": T}, T in seconds or null
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after N keys
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
 }
 
 /// Arguments of the commands that print a value (`get`, `delete`).

@@ -7,9 +7,11 @@
 
 use crate::backend::{self, Cache};
 use crate::batch::{self, Op};
-use crate::cli::{Command, SetArgs};
+use crate::cli::{Command, FlushArgs, KeysArgs, SetArgs};
 use crate::error::{Error, ErrorKind, Result, excerpt};
+use crate::pattern::Pattern;
 use crate::settings::Settings;
+use crate::ttl::{self, Remaining};
 use crate::value::{self, Shown};
 use crate::{Log, Outcome, output};
 
@@ -28,6 +30,10 @@ pub fn dispatch(
     let print = Print::of(&command);
     let op = match command {
         Command::Migrate { dry_run } => return migrate(&mut cache, dry_run, log),
+        Command::Keys(args) => return keys(&mut cache, &args),
+        Command::Flush(FlushArgs { pattern: Some(pattern), dry_run, .. }) => {
+            return flush_matching(&mut cache, &pattern, dry_run, log);
+        }
         Command::Batch { jobs, keep_going } => return run_batch(cache, jobs, keep_going),
         Command::Completions { .. } => unreachable!("handled before settings are loaded"),
         Command::Set(SetArgs { json, key, value, ttl }) if value == "-" => {
@@ -102,6 +108,62 @@ impl Print {
             Print::Nothing => Ok(()),
         }
     }
+}
+
+/// `keys`: each matching key as it comes (memory stays flat), in the chosen format.
+fn keys(cache: &mut Cache, args: &KeysArgs) -> Result<Outcome> {
+    use std::io::Write;
+    let pattern = args.pattern.as_deref().map(Pattern::parse).transpose()?.unwrap_or_default();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    let end = if args.null { b'\0' } else { b'\n' };
+    let limit = args.limit.unwrap_or(u64::MAX);
+    let (mut printed, mut failed) = (0u64, None);
+    cache.keys(&pattern, &mut |key, left| {
+        let line = if args.json {
+            let ttl = match left {
+                Remaining::Left(d) => serde_json::Value::from(ttl::whole_millis_up(d) as f64 / 1000.0),
+                _ => serde_json::Value::Null,
+            };
+            serde_json::json!({"key": key, "ttl": ttl}).to_string()
+        } else if args.ttl {
+            let secs = match left {
+                Remaining::Left(d) => ttl::whole_seconds_up(d).to_string(),
+                _ => "-1".to_string(),
+            };
+            format!("{key}\t{secs}")
+        } else {
+            key.to_string()
+        };
+        if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.write_all(&[end])) {
+            failed = Some(e);
+            return false;
+        }
+        printed += 1;
+        printed < limit
+    })?;
+    if let Some(e) = failed {
+        return Err(output::failed(e));
+    }
+    out.flush().map_err(output::failed)?;
+    Ok(if printed == 0 { Outcome::Missing } else { Outcome::Done })
+}
+
+/// `flush --match PATTERN [--dry-run]`: the pattern is checked before anything is removed.
+fn flush_matching(cache: &mut Cache, pattern: &str, dry_run: bool, log: &Log) -> Result<Outcome> {
+    use std::io::Write;
+    let pattern = Pattern::parse(pattern)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let n = cache.flush_matching(&pattern, dry_run, &mut |key| {
+        if dry_run {
+            writeln!(out, "{key}").map_err(output::failed)?;
+        }
+        Ok(())
+    })?;
+    out.flush().map_err(output::failed)?;
+    if !dry_run {
+        log.note(&format!("removed {n} entries"));
+    }
+    Ok(Outcome::Done)
 }
 
 fn migrate(cache: &mut Cache, dry_run: bool, log: &Log) -> Result<Outcome> {

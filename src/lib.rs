@@ -9,6 +9,7 @@ pub mod cli;
 mod commands;
 pub mod error;
 pub mod output;
+pub mod pattern;
 pub mod settings;
 pub mod ttl;
 pub mod value;

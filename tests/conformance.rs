@@ -368,6 +368,125 @@ fn group_matches_one_by_one(fx: &mut Fixture) {
     }
 }
 
+/// The keys of the pattern table: hostile for every backend's own glob or LIKE (`%`, `_`,
+/// `\\`, `*`, `?`, `[`, `]`, quotes, non-ASCII).
+const TABLE_KEYS: [&str; 16] = [
+    "user:1", "user:2", "user:10", "user:1:x", "sess:a", "100%", "100x", "a_b", "axb", "a\\b", "a*b", "a?b", "we[i]rd",
+    "it's", "é-1", "\"q\"",
+];
+
+/// Patterns and the keys of [`TABLE_KEYS`] each selects: the same answer on every backend.
+fn pattern_table() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![
+        ("*", TABLE_KEYS.to_vec()),
+        ("user:?", vec!["user:1", "user:2"]),
+        ("user:*", vec!["user:1", "user:2", "user:10", "user:1:x"]),
+        ("user:1*", vec!["user:1", "user:10", "user:1:x"]),
+        ("*:x", vec!["user:1:x"]),
+        ("100%", vec!["100%"]),
+        ("a_b", vec!["a_b"]),
+        ("a?b", vec!["a_b", "axb", "a\\b", "a*b", "a?b"]),
+        ("a\\*b", vec!["a*b"]),
+        ("a\\?b", vec!["a?b"]),
+        ("a\\\\b", vec!["a\\b"]),
+        ("we\\[i\\]rd", vec!["we[i]rd"]),
+        ("we[i]rd", vec![]),
+        ("[!a-z]*", vec!["100%", "100x", "é-1", "\"q\""]),
+        ("[ae]*", vec!["a_b", "axb", "a\\b", "a*b", "a?b"]),
+        ("it's", vec!["it's"]),
+        ("é*", vec!["é-1"]),
+        ("nothing*", vec![]),
+    ]
+}
+
+/// `keys`: every pattern of the table selects the same keys, each once; expired entries and
+/// another prefix's keys are never listed.
+fn keys_follow_the_pattern_table(fx: &mut Fixture) {
+    for k in TABLE_KEYS {
+        fx.cache.set(k, &string("v"), secs("600")).unwrap();
+    }
+    fx.cache.set("user:3", &string("v"), secs("0.2")).unwrap();
+    let mut other = fx.other(&format!("{}other:", crate::util::unique("o")));
+    other.set("user:4", &string("v"), secs("600")).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    for (pattern, expected) in pattern_table() {
+        let p = kcache::pattern::Pattern::parse(pattern).unwrap();
+        let mut got = Vec::new();
+        fx.cache
+            .keys(&p, &mut |k, left| {
+                assert!(!matches!(left, Remaining::Missing), "{k}");
+                got.push(k.to_string());
+                true
+            })
+            .unwrap();
+        got.sort();
+        let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want, "pattern {pattern}");
+    }
+    // --limit: the walk stops when asked.
+    let mut n = 0;
+    fx.cache
+        .keys(&kcache::pattern::Pattern::default(), &mut |_, _| {
+            n += 1;
+            n < 3
+        })
+        .unwrap();
+    assert_eq!(n, 3);
+}
+
+/// `flush --match`: removes exactly what `keys` lists (a dry run removes nothing), never another
+/// prefix's keys.
+fn flush_match_removes_exactly_the_matches(fx: &mut Fixture) {
+    for k in TABLE_KEYS {
+        fx.cache.set(k, &string("v"), secs("600")).unwrap();
+    }
+    let mut other = fx.other(&format!("{}other:", crate::util::unique("o")));
+    other.set("user:1", &string("v"), secs("600")).unwrap();
+    let p = kcache::pattern::Pattern::parse("user:*").unwrap();
+    let mut listed = Vec::new();
+    let n = fx
+        .cache
+        .flush_matching(&p, true, &mut |k| {
+            listed.push(k.to_string());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(fx.cache.get("user:1").unwrap(), Some(string("v")), "a dry run removes nothing");
+    let mut removed = Vec::new();
+    let n = fx
+        .cache
+        .flush_matching(&p, false, &mut |k| {
+            removed.push(k.to_string());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(n, 4);
+    listed.sort();
+    removed.sort();
+    assert_eq!(listed, removed);
+    for k in TABLE_KEYS {
+        let gone = k.starts_with("user:");
+        assert_eq!(fx.cache.get(k).unwrap().is_none(), gone, "{k}");
+    }
+    assert_eq!(other.get("user:1").unwrap(), Some(string("v")), "another prefix is never touched");
+}
+
+/// The keys and flush --match tests, for the backends that can list their keys.
+macro_rules! keys_tests {
+    ($($kind:ident),* $(,)?) => {
+        $( mod $kind {
+            #[test] fn keys_follow_the_pattern_table() { super::super::run(module_path!(), super::super::keys_follow_the_pattern_table) }
+            #[test] fn flush_match_removes_exactly_the_matches() { super::super::run(module_path!(), super::super::flush_match_removes_exactly_the_matches) }
+        } )*
+    };
+}
+
+mod keys {
+    keys_tests!(memory, sqlite);
+}
+
 macro_rules! conformance_tests {
     ($($name:ident),* $(,)?) => {
         $( #[test] fn $name() { super::run(module_path!(), super::$name) } )*

@@ -129,6 +129,25 @@ impl Backend for Memory {
         Ok(())
     }
 
+    /// In the process: the matching keys are collected under the lock (no other way to walk a
+    /// map that others may change), then given.
+    fn walk(&mut self, start: &str, each: &mut dyn FnMut(&str, Remaining) -> bool) -> Result<()> {
+        let now = Instant::now();
+        let found: Vec<(String, Remaining)> = self
+            .store()
+            .entries
+            .iter()
+            .filter(|(k, e)| k.starts_with(start) && e.expires.is_none_or(|t| t > now))
+            .map(|(k, e)| (k.clone(), e.expires.map_or(Remaining::NoExpiry, |t| Remaining::Left(t - now))))
+            .collect();
+        for (key, left) in found {
+            if !each(&key, left) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn ttl(&mut self, key: &str) -> Result<Remaining> {
         let now = Instant::now();
         Ok(match self.store().live(key, now) {

@@ -14,6 +14,7 @@ pub mod redis;
 mod sqlite;
 
 use crate::error::{Error, Result, excerpt};
+use crate::pattern::Pattern;
 use crate::settings::{BackendKind, Settings};
 use crate::ttl::{Remaining, Ttl};
 
@@ -148,6 +149,63 @@ pub trait Backend: Send {
     fn purge(&mut self) -> Result<u64> {
         Ok(0)
     }
+    /// Walks the live entries whose full key starts with `start`: `each` gets each full key
+    /// once, with its time left, until it returns `false`. An expired entry is never given;
+    /// memory stays flat however many keys there are (they stream, page by page). Where the
+    /// walk is not a snapshot (Redis SCAN, the memcached crawler), a key written or removed
+    /// during it may or may not be given.
+    fn walk(&mut self, _start: &str, _each: &mut dyn FnMut(&str, Remaining) -> bool) -> Result<()> {
+        Err(Error::backend(
+            format!("list the keys of {}", self.name()),
+            anyhow::anyhow!("this backend cannot list its keys yet"),
+        ))
+    }
+    /// Removes the entries whose full key starts with `start` and for which `chosen` is true,
+    /// in bounded batches (no single huge statement or command), calling `each` with every full
+    /// key removed (with `dry_run`, every key that would be, and nothing is removed). Returns
+    /// how many. Default: walk, then delete the chosen ones one by one.
+    fn remove_matching(
+        &mut self,
+        start: &str,
+        chosen: &dyn Fn(&str) -> bool,
+        dry_run: bool,
+        each: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<u64> {
+        if dry_run {
+            let (mut listed, mut failed) = (0, None);
+            self.walk(start, &mut |key, _| {
+                if chosen(key) {
+                    if let Err(e) = each(key) {
+                        failed = Some(e);
+                        return false;
+                    }
+                    listed += 1;
+                }
+                true
+            })?;
+            return failed.map_or(Ok(listed), Err);
+        }
+        let mut batch: Vec<String> = Vec::new();
+        let mut removed = 0;
+        loop {
+            batch.clear();
+            self.walk(start, &mut |key, _| {
+                if chosen(key) {
+                    batch.push(key.to_string());
+                }
+                batch.len() < MATCH_BATCH
+            })?;
+            let last = batch.len() < MATCH_BATCH;
+            for key in &batch {
+                self.delete(key)?;
+                each(key)?;
+                removed += 1;
+            }
+            if last || batch.is_empty() {
+                return Ok(removed);
+            }
+        }
+    }
     /// Runs consecutive operations in input order, in as few round trips as the protocol
     /// allows (a pipeline, a multi-statement query), with exactly the results, in order, that
     /// running them one by one would give: one result per operation. Used by `kcache batch`.
@@ -166,6 +224,10 @@ fn op_name(op: &GroupOp<'_>) -> &'static str {
         GroupOp::Delete(_) => "delete",
     }
 }
+
+/// How many keys `flush --match` removes at a time: one statement or command each, short enough
+/// never to hold a lock or a server for long.
+pub const MATCH_BATCH: usize = 1000;
 
 /// The heartbeat key, as Kinto's (it gets the prefix like any other key).
 pub const HEARTBEAT_KEY: &str = "__heartbeat__";
@@ -368,6 +430,37 @@ impl Cache {
             end = end.min(first.max(last_sent) + 1);
         }
         results.into_iter().take(end).map(|r| r.unwrap_or_else(|| Err(Error::input("operation not run")))).collect()
+    }
+
+    /// `keys`: walks the live keys under the prefix that match `pattern`, giving `each` the key
+    /// (prefix stripped) and its time left, until `each` returns `false`.
+    pub fn keys(&mut self, pattern: &Pattern, each: &mut dyn FnMut(&str, Remaining) -> bool) -> Result<()> {
+        let start = format!("{}{}", self.prefix, pattern.literal_prefix());
+        let strip = self.prefix.len();
+        let ctx = format!("list the keys of {} at {}", self.inner.name(), self.inner.location());
+        self.inner
+            .walk(&start, &mut |full, left| match full.get(strip..) {
+                Some(key) if pattern.matches(key) => each(key, left),
+                _ => true,
+            })
+            .map_err(|e| e.context(ctx))
+    }
+
+    /// `flush --match`: removes the entries under the prefix whose key matches `pattern` (with
+    /// `dry_run`, none), giving `each` every key (prefix stripped); returns how many.
+    pub fn flush_matching(
+        &mut self,
+        pattern: &Pattern,
+        dry_run: bool,
+        each: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<u64> {
+        let start = format!("{}{}", self.prefix, pattern.literal_prefix());
+        let strip = self.prefix.len();
+        let ctx = format!("flush --match on {} at {}", self.inner.name(), self.inner.location());
+        let chosen = |full: &str| full.get(strip..).is_some_and(|key| pattern.matches(key));
+        self.inner
+            .remove_matching(&start, &chosen, dry_run, &mut |full| each(full.get(strip..).unwrap_or(full)))
+            .map_err(|e| e.context(ctx))
     }
 
     pub fn purge(&mut self) -> Result<u64> {

@@ -201,6 +201,40 @@ fn ensure_schema(conn: &mut Connection, busy_timeout: Duration) -> Result<()> {
 }
 
 /// Runs `f` in a `BEGIN IMMEDIATE` transaction.
+/// Keys read per page by `walk` and `flush --match`.
+const PAGE: usize = 1000;
+
+/// A page of keys with their expiry (Unix time; `None`: never).
+type Page = Vec<(String, Option<f64>)>;
+
+impl Sqlite {
+    /// The next page of live keys that start with `start` (after `after`), with their expiry;
+    /// `None` when the file or its table does not exist.
+    fn page(&mut self, start: &str, after: Option<&str>) -> Result<Option<Page>> {
+        let Some(conn) = self.reader()? else { return Ok(None) };
+        let t = now();
+        let rows = conn
+            .prepare_cached(
+                "SELECT key, ttl FROM cache WHERE key >= ?1 AND (?2 IS NULL OR key > ?2) \
+                 AND (ttl IS NULL OR ttl > ?3) ORDER BY key LIMIT ?4",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![start, after, t, PAGE as i64], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Page>>()
+            });
+        let mut rows = match rows {
+            Err(e) if no_table(&e) => return Ok(None),
+            r => r.map_err(classify)?,
+        };
+        // Ordered by key: the first key without the prefix ends the walk (the page is then
+        // shorter than PAGE, which tells the caller so).
+        if let Some(end) = rows.iter().position(|(k, _)| !k.starts_with(start)) {
+            rows.truncate(end);
+        }
+        Ok(Some(rows))
+    }
+}
+
 fn immediate<T>(conn: &mut Connection, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(classify)?;
     let out = f(&tx).map_err(classify)?;
@@ -341,6 +375,66 @@ impl Backend for Sqlite {
             FlushScope::Prefix(p) => tx.execute("DELETE FROM cache WHERE substr(key, 1, length(?1)) = ?1", params![p]),
         })
         .map(drop)
+    }
+
+    /// Pages of the primary key in order (its BINARY order keeps every key with one prefix
+    /// together), each page a short query of its own: no read transaction is held while the
+    /// caller works, and memory stays one page.
+    fn walk(&mut self, start: &str, each: &mut dyn FnMut(&str, Remaining) -> bool) -> Result<()> {
+        let mut after: Option<String> = None;
+        loop {
+            let Some(page) = self.page(start, after.as_deref())? else { return Ok(()) };
+            let t = now();
+            let full = page.len() == PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            for (key, expires) in &page {
+                let left = match expires {
+                    None => Remaining::NoExpiry,
+                    Some(e) => Remaining::Left(Duration::from_secs_f64((e - t).max(1e-9))),
+                };
+                if !each(key, left) {
+                    return Ok(());
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Page by page, each page's chosen keys removed in one short `BEGIN IMMEDIATE`.
+    fn remove_matching(
+        &mut self,
+        start: &str,
+        chosen: &dyn Fn(&str) -> bool,
+        dry_run: bool,
+        each: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<u64> {
+        let mut after: Option<String> = None;
+        let mut removed = 0;
+        loop {
+            let Some(page) = self.page(start, after.as_deref())? else { return Ok(removed) };
+            let full = page.len() == PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            let keys: Vec<&str> = page.iter().map(|(k, _)| k.as_str()).filter(|k| chosen(k)).collect();
+            if !dry_run && !keys.is_empty() {
+                let conn = self.writer()?;
+                immediate(conn, |tx| {
+                    let mut delete = tx.prepare_cached("DELETE FROM cache WHERE key = ?1")?;
+                    for key in &keys {
+                        delete.execute(params![key])?;
+                    }
+                    Ok(())
+                })?;
+            }
+            for key in keys {
+                each(key)?;
+                removed += 1;
+            }
+            if !full {
+                return Ok(removed);
+            }
+        }
     }
 
     fn purge(&mut self) -> Result<u64> {
