@@ -1140,3 +1140,78 @@ fn delete_of_a_value_that_cannot_be_shown_removes_it_and_says_so() {
         }
     }
 }
+
+// ---- patterns --------------------------------------------------------------------------------
+
+/// A second matcher, written differently (recursion over the pattern text), to hold
+/// `Pattern::matches` to: `*`, `?`, sets with ranges and `!`/`^`, `\`.
+fn reference_match(p: &[char], k: &[char]) -> bool {
+    match p.first() {
+        None => k.is_empty(),
+        Some('*') => (0..=k.len()).any(|i| reference_match(&p[1..], &k[i..])),
+        Some('?') => !k.is_empty() && reference_match(&p[1..], &k[1..]),
+        Some('\\') => p.len() > 1 && k.first() == Some(&p[1]) && reference_match(&p[2..], &k[1..]),
+        Some('[') => {
+            let Some(&c) = k.first() else { return false };
+            let mut i = 1;
+            let negated = matches!(p.get(i), Some('!' | '^'));
+            if negated {
+                i += 1;
+            }
+            let mut hit = false;
+            let mut first = true;
+            loop {
+                match p.get(i) {
+                    None => return false,
+                    Some(']') if !first => break,
+                    Some(_) => {}
+                }
+                first = false;
+                let mut lo = p[i];
+                if lo == '\\' {
+                    i += 1;
+                    lo = p[i];
+                }
+                let mut hi = lo;
+                if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|c| *c != ']') {
+                    hi = p[i + 2];
+                    if hi == '\\' {
+                        hi = p[i + 3];
+                        i += 1;
+                    }
+                    i += 2;
+                }
+                hit |= lo <= c && c <= hi;
+                i += 1;
+            }
+            hit != negated && reference_match(&p[i + 1..], &k[1..])
+        }
+        Some(&c) => k.first() == Some(&c) && reference_match(&p[1..], &k[1..]),
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(3000))]
+
+    /// Parsing never panics; a parsed pattern matches exactly what the reference matcher
+    /// matches, and every key it matches starts with its literal prefix (what each backend's
+    /// walk is limited to, so the walk never misses a match).
+    #[test]
+    fn patterns_match_as_the_reference_and_never_outside_their_literal_prefix(
+        pattern in "([a-c%_*?\\\\é]|\\[!?[a-c]\\]|\\[a-c\\]){0,6}",
+        keys in proptest::collection::vec("[a-c%_*?\\\\é\\[\\]]{0,6}", 1..8),
+        junk in any::<String>(),
+    ) {
+        let _ = junk.parse::<kcache::pattern::Pattern>();
+        let Ok(p) = pattern.parse::<kcache::pattern::Pattern>() else { return Ok(()) };
+        let chars: Vec<char> = pattern.chars().collect();
+        for key in keys {
+            let k: Vec<char> = key.chars().collect();
+            let m = p.matches(&key);
+            prop_assert_eq!(m, reference_match(&chars, &k), "{} ~ {}", pattern, key);
+            if m {
+                prop_assert!(key.starts_with(&p.literal_prefix()), "{} ~ {}", pattern, key);
+            }
+        }
+    }
+}
