@@ -408,3 +408,50 @@ fn a_lock_held_too_long_is_status_3() {
     conn.execute_batch("ROLLBACK").expect("unlock");
     env.run(&["-c", config.to_str().expect("utf8"), "set", "k", "w", "60"]).ok();
 }
+
+/// `keys` and `flush --match` through the binary: formats, statuses, and bad input refused
+/// (status 2) before anything is removed.
+#[test]
+fn keys_and_flush_match_through_the_binary() {
+    let env = Env::new();
+    for k in ["user:1", "user:2", "user:10", "sess:a"] {
+        env.run(&["set", k, "v", "600"]).ok();
+    }
+    env.run(&["set", "--json", "forever", "1", "600"]).ok();
+    db(&env.default_db()).execute("UPDATE cache SET ttl = NULL WHERE key = 'forever'", []).expect("update");
+    let sorted = |s: &str| {
+        let mut v: Vec<&str> = s.lines().collect();
+        v.sort();
+        v.join("\n")
+    };
+    let out = env.run(&["keys", "user:?"]);
+    assert_eq!(sorted(&out.ok().stdout), "user:1\nuser:2");
+    let out = env.run(&["keys", "--ttl", "forever"]);
+    out.ok().stdout_is("forever\t-1\n");
+    let out = env.run(&["keys", "--ttl", "sess:*"]);
+    out.ok().stdout_is("sess:a\t600\n");
+    let out = env.run(&["keys", "--json", "forever"]);
+    out.ok().stdout_is("{\"key\":\"forever\",\"ttl\":null}\n");
+    let out = env.run(&["keys", "-0", "user:1*"]);
+    assert_eq!(sorted(&out.ok().stdout.replace('\0', "\n")), "user:1\nuser:10");
+    assert_eq!(env.run(&["keys", "--limit", "2"]).ok().stdout.lines().count(), 2);
+    env.run(&["keys", "nothing*"]).code(1).stdout_is("");
+
+    // Bad input: status 2, nothing removed.
+    env.run(&["keys", "[abc"]).code(2).one_error_line().stderr_has("never closed");
+    env.run(&["flush", "--match", "user:\\"]).code(2).stderr_has("lone");
+    env.run(&["flush", "--match", "user:*", "--all"]).code(2);
+    env.run(&["keys", "--limit", "0"]).code(2);
+    env.run(&["keys", "--json", "-0"]).code(2);
+    env.run(&["flush", "--dry-run"]).code(2);
+    let out = env.run_stdin(&["batch"], Some(b"flush --match 'user:*'\n"));
+    out.code(2);
+    assert!(out.stdout.contains("not allowed in a batch"), "{}", out.stdout);
+    assert_eq!(rows(&env.default_db()), 5, "nothing was removed");
+
+    let out = env.run(&["flush", "--match", "user:*", "--dry-run"]);
+    assert_eq!(sorted(&out.ok().stdout), "user:1\nuser:10\nuser:2");
+    assert_eq!(rows(&env.default_db()), 5);
+    env.run(&["-v", "flush", "--match", "user:*"]).ok().stdout_is("").stderr_has("removed 3 entries");
+    assert_eq!(sorted(&env.run(&["keys"]).ok().stdout), "forever\nsess:a");
+}
