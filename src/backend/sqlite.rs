@@ -213,15 +213,21 @@ impl Sqlite {
     fn page(&mut self, start: &str, after: Option<&str>) -> Result<Option<Page>> {
         let Some(conn) = self.reader()? else { return Ok(None) };
         let t = now();
-        let rows = conn
-            .prepare_cached(
-                "SELECT key, ttl FROM cache WHERE key >= ?1 AND (?2 IS NULL OR key > ?2) \
-                 AND (ttl IS NULL OR ttl > ?3) ORDER BY key LIMIT ?4",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![start, after, t, PAGE as i64], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<Page>>()
-            });
+        // Two statements, so that each is a plain range on the primary key (an `OR` of the two
+        // bounds made SQLite scan from `start` on every page: 16 s for 1,000,000 keys, not 1.2).
+        let (sql, from) = match after {
+            None => (
+                "SELECT key, ttl FROM cache WHERE key >= ?1 AND (ttl IS NULL OR ttl > ?2) ORDER BY key LIMIT ?3",
+                start,
+            ),
+            Some(last) => {
+                ("SELECT key, ttl FROM cache WHERE key > ?1 AND (ttl IS NULL OR ttl > ?2) ORDER BY key LIMIT ?3", last)
+            }
+        };
+        let rows = conn.prepare_cached(sql).and_then(|mut s| {
+            s.query_map(params![from, t, PAGE as i64], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Page>>()
+        });
         let mut rows = match rows {
             Err(e) if no_table(&e) => return Ok(None),
             r => r.map_err(classify)?,
