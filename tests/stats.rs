@@ -7,8 +7,8 @@
 //! metrics` (Debian's `prometheus` package, installed by scripts/test): missing, the check is
 //! skipped loudly, or fails under CI, as the servers are.
 
-use crate::util::servers::{free_port, require};
-use crate::util::{Env, Out, unique};
+use crate::util::servers::require;
+use crate::util::{Env, Out};
 use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -125,6 +125,7 @@ fn stats_prometheus_output_passes_promtool_with_hostile_label_values() {
     assert!(out.stdout.contains(&format!("kcache_entries{labels} 1\n")), "{}", out.stdout);
     assert!(out.stdout.contains(&format!("kcache_expired_entries{labels} 0\n")), "{}", out.stdout);
     assert!(out.stdout.contains("# TYPE kcache_value_bytes gauge\n"), "{}", out.stdout);
+    assert_eq!(sample(&out.stdout, "kcache_value_bytes", r#"backend="sqlite""#), "3");
     assert!(!out.stdout.contains("kcache_server_"), "no server on sqlite:\n{}", out.stdout);
 }
 
@@ -204,10 +205,12 @@ fn stats_on_postgresql_counts_with_sql_and_reads_the_catalog() {
 #[cfg(feature = "postgresql")]
 #[test]
 fn stats_on_a_dead_postgresql_is_status_3_unless_keep_going() {
-    let url = format!("postgresql://kcache@127.0.0.1:{}/kcache", free_port());
+    let url = format!("postgresql://kcache:stats-secret-7@127.0.0.1:{}/kcache", crate::util::servers::free_port());
     let env = crate::util::rig::pg_env(&url, "2");
     env.run(&["stats"]).code(3).one_error_line();
-    let s = json(&env.run(&["stats", "--keep-going", "--json"]));
+    let out = env.run(&["stats", "--keep-going", "--json"]);
+    assert!(!format!("{}{}", out.stdout, out.stderr).contains("stats-secret-7"), "{out:?}");
+    let s = json(&out);
     assert!(s.get("entries").is_none(), "{s}");
     assert_eq!(s["servers"][0]["up"], false, "{s}");
     assert!(s["servers"][0]["error"].as_str().is_some_and(|e| !e.is_empty()), "{s}");
@@ -273,7 +276,7 @@ fn stats_on_redis_counts_the_prefix_and_reads_info() {
 #[cfg(feature = "redis")]
 #[test]
 fn stats_on_a_dead_redis_is_status_3_unless_keep_going() {
-    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let url = format!("redis://127.0.0.1:{}/0", crate::util::servers::free_port());
     let env =
         Env::new().var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url).var("KINTO_CACHE_PREFIX", "p:");
     env.run(&["stats"]).code(3).one_error_line();
@@ -301,7 +304,7 @@ fn stats_on_memcached_reports_each_server_and_a_dead_one_with_keep_going() {
     let env = Env::new()
         .var("KINTO_CACHE_BACKEND", "memcached")
         .var("KINTO_CACHE_HOSTS", &hosts)
-        .var("KINTO_CACHE_PREFIX", &format!("{}:", unique("m")));
+        .var("KINTO_CACHE_PREFIX", &format!("{}:", crate::util::unique("m")));
     for k in ["a", "b", "c", "d"] {
         env.run(&["set", k, "v", "60"]).ok();
     }
