@@ -49,6 +49,9 @@ _kcache() {
             kcache,set)
                 cmd="kcache__subcmd__set"
                 ;;
+            kcache,stats)
+                cmd="kcache__subcmd__stats"
+                ;;
             kcache,ttl)
                 cmd="kcache__subcmd__ttl"
                 ;;
@@ -59,7 +62,7 @@ _kcache() {
 
     case "${cmd}" in
         kcache)
-            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --help --version migrate get set ttl expire delete flush keys ping purge batch completions"
+            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --help --version migrate get set ttl expire delete flush keys ping purge stats batch completions"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -538,6 +541,48 @@ _kcache() {
             ;;
         kcache__subcmd__set)
             opts="-c -b -v -q -h -V --json --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backend)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hosts)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kcache__subcmd__stats)
+            opts="-k -c -b -v -q -h -V --json --prometheus --keep-going --config --backend --url --hosts --prefix --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

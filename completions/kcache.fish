@@ -43,6 +43,7 @@ complete -c kcache -n "__fish_kcache_needs_command" -f -a "flush" -d 'Remove eve
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "keys" -d 'List the live keys (prefix stripped) that match PATTERN, one per line'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "ping" -d 'Check that the backend answers (write, read and delete a heartbeat key)'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "purge" -d 'Remove expired entries now (SQL backends; elsewhere there is nothing to do)'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "stats" -d 'Show what the cache holds under the prefix, and its servers\' own figures'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "batch" -d 'Run many commands from standard input over one set of connections'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
@@ -149,6 +150,18 @@ complete -c kcache -n "__fish_kcache_using_subcommand purge" -s v -l verbose -d 
 complete -c kcache -n "__fish_kcache_using_subcommand purge" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand purge" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand purge" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -l json -d 'Print one JSON object instead of a table'
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -l prometheus -d 'Print the Prometheus text exposition format (for node_exporter\'s textfile collector)'
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -s k -l keep-going -d 'Report a server that cannot be reached as down (up: false) instead of failing'
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -s V -l version -d 'Print version'
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s j -l jobs -d 'Run on up to N connections at once (commands on one key keep their order)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r

@@ -131,6 +131,14 @@ pub enum Command {
     /// Example (cron):
     ///   */10 * * * *  kcache purge
     Purge,
+    /// Show what the cache holds under the prefix, and its servers' own figures
+    ///
+    /// Entries, expired entries and value bytes under the prefix (where the backend can count
+    /// them), and per server: version, uptime, items, bytes, evictions, hits, misses,
+    /// connections. A server that cannot be reached is status 3 unless --keep-going. Examples:
+    ///   kcache --prefix myapp: stats
+    ///   kcache stats --prometheus > /var/lib/node_exporter/kcache.prom
+    Stats(StatsArgs),
     /// Run many commands from standard input over one set of connections
     ///
     /// One command per line (get, set, ttl, expire, delete, flush, purge, ping, with their
@@ -247,6 +255,20 @@ pub struct KeysArgs {
     /// Stop after N keys
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
+}
+
+/// Arguments of `stats`.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    /// Print one JSON object instead of a table
+    #[arg(long, conflicts_with = "prometheus")]
+    pub json: bool,
+    /// Print the Prometheus text exposition format (for node_exporter's textfile collector)
+    #[arg(long)]
+    pub prometheus: bool,
+    /// Report a server that cannot be reached as down (up: false) instead of failing
+    #[arg(long, short = 'k')]
+    pub keep_going: bool,
 }
 
 /// Arguments of the commands that print a value (`get`, `delete`).

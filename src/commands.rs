@@ -7,7 +7,7 @@
 
 use crate::backend::{self, Cache};
 use crate::batch::{self, Op};
-use crate::cli::{Command, FlushArgs, KeysArgs, SetArgs};
+use crate::cli::{Command, FlushArgs, KeysArgs, SetArgs, StatsArgs};
 use crate::error::{Error, ErrorKind, Result, excerpt};
 use crate::pattern::Pattern;
 use crate::settings::Settings;
@@ -31,6 +31,7 @@ pub fn dispatch(
     let op = match command {
         Command::Migrate { dry_run } => return migrate(&mut cache, dry_run, log),
         Command::Keys(args) => return keys(&mut cache, &args),
+        Command::Stats(args) => return stats(&mut cache, &args, log),
         Command::Flush(FlushArgs { pattern: Some(pattern), dry_run, .. }) => {
             return flush_matching(&mut cache, &pattern, dry_run, log);
         }
@@ -146,6 +147,24 @@ fn keys(cache: &mut Cache, args: &KeysArgs) -> Result<Outcome> {
     }
     out.flush().map_err(output::failed)?;
     Ok(if printed == 0 { Outcome::Missing } else { Outcome::Done })
+}
+
+/// `stats`: the figures in the chosen format; with `--keep-going`, a warning for each server
+/// that is down.
+fn stats(cache: &mut Cache, args: &StatsArgs, log: &Log) -> Result<Outcome> {
+    let stats = cache.stats(args.keep_going)?;
+    for s in stats.servers.iter().flatten().filter(|s| !s.up) {
+        log.warn(&format!("{} is down: {}", s.address, s.error.as_deref().unwrap_or("unreachable")));
+    }
+    let text = if args.json {
+        format!("{}\n", stats.json())
+    } else if args.prometheus {
+        stats.prometheus()
+    } else {
+        stats.table()
+    };
+    output::write_all(text.as_bytes())?;
+    Ok(Outcome::Done)
 }
 
 /// `flush --match PATTERN [--dry-run]`: the pattern is checked before anything is removed.

@@ -11,6 +11,7 @@ pub mod error;
 pub mod output;
 pub mod pattern;
 pub mod settings;
+pub mod stats;
 pub mod ttl;
 pub mod value;
 

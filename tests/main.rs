@@ -22,6 +22,7 @@ mod postgresql;
 #[cfg(feature = "redis")]
 mod redis;
 mod rig;
+mod stats;
 mod util;
 
 /// Every file of tests/ is a module of tests/main.rs, and every file of tests/util/ one of

@@ -200,6 +200,28 @@ impl Backend for Memory {
         s.remove_expired(Instant::now());
         Ok((before - s.entries.len()) as u64)
     }
+
+    /// Counted in the store: entries and value bytes (the stored JSON text) under the prefix,
+    /// and the expired entries not removed yet. No server.
+    fn stats(&mut self, prefix: &str, _keep_going: bool) -> Result<crate::stats::Stats> {
+        let now = Instant::now();
+        let s = self.store();
+        let (mut entries, mut expired, mut bytes) = (0u64, 0u64, 0u64);
+        for (_, e) in s.entries.iter().filter(|(k, _)| k.starts_with(prefix)) {
+            if e.expires.is_none_or(|t| t > now) {
+                entries += 1;
+                bytes += e.value.len() as u64;
+            } else {
+                expired += 1;
+            }
+        }
+        Ok(crate::stats::Stats {
+            entries: Some(entries),
+            expired: Some(expired),
+            value_bytes: Some(bytes),
+            ..crate::stats::Stats::default()
+        })
+    }
 }
 
 #[cfg(test)]

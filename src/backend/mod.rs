@@ -213,6 +213,13 @@ pub trait Backend: Send {
     fn run_group(&mut self, _ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
         None
     }
+    /// `stats`: the figures of the entries whose full key starts with `prefix`, and those of
+    /// each server. A server that cannot be reached is an error, unless `keep_going`: then it
+    /// is reported with `up: false` ([`crate::stats::ServerStats::down`]). `backend`,
+    /// `location` and `prefix` are filled in by [`Cache::stats`]. Default: no figure known.
+    fn stats(&mut self, _prefix: &str, _keep_going: bool) -> Result<crate::stats::Stats> {
+        Ok(crate::stats::Stats::default())
+    }
 }
 
 fn op_name(op: &GroupOp<'_>) -> &'static str {
@@ -461,6 +468,16 @@ impl Cache {
         self.inner
             .remove_matching(&start, &chosen, dry_run, &mut |full| each(full.get(strip..).unwrap_or(full)))
             .map_err(|e| e.context(ctx))
+    }
+
+    /// `stats`: what the cache holds under the prefix, and its servers' figures.
+    pub fn stats(&mut self, keep_going: bool) -> Result<crate::stats::Stats> {
+        let ctx = format!("stats of {} at {}", self.inner.name(), self.inner.location());
+        let mut stats = self.inner.stats(&self.prefix, keep_going).map_err(|e| e.context(ctx))?;
+        stats.backend = self.inner.name().to_string();
+        stats.location = self.inner.location();
+        stats.prefix = self.prefix.clone();
+        Ok(stats)
     }
 
     pub fn purge(&mut self) -> Result<u64> {

@@ -451,4 +451,35 @@ impl Backend for Sqlite {
         let t = now();
         immediate(conn, |tx| tx.execute("DELETE FROM cache WHERE ttl <= ?1", params![t])).map(|n| n as u64)
     }
+
+    /// One query over the prefix's range of the primary key: live and expired rows, and the
+    /// bytes of the live values. No file, or no table yet: all zero. No server.
+    fn stats(&mut self, prefix: &str, _keep_going: bool) -> Result<crate::stats::Stats> {
+        let t = now();
+        let counts = match self.reader()? {
+            None => Ok((0, 0, 0)),
+            Some(conn) => conn
+                .prepare_cached(
+                    "SELECT count(*) FILTER (WHERE ttl IS NULL OR ttl > ?2), count(*) FILTER (WHERE ttl <= ?2), \
+                     coalesce(sum(length(CAST(value AS BLOB))) FILTER (WHERE ttl IS NULL OR ttl > ?2), 0) \
+                     FROM cache WHERE key >= ?1 AND substr(key, 1, length(?1)) = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![prefix, t], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    })
+                }),
+        };
+        let (entries, expired, bytes) = match counts {
+            Err(e) if no_table(&e) => (0, 0, 0),
+            r => r.map_err(classify)?,
+        };
+        let n = |v: i64| Some(u64::try_from(v).unwrap_or(0));
+        Ok(crate::stats::Stats {
+            entries: n(entries),
+            expired: n(expired),
+            value_bytes: n(bytes),
+            ..crate::stats::Stats::default()
+        })
+    }
 }

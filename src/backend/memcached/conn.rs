@@ -248,6 +248,32 @@ impl Conn {
         self.fail(Failure::Unexpected(quoted))
     }
 
+    /// `stats`, which is no meta command either: its own line, and `STAT <name> <value>` lines
+    /// up to `END`; the pairs in the order the server sent them.
+    pub fn stats(&mut self) -> Result<Vec<(String, String)>, Failure> {
+        self.out.extend_from_slice(b"stats\r\n");
+        self.send()?;
+        let mut stats = Vec::new();
+        loop {
+            self.read_line()?;
+            let line = &self.line[..self.line.len() - 2];
+            if line == b"END" {
+                return Ok(stats);
+            }
+            if let Some(pair) = line.strip_prefix(b"STAT ") {
+                let pair = String::from_utf8_lossy(pair);
+                let (name, value) = pair.split_once(' ').unwrap_or((&pair, ""));
+                stats.push((name.to_string(), value.to_string()));
+            } else if line.starts_with(b"SERVER_ERROR") {
+                return Err(self.fail(Failure::Server(self.quoted())));
+            } else if line.starts_with(b"CLIENT_ERROR") || line == b"ERROR" {
+                return Err(self.fail(Failure::Client(self.quoted())));
+            } else {
+                return Err(self.unexpected());
+            }
+        }
+    }
+
     /// `flush_all`, which is no meta command: its own line, and its own reply `OK`.
     pub fn flush_all(&mut self) -> Result<(), Failure> {
         self.out.extend_from_slice(b"flush_all\r\n");

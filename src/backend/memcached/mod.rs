@@ -411,6 +411,53 @@ impl Backend for Memcached {
         Ok(Box::new(Memcached { shared: Arc::clone(&self.shared) }))
     }
 
+    /// Each server's `stats`, every server at once (each bounded by `pool_timeout`, as for
+    /// `flush --all`): `curr_items`, `bytes`, `limit_maxbytes`, `evictions`, `get_hits`,
+    /// `get_misses`, `curr_connections`, `uptime`, `version`. The entries under the prefix and
+    /// their bytes are left absent: memcached finds keys only through its key crawler.
+    fn stats(&mut self, _prefix: &str, keep_going: bool) -> Result<crate::stats::Stats> {
+        use crate::stats::{ServerStats, Stats};
+        let this = &*self;
+        let one = |server: &Server| -> Result<ServerStats> {
+            let figures = this.run(server, |c| c.stats())?;
+            let get = |name: &str| figures.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+            let n = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+            Ok(ServerStats {
+                version: get("version"),
+                uptime_s: n("uptime"),
+                items: n("curr_items"),
+                bytes: n("bytes"),
+                max_bytes: n("limit_maxbytes"),
+                evictions: n("evictions"),
+                hits: n("get_hits"),
+                misses: n("get_misses"),
+                connections: n("curr_connections"),
+                ..ServerStats::up(server.location.clone())
+            })
+        };
+        let one = &one;
+        let outcomes: Vec<Result<ServerStats>> = std::thread::scope(|scope| {
+            let asking: Vec<_> = this.shared.servers.iter().map(|server| scope.spawn(move || one(server))).collect();
+            asking
+                .into_iter()
+                .map(|t| {
+                    t.join().unwrap_or_else(|_| {
+                        Err(Error::new(ErrorKind::Backend, anyhow::anyhow!("the stats thread failed (internal error)")))
+                    })
+                })
+                .collect()
+        });
+        let mut servers = Vec::with_capacity(outcomes.len());
+        for (server, outcome) in this.shared.servers.iter().zip(outcomes) {
+            servers.push(match outcome {
+                Ok(s) => s,
+                Err(e) if keep_going && e.kind() == ErrorKind::Unavailable => ServerStats::down(&server.location, &e),
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(Stats { servers: Some(servers), ..Stats::default() })
+    }
+
     /// `-0`, `-1`, ...: the first suffix that lands on each server, in server order, so that a
     /// ping checks every server (python-memcached's `__heartbeat__` reaches only one). A suffix
     /// that would make the key too long leaves that server to the others' check; with no

@@ -487,6 +487,52 @@ impl Backend for Postgres {
         self.warnings.clone()
     }
 
+    /// One statement, one scan of the table (`left()` is not indexable anyway), bounded as
+    /// `purge` is: the prefix's live and expired rows and live value bytes, every row of the
+    /// table (the server's `items`), and the server's own figures from its catalog: version,
+    /// uptime, the table's size with its indexes (`bytes`) and that of its indexes, the client
+    /// connections. Down (with `keep_going`): no connection could be had, or no reply came.
+    fn stats(&mut self, prefix: &str, keep_going: bool) -> Result<crate::stats::Stats> {
+        use crate::stats::{ServerStats, Stats};
+        let prefix = prefix.to_string();
+        let address = self.location();
+        let row = self.exchange(self.bulk_timeout(), move |conn| {
+            conn.query_typed(
+                "SELECT count(*) FILTER (WHERE left(key, char_length($1)) = $1 AND (ttl IS NULL OR ttl > now())), \
+                   count(*) FILTER (WHERE left(key, char_length($1)) = $1 AND ttl <= now()), \
+                   coalesce(sum(octet_length(value)) FILTER \
+                     (WHERE left(key, char_length($1)) = $1 AND (ttl IS NULL OR ttl > now())), 0)::int8, \
+                   count(*), current_setting('server_version'), \
+                   EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())::int8, \
+                   pg_total_relation_size('cache'::regclass), pg_indexes_size('cache'::regclass), \
+                   (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') \
+                 FROM cache",
+                &[(&prefix, Type::TEXT)],
+            )
+            .map_err(classify)
+        });
+        let rows = match row {
+            Err(e) if keep_going && e.kind() == crate::error::ErrorKind::Unavailable => {
+                return Ok(Stats { servers: Some(vec![ServerStats::down(address, &e)]), ..Stats::default() });
+            }
+            r => r?,
+        };
+        let Some(r) = rows.first() else {
+            return Err(Error::backend("read the figures", anyhow::anyhow!("the server sent no row")));
+        };
+        let n = |i: usize| r.get::<_, Option<i64>>(i).and_then(|v| u64::try_from(v).ok());
+        let server = ServerStats {
+            version: r.get::<_, Option<String>>(4),
+            uptime_s: n(5),
+            items: n(3),
+            bytes: n(6),
+            index_bytes: n(7),
+            connections: n(8),
+            ..ServerStats::up(address)
+        };
+        Ok(Stats { entries: n(0), expired: n(1), value_bytes: n(2), servers: Some(vec![server]), ..Stats::default() })
+    }
+
     fn check_key(&self, key: &str) -> Result<()> {
         let n = key.chars().count();
         if n > MAX_KEY_CHARS {

@@ -590,6 +590,77 @@ impl Backend for Redis {
         Ok(Box::new(Redis { pool: Arc::clone(&self.pool), missing: Arc::clone(&self.missing) }))
     }
 
+    /// `INFO` first (its hits and misses do not count the reads below), then the prefix's keys:
+    /// `SCAN MATCH <escaped prefix>* COUNT 1000`, and for each step's keys their `STRLEN`s in
+    /// one pipeline (a key gone meanwhile, an empty value, which Kinto reads as a miss, and a
+    /// key that is not a string are no entries). SCAN's guarantees hold: a key written or
+    /// removed during the count may or may not be counted. Server figures from `INFO`: items
+    /// are the keys of every database, `max_bytes` is `maxmemory` (absent when 0: no limit).
+    fn stats(&mut self, prefix: &str, keep_going: bool) -> Result<crate::stats::Stats> {
+        use crate::stats::{ServerStats, Stats};
+        let address = self.location();
+        let down = |e: Error| -> Result<Stats> {
+            if keep_going && e.kind() == crate::error::ErrorKind::Unavailable {
+                Ok(Stats { servers: Some(vec![ServerStats::down(address.clone(), &e)]), ..Stats::default() })
+            } else {
+                Err(e)
+            }
+        };
+        let mut conn = match self.pool.get() {
+            Ok(c) => c,
+            Err(e) => return down(e),
+        };
+        let info: String = match conn.query(&redis::cmd("INFO")).map_err(classify) {
+            Ok(i) => i,
+            Err(e) => return down(e),
+        };
+        let field = |name: &str| {
+            info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(|v| v.trim().to_string())
+        };
+        let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
+        let items = info
+            .lines()
+            .filter(|l| l.starts_with("db"))
+            .filter_map(|l| l.split_once(":keys=")?.1.split(',').next()?.parse::<u64>().ok())
+            .sum();
+        let server = ServerStats {
+            version: field("redis_version"),
+            uptime_s: number("uptime_in_seconds"),
+            items: Some(items),
+            bytes: number("used_memory"),
+            max_bytes: number("maxmemory").filter(|n| *n > 0),
+            evictions: number("evicted_keys"),
+            hits: number("keyspace_hits"),
+            misses: number("keyspace_misses"),
+            connections: number("connected_clients"),
+            ..ServerStats::up(address.clone())
+        };
+        let pattern = format!("{}*", glob_escape(prefix));
+        let (mut entries, mut bytes, mut cursor) = (0u64, 0u64, 0u64);
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = conn
+                .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT))
+                .map_err(classify)?;
+            let mut packed = Packed::default();
+            for key in keys.iter().filter(|k| k.starts_with(prefix.as_bytes())) {
+                packed.push(("STRLEN", key.as_slice()));
+            }
+            if packed.count > 0 {
+                for len in conn.run(|c| packed.send(c)).map_err(classify)? {
+                    if let Ok(n @ 1..) = reply::<u64>(len) {
+                        entries += 1;
+                        bytes += n;
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(Stats { entries: Some(entries), value_bytes: Some(bytes), servers: Some(vec![server]), ..Stats::default() })
+    }
+
     fn get(&mut self, key: &str) -> Result<Option<String>> {
         text(self.with(|c| c.query(redis::cmd("GET").arg(key)))?)
     }
