@@ -111,11 +111,21 @@ fn wait_ready(child: &mut Child, mut ready: impl FnMut() -> bool) -> Result<(), 
     }
 }
 
-/// Sends `which` (`-STOP`, `-CONT`) to every process of `pids` (a server's, to freeze it).
+/// Sends `which` (`-STOP`, `-CONT`) to every process of `pids` (a server's, to freeze it): the
+/// first (the server itself: memcached, redis-server, the postmaster) must get it; the others
+/// (PostgreSQL's children) may have exited meanwhile: a child that was exiting when it was
+/// frozen is reaped by the postmaster as soon as the postmaster runs again, before `kill` gets
+/// to it.
 pub fn signal(which: &str, pids: &[u32]) {
-    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-    let ok = Command::new("kill").arg(which).args(&pids).status().is_ok_and(|s| s.success());
-    assert!(ok, "kill {which} {pids:?}");
+    let send = |pids: &[u32]| {
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        Command::new("kill").arg(which).args(&pids).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    };
+    let Some((server, children)) = pids.split_first() else { return };
+    assert!(send(&[*server]), "kill {which} {server}");
+    if !children.is_empty() {
+        let _ = send(children);
+    }
 }
 
 fn kill(child: &mut Option<Child>) {
