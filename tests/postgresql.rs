@@ -1052,3 +1052,207 @@ fn kinto_ini_with_the_module_path_and_pool_settings() {
     out.ok();
     no_secret(&out, &s.password);
 }
+
+// ---- keys and flush --match ------------------------------------------------------------------
+
+/// The lines of a run's standard output, sorted.
+fn sorted_lines(out: &Out) -> Vec<String> {
+    let mut lines: Vec<String> = out.stdout.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+fn sorted(keys: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn keys_lists_the_rows_kinto_wrote_in_every_output_form() {
+    let Some(mut db) = RigDb::create() else { return };
+    db.migrate();
+    let recorded = kinto_recording();
+    let prefix = recorded["cache_prefix"].as_str().expect("prefix").to_string();
+    let mut live = vec!["forever".to_string()];
+    for row in recorded["rows"].as_array().expect("rows") {
+        let secs: f64 = row["ttl_minus_now_epoch_seconds"].as_str().expect("secs").parse().expect("number");
+        if secs < 5.0 {
+            continue; // would expire during the test
+        }
+        let (full_key, value) = (row["full_key"].as_str().expect("full_key"), row["value"].as_str().expect("value"));
+        db.sql()
+            .execute(
+                "INSERT INTO cache VALUES ($1, $2, localtimestamp + make_interval(secs => $3))",
+                &[&full_key, &value, &secs],
+            )
+            .expect("insert");
+        live.push(row["key"].as_str().expect("key").to_string());
+    }
+    live.sort();
+    assert!(live.len() >= 4, "{live:?}");
+    db.sql()
+        .batch_execute(&format!(
+            "INSERT INTO cache VALUES ('{prefix}forever', '\"x\"', NULL), \
+             ('{prefix}expired', '\"x\"', localtimestamp - interval '1 second'), \
+             ('other:ttl-61s', '\"x\"', localtimestamp + interval '1 hour')"
+        ))
+        .expect("rows");
+    let env = db.env();
+    let keys = |args: &[&str]| env.run(&[&["--prefix", prefix.as_str(), "keys"][..], args].concat());
+
+    // Every live key of the prefix, prefix stripped, once; never the expired one or another prefix's.
+    assert_eq!(sorted_lines(keys(&[]).ok()), live);
+    // --ttl: the seconds left as `ttl` prints them, -1 for no expiry.
+    let out = keys(&["--ttl"]);
+    let mut seen = Vec::new();
+    for line in out.ok().stdout.lines() {
+        let (key, secs) = line.split_once('\t').unwrap_or_else(|| panic!("no tab in {line:?}"));
+        let secs: i64 = secs.parse().expect("seconds");
+        let want = match key {
+            "forever" => -1,
+            "ttl-61s" => 61,
+            "ttl-3600s" | "heartbeat-like" => 3600,
+            "ttl-40d" => 3_456_000,
+            other => panic!("unexpected key {other}"),
+        };
+        assert!(secs <= want && secs > want - SLACK, "{key}: {secs}, want {want}");
+        seen.push(key.to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, live);
+    // --json: one object per line, ttl in seconds (ms precision) or null.
+    let out = keys(&["--json"]);
+    let mut seen = Vec::new();
+    for line in out.ok().stdout.lines() {
+        let doc: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let key = doc["key"].as_str().expect("key").to_string();
+        match key.as_str() {
+            "forever" => assert!(doc["ttl"].is_null(), "{line}"),
+            _ => assert!(doc["ttl"].as_f64().is_some_and(|t| t > 50.0), "{line}"),
+        }
+        seen.push(key);
+    }
+    seen.sort();
+    assert_eq!(seen, live);
+    // -0: NUL-terminated, no newline.
+    let out = keys(&["-0"]);
+    assert!(out.ok().stdout.ends_with('\0') && !out.stdout.contains('\n'), "{:?}", out.stdout);
+    let mut seen: Vec<String> = out.stdout.trim_end_matches('\0').split('\0').map(str::to_string).collect();
+    seen.sort();
+    assert_eq!(seen, live);
+    // --limit and a pattern.
+    let out = keys(&["--limit", "2"]);
+    assert_eq!(out.ok().stdout.lines().filter(|k| live.contains(&k.to_string())).count(), 2, "{}", out.stdout);
+    assert_eq!(sorted_lines(keys(&["ttl-*s"]).ok()), sorted(&["ttl-3600s", "ttl-61s"]));
+    keys(&["nothing*"]).code(1).stdout_is("");
+    keys(&["expired"]).code(1).stdout_is("");
+}
+
+#[test]
+fn flush_match_takes_hostile_keys_literally_and_pages_through_thousands() {
+    let Some(mut db) = RigDb::create() else { return };
+    db.migrate();
+    // A prefix LIKE would widen, and decoys its unescaped pattern would match.
+    let prefix = "a%_\\";
+    let hostile = ["100%", "100x", "a_b", "axb", "a\\b", "a*b", "we[i]rd", "it's", "é-1", "\"q\"", "user'1"];
+    let decoys = ["aZ_\\user:1", "a%Z\\user:1", "a%_Zuser:1", "A%_\\user:1", "user:1"];
+    for key in hostile.iter().map(|k| format!("{prefix}{k}")).chain(decoys.iter().map(|k| k.to_string())) {
+        db.sql().execute("INSERT INTO cache VALUES ($1, '\"x\"', NULL)", &[&key]).expect("row");
+    }
+    db.sql()
+        .execute(
+            "INSERT INTO cache SELECT $1 || 'user:' || i, '\"v\"', sec2ttl(600) FROM generate_series(0, 2499) i",
+            &[&prefix],
+        )
+        .expect("rows");
+    let total = db.count("true");
+    let env = db.env();
+    let run = |args: &[&str]| env.run(&[&["--prefix", prefix][..], args].concat());
+
+    for (pattern, want) in [
+        ("100%", vec!["100%"]),
+        ("a_b", vec!["a_b"]),
+        ("a?b", vec!["a_b", "axb", "a\\b", "a*b"]),
+        ("a\\\\b", vec!["a\\b"]),
+        ("a\\*b", vec!["a*b"]),
+        ("we\\[i\\]rd", vec!["we[i]rd"]),
+        ("it's", vec!["it's"]),
+        ("user'*", vec!["user'1"]),
+        ("é*", vec!["é-1"]),
+        ("\"*", vec!["\"q\""]),
+    ] {
+        assert_eq!(sorted_lines(run(&["keys", pattern]).ok()), sorted(&want), "pattern {pattern}");
+    }
+    assert_eq!(run(&["keys", "user:*"]).ok().stdout.lines().count(), 2500, "three pages");
+
+    // user:1, user:10-19, user:100-199, user:1000-1999: 1,111 keys over two pages.
+    let out = run(&["flush", "--match", "user:1*", "--dry-run"]);
+    let listed = sorted_lines(out.ok());
+    assert_eq!(listed.len(), 1111);
+    assert!(listed.iter().all(|k| k.starts_with("user:1")), "{listed:?}");
+    assert_eq!(db.count("true"), total, "a dry run removes nothing");
+    run(&["-v", "flush", "--match", "user:1*"]).ok().stdout_is("").stderr_has("removed 1111 entries");
+    assert_eq!(db.count("true"), total - 1111);
+    assert_eq!(run(&["keys", "user:1*"]).code(1).stdout, "");
+    assert_eq!(run(&["keys", "user:*"]).ok().stdout.lines().count(), 2500 - 1111);
+    run(&["-v", "flush", "--match", "a\\*b"]).ok().stderr_has("removed 1 entries");
+    run(&["-v", "flush", "--match", "a_b"]).ok().stderr_has("removed 1 entries");
+    for key in decoys {
+        assert_eq!(db.count(&format!("key = '{}'", key.replace('\'', "''"))), 1, "{key} was touched");
+    }
+    assert_eq!(db.count(&format!("key = '{prefix}axb'")), 1, "_ is literal");
+    assert_eq!(db.count(&format!("key = '{prefix}100%'")), 1);
+}
+
+#[test]
+fn a_malformed_pattern_is_status_2_before_anything_is_sent() {
+    let Some(_server) = RigPostgres::get() else { return };
+    // Nothing listens there: a pattern that reached the connect would be status 3.
+    let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", crate::util::servers::free_port());
+    let env = pg_env(&url, "2");
+    for args in [&["keys", "[abc"][..], &["keys", "a\\"], &["flush", "--match", "[z-a]"], &["flush", "--match", "x\\"]]
+    {
+        env.run(args).code(2).one_error_line().stderr_has("pattern");
+    }
+    env.run(&["keys", "a*"]).code(3);
+}
+
+#[test]
+fn keys_page_correctly_in_a_linguistic_collation() {
+    let Some(mut db) = RigDb::create() else { return };
+    db.migrate();
+    let icu = db.sql().query("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'", &[]).expect("collations");
+    if icu.is_empty() {
+        eprintln!("skipped: this PostgreSQL has no ICU collation");
+        return;
+    }
+    // ICU sorts case at the third level: k:a0000 < k:A0000 < k:a0001 ... the keys of prefix
+    // `k:A` are not contiguous in ORDER BY key, and span several pages.
+    db.sql()
+        .batch_execute(
+            "ALTER TABLE cache ALTER COLUMN key TYPE VARCHAR(256) COLLATE \"und-x-icu\"; \
+             INSERT INTO cache SELECT 'k:' || c || lpad(i::text, 4, '0'), '\"v\"', NULL \
+             FROM generate_series(0, 1499) i, unnest(ARRAY['a', 'A']) c",
+        )
+        .expect("ICU column");
+    let first: Vec<String> = db
+        .sql()
+        .query("SELECT key FROM cache ORDER BY key LIMIT 3", &[])
+        .expect("order")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(first, ["k:a0000", "k:A0000", "k:a0001"], "the collation interleaves the prefixes");
+    let env = db.env();
+    for pattern in ["A*", "a*"] {
+        let lines = sorted_lines(env.run(&["--prefix", "k:", "keys", pattern]).ok());
+        let mut unique = lines.clone();
+        unique.dedup();
+        assert_eq!((lines.len(), unique.len()), (1500, 1500), "{pattern}");
+        assert!(lines.iter().all(|k| k.starts_with(&pattern[..1])), "{pattern}");
+    }
+    env.run(&["--prefix", "k:", "-v", "flush", "--match", "A*"]).ok().stderr_has("removed 1500 entries");
+    assert_eq!(db.count("key LIKE 'k:A%'"), 0);
+    assert_eq!(db.count("key LIKE 'k:a%'"), 1500);
+}

@@ -765,3 +765,175 @@ fn batch_ttl_in_a_group_through_the_binary() {
     assert_eq!(r[6]["value"], "v");
     assert_eq!((r[7]["status"].as_u64(), r[7]["value"].as_i64()), (Some(1), Some(-2)));
 }
+
+// ---- keys and flush --match ------------------------------------------------------------------
+
+/// The lines of a run's standard output, sorted.
+fn sorted_lines(out: &Out) -> Vec<String> {
+    let mut lines: Vec<String> = out.stdout.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+fn sorted(keys: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn keys_lists_entries_written_as_kinto_writes_them_in_every_output_form() {
+    let Some((url, prefix)) = rig() else { return };
+    let mut conn = redis_client(&url);
+    let mut live = vec!["forever".to_string()];
+    for w in kinto_records()["writes"].as_array().unwrap() {
+        if w["set_ttl_seconds"].as_f64().unwrap() < 5.0 {
+            continue; // would expire during the test
+        }
+        let key = w["key"].as_str().unwrap();
+        let ms = w["psetex_milliseconds"].as_u64().unwrap();
+        let _: () = q!(&mut conn, "PSETEX", &format!("{prefix}{key}"), ms, w["raw_get"].as_str().unwrap());
+        live.push(key.to_string());
+    }
+    live.sort();
+    let _: () = q!(&mut conn, "SET", &format!("{prefix}forever"), "\"x\"");
+    let _: () = q!(&mut conn, "PSETEX", &format!("{prefix}short"), 1, "\"x\"");
+    // A key that is not UTF-8 (no kcache key can be) is left out, not an error.
+    let _: () = q!(&mut conn, "SET", [prefix.as_bytes(), &[0xff, 0xfe]].concat(), "\"x\"");
+    let other = format!("{}:", unique("other"));
+    let _: () = q!(&mut conn, "SET", &format!("{other}ttl-61s"), "\"x\"");
+    std::thread::sleep(Duration::from_millis(10));
+    let e = env(&url, &prefix);
+
+    assert_eq!(sorted_lines(e.run(&["keys"]).ok()), live);
+    let out = e.run(&["keys", "--ttl"]);
+    let mut seen = Vec::new();
+    for line in out.ok().stdout.lines() {
+        let (key, secs) = line.split_once('\t').unwrap_or_else(|| panic!("no tab in {line:?}"));
+        let secs: i64 = secs.parse().expect("seconds");
+        let want = match key {
+            "forever" => -1,
+            "ttl-61s" => 61,
+            "ttl-3600s" => 3600,
+            "ttl-40d" => 3_456_000,
+            other => panic!("unexpected key {other}"),
+        };
+        assert!(secs <= want && secs > want - 5, "{key}: {secs}, want {want}");
+        seen.push(key.to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, live);
+    let out = e.run(&["keys", "--json"]);
+    let mut seen = Vec::new();
+    for line in out.ok().stdout.lines() {
+        let doc: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let key = doc["key"].as_str().expect("key").to_string();
+        match key.as_str() {
+            "forever" => assert!(doc["ttl"].is_null(), "{line}"),
+            "ttl-61s" => assert!(doc["ttl"].as_f64().is_some_and(|t| t > 55.0 && t <= 61.0), "{line}"),
+            _ => assert!(doc["ttl"].as_f64().is_some_and(|t| t > 3000.0), "{line}"),
+        }
+        seen.push(key);
+    }
+    seen.sort();
+    assert_eq!(seen, live);
+    let out = e.run(&["keys", "-0"]);
+    assert!(out.ok().stdout.ends_with('\0') && !out.stdout.contains('\n'), "{:?}", out.stdout);
+    let mut seen: Vec<String> = out.stdout.trim_end_matches('\0').split('\0').map(str::to_string).collect();
+    seen.sort();
+    assert_eq!(seen, live);
+    assert_eq!(e.run(&["keys", "--limit", "2"]).ok().stdout.lines().count(), 2);
+    assert_eq!(sorted_lines(e.run(&["keys", "ttl-*s"]).ok()), sorted(&["ttl-3600s", "ttl-61s"]));
+    e.run(&["keys", "nothing*"]).code(1).stdout_is("");
+    e.run(&["keys", "short"]).code(1).stdout_is("");
+    let _: i64 = q!(&mut conn, "DEL", &format!("{other}ttl-61s"));
+}
+
+#[test]
+fn flush_match_takes_hostile_keys_and_glob_characters_literally() {
+    let Some((url, _)) = rig() else { return };
+    // A prefix full of Redis glob characters, and a sibling its unescaped pattern would match.
+    let prefix = format!("{}e]*?\\[:", unique("gm"));
+    let sibling = prefix.replace("]*?\\[", "]Q?\\[");
+    let hostile = ["100%", "100x", "a_b", "axb", "a\\b", "a*b", "a?b", "we[i]rd", "it's", "é-1", "\"q\"", "^x"];
+    let mut c = cache(&url, &prefix);
+    for key in hostile {
+        c.set(key, &string("v"), secs("600")).unwrap();
+    }
+    for i in 0..30 {
+        c.set(&format!("user:{i}"), &string("v"), secs("600")).unwrap();
+    }
+    let mut other = cache(&url, &sibling);
+    other.set("user:1", &string("o"), secs("600")).unwrap();
+    let e = env(&url, &prefix);
+    for (pattern, want) in [
+        ("100%", vec!["100%"]),
+        ("a_b", vec!["a_b"]),
+        ("a?b", vec!["a_b", "axb", "a\\b", "a*b", "a?b"]),
+        ("a\\\\b", vec!["a\\b"]),
+        ("a\\*b", vec!["a*b"]),
+        ("a\\?b", vec!["a?b"]),
+        ("we\\[i\\]rd", vec!["we[i]rd"]),
+        ("[\\^]*", vec!["^x"]),
+        ("it's", vec!["it's"]),
+        ("é*", vec!["é-1"]),
+    ] {
+        assert_eq!(sorted_lines(e.run(&["keys", pattern]).ok()), sorted(&want), "pattern {pattern}");
+    }
+    e.run(&["keys", "we[i]rd"]).code(1);
+
+    let out = e.run(&["flush", "--match", "user:1*", "--dry-run"]);
+    let want: Vec<String> = {
+        let mut v: Vec<String> = (0..30).map(|i| format!("user:{i}")).filter(|k| k.starts_with("user:1")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted_lines(out.ok()), want);
+    assert_eq!(c.get("user:1").unwrap(), Some(string("v")), "a dry run removes nothing");
+    e.run(&["-v", "flush", "--match", "user:1*"])
+        .ok()
+        .stdout_is("")
+        .stderr_has(&format!("removed {} entries", want.len()));
+    e.run(&["keys", "user:1*"]).code(1);
+    assert_eq!(e.run(&["keys", "user:*"]).ok().stdout.lines().count(), 30 - want.len());
+    e.run(&["-v", "flush", "--match", "a\\*b"]).ok().stderr_has("removed 1 entries");
+    assert_eq!(c.get("a?b").unwrap(), Some(string("v")));
+    assert_eq!(c.get("axb").unwrap(), Some(string("v")));
+    assert_eq!(other.get("user:1").unwrap(), Some(string("o")), "another prefix is never touched");
+    c.flush(false).unwrap();
+    other.flush(false).unwrap();
+}
+
+#[test]
+fn a_walk_over_many_scan_pages_lists_each_key_exactly_once() {
+    let Some((url, prefix)) = rig() else { return };
+    let mut conn = redis_client(&url);
+    let mut pipe = redis::pipe();
+    for i in 0..5000 {
+        pipe.cmd("PSETEX").arg(format!("{prefix}k{i}")).arg(600_000).arg("\"v\"").ignore();
+    }
+    let _: () = pipe.query(&mut conn).unwrap();
+    let e = env(&url, &prefix);
+    let lines = sorted_lines(e.run(&["keys"]).ok());
+    let mut want: Vec<String> = (0..5000).map(|i| format!("k{i}")).collect();
+    want.sort();
+    assert_eq!(lines, want, "each key exactly once");
+    assert_eq!(e.run(&["keys", "--limit", "1234"]).ok().stdout.lines().count(), 1234);
+    // k1, k10-k19, k100-k199, k1000-k1999: 1,111 keys, over several SCAN replies.
+    e.run(&["-v", "flush", "--match", "k1*"]).ok().stderr_has("removed 1111 entries");
+    assert_eq!(e.run(&["keys"]).ok().stdout.lines().count(), 5000 - 1111);
+    e.run(&["flush"]).ok();
+    e.run(&["keys"]).code(1);
+}
+
+#[test]
+fn a_malformed_pattern_is_status_2_before_anything_is_sent() {
+    // Nothing listens there: a pattern that reached the connect would be status 3.
+    let url = format!("redis://127.0.0.1:{}/0", crate::util::servers::free_port());
+    let e = env(&url, "p:").var("KINTO_CACHE_POOL_TIMEOUT", "2");
+    for args in [&["keys", "[abc"][..], &["keys", "a\\"], &["flush", "--match", "[z-a]"], &["flush", "--match", "x\\"]]
+    {
+        e.run(args).code(2).one_error_line().stderr_has("pattern");
+    }
+    e.run(&["keys", "a*"]).code(3);
+}

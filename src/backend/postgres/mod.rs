@@ -18,7 +18,7 @@ use super::pool::{Pool, PoolSettings};
 use connect::Tls;
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{Backend, FlushScope, GroupOp, GroupResult, Migration};
+use super::{Backend, FlushScope, GroupOp, GroupResult, MATCH_BATCH, Migration};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 use crate::ttl::{Remaining, Ttl};
@@ -447,6 +447,44 @@ fn group_sql(ops: &[GroupOp<'_>]) -> String {
     sql
 }
 
+/// One page of `walk` and `flush --match`: live keys that start with the prefix, in key order,
+/// with the seconds they have left (`None`: no expiry).
+type Page = Vec<(String, Option<f64>)>;
+
+/// The first page of live keys matching a `LIKE` pattern (`$1`), in key order.
+const FIRST_PAGE: &str = "SELECT key::text, EXTRACT(EPOCH FROM (ttl - now()))::float8 FROM cache \
+     WHERE key LIKE $1 ESCAPE E'\\\\' AND (ttl IS NULL OR ttl > now()) ORDER BY key LIMIT $2";
+
+/// The next page: the keys after the last one of the previous page (`$3`), in the same order.
+const NEXT_PAGE: &str = "SELECT key::text, EXTRACT(EPOCH FROM (ttl - now()))::float8 FROM cache \
+     WHERE key LIKE $1 ESCAPE E'\\\\' AND key > $3 AND (ttl IS NULL OR ttl > now()) ORDER BY key LIMIT $2";
+
+impl Postgres {
+    /// The page of live keys that start with `start` after `after` (every one when `None`).
+    ///
+    /// `LIKE 'start%'` with `start` escaped is exact whatever the column's collation, and the
+    /// planner turns its literal prefix into an index range where the collation allows it (C).
+    /// A bare `key >= start` with a stop at the first key without the prefix would not be: in a
+    /// linguistic collation (en_US...) the keys of one prefix are not contiguous in `ORDER BY
+    /// key` (`a-c` sorts between `ab` and `ad`). Paging follows `ORDER BY key` and `key > last`
+    /// in the column's own collation, so every page starts where the previous one ended.
+    fn page(&mut self, start: &str, after: Option<&str>) -> Result<Page> {
+        let mut params = vec![
+            param(format!("{}%", crate::pattern::like_escape(start)), Type::TEXT),
+            param(MATCH_BATCH as i64, Type::INT8),
+        ];
+        let sql = match after {
+            None => FIRST_PAGE,
+            Some(last) => {
+                params.push(param(last.to_string(), Type::TEXT));
+                NEXT_PAGE
+            }
+        };
+        let rows = self.query(sql, params)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
 /// What a `ttl` query's row (EXTRACT(EPOCH ...) as float8, or NULL) means.
 fn remaining(row: Option<Option<f64>>) -> Remaining {
     match row {
@@ -662,6 +700,66 @@ impl Backend for Postgres {
     fn purge(&mut self) -> Result<u64> {
         let rows = self.query_within(self.bulk_timeout(), "DELETE FROM cache WHERE ttl < now() RETURNING 1", vec![])?;
         Ok(rows.len() as u64)
+    }
+
+    /// Pages of [`MATCH_BATCH`] keys in key order, each page one short statement of its own
+    /// (bounded like every other: see [`Replies`]), so no transaction or cursor is held while the
+    /// caller prints, and memory stays one page.
+    fn walk(&mut self, start: &str, each: &mut dyn FnMut(&str, Remaining) -> bool) -> Result<()> {
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.page(start, after.as_deref())?;
+            for (key, secs) in &page {
+                // `ttl > now()` in the same statement: the time left is above zero.
+                let left = secs.map_or(Remaining::NoExpiry, |s| Remaining::Left(Duration::from_secs_f64(s.max(1e-9))));
+                if !each(key, left) {
+                    return Ok(());
+                }
+            }
+            if page.len() < MATCH_BATCH {
+                return Ok(());
+            }
+            after = page.into_iter().next_back().map(|(k, _)| k);
+        }
+    }
+
+    /// Page by page as [`Backend::walk`]; each page's chosen keys (at most [`MATCH_BATCH`])
+    /// removed by one `DELETE ... WHERE key = ANY($1)`, a short statement of its own. The keys
+    /// reported are those the `DELETE` removed while live (one removed by someone else, or
+    /// expired, in the meantime is not counted).
+    fn remove_matching(
+        &mut self,
+        start: &str,
+        chosen: &dyn Fn(&str) -> bool,
+        dry_run: bool,
+        each: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<u64> {
+        let mut after: Option<String> = None;
+        let mut removed = 0;
+        loop {
+            let page = self.page(start, after.as_deref())?;
+            let full = page.len() == MATCH_BATCH;
+            let keys: Vec<String> = page.iter().map(|(k, _)| k).filter(|k| chosen(k)).cloned().collect();
+            after = page.into_iter().next_back().map(|(k, _)| k);
+            if dry_run {
+                for key in &keys {
+                    each(key)?;
+                    removed += 1;
+                }
+            } else if !keys.is_empty() {
+                let rows = self.query(
+                    "DELETE FROM cache WHERE key = ANY($1) RETURNING key::text, (ttl IS NULL OR ttl > now())",
+                    vec![param(keys, Type::TEXT_ARRAY)],
+                )?;
+                for row in rows.iter().filter(|r| r.get::<_, bool>(1)) {
+                    each(row.get(0))?;
+                    removed += 1;
+                }
+            }
+            if !full {
+                return Ok(removed);
+            }
+        }
     }
 
     /// One round trip for the whole group: its statements as one multi-statement query in one

@@ -241,15 +241,85 @@ impl Redis {
         f(&mut conn).map_err(classify)
     }
 
-    /// `UNLINK` (or `DEL` on servers without it) of `keys`.
-    fn unlink(&self, conn: &mut Conn, keys: &[Vec<u8>]) -> redis::RedisResult<()> {
+    /// `UNLINK` (or `DEL` on servers without it) of `keys`: how many the server removed.
+    fn unlink<K: redis::ToRedisArgs>(&self, conn: &mut Conn, keys: &[K]) -> redis::RedisResult<u64> {
         if !self.missing.unlink.load(Ordering::Relaxed) {
-            match conn.query::<i64>(redis::cmd("UNLINK").arg(keys)) {
+            match conn.query::<u64>(redis::cmd("UNLINK").arg(keys)) {
                 Err(e) if is_unknown_command(&e) => self.missing.unlink.store(true, Ordering::Relaxed),
-                r => return r.map(drop),
+                r => return r,
             }
         }
-        conn.query::<i64>(redis::cmd("DEL").arg(keys)).map(drop)
+        conn.query::<u64>(redis::cmd("DEL").arg(keys))
+    }
+
+    /// Walks the keys that start with `start`: `SCAN cursor MATCH <start escaped>* COUNT 1000`
+    /// on one connection, giving `page` each reply's keys (UTF-8 ones only: kcache's keys are
+    /// text; each key once, see [`Recent`]) with the connection, until it returns `false` or the
+    /// cursor comes back to 0. Every command is bounded by [`COMMAND_TIMEOUT`].
+    fn scan(&self, start: &str, page: &mut dyn FnMut(&mut Conn, Vec<String>) -> Result<bool>) -> Result<()> {
+        let pattern = format!("{}*", glob_escape(start));
+        let mut conn = self.pool.get()?;
+        let mut recent = Recent::default();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = conn
+                .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT))
+                .map_err(classify)?;
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter_map(|k| String::from_utf8(k).ok())
+                // The escaped pattern matches only these; checked again all the same.
+                .filter(|k| k.starts_with(start))
+                .collect();
+            let keys = recent.fresh(keys);
+            if !keys.is_empty() && !page(&mut conn, keys)? {
+                return Ok(());
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// How many replies of a walk [`Recent`] remembers the keys of.
+const RECENT_REPLIES: usize = 16;
+
+/// The keys of a walk's last [`RECENT_REPLIES`] `SCAN` replies, so that no key is given twice
+/// without holding every key of the walk.
+///
+/// `SCAN` returns a key twice only when the keyspace's hash table shrinks during the walk (many
+/// keys removed meanwhile): the cursor then goes on in the smaller table from the bucket it had
+/// reached, which also holds the entries of the larger table's buckets of that bucket's group,
+/// some visited already. Its reverse-binary cursor visits a group's buckets one after the other,
+/// so a repeated key is one of the replies just before. 16 replies of `COUNT 1000` cover a group
+/// of at least 16,000 buckets (a reply stops at 1,000 keys or 10,000 buckets), so a key can be
+/// given twice only if the keyspace shrinks more than 16,000-fold during the walk (Redis halves
+/// the table down to the next power of two above the keys left). Memory stays at most that
+/// many keys (a few MB) however many keys there are.
+#[derive(Default)]
+struct Recent {
+    replies: std::collections::VecDeque<Vec<String>>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Recent {
+    /// The keys of a new reply that no remembered reply had (and each once); remembers them.
+    fn fresh(&mut self, keys: Vec<String>) -> Vec<String> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if self.seen.insert(key.clone()) {
+                out.push(key);
+            }
+        }
+        self.replies.push_back(out.clone());
+        if self.replies.len() > RECENT_REPLIES {
+            for key in self.replies.pop_front().unwrap_or_default() {
+                self.seen.remove(&key);
+            }
+        }
+        out
     }
 }
 
@@ -755,6 +825,57 @@ impl Backend for Redis {
             }
         }
     }
+
+    /// `SCAN` pages (see [`Redis::scan`]), then the `PTTL` of each page's keys in one pipeline:
+    /// a key gone since (-2, or 0: expiring this millisecond) is left out.
+    fn walk(&mut self, start: &str, each: &mut dyn FnMut(&str, Remaining) -> bool) -> Result<()> {
+        let mut packed = Packed::default();
+        self.scan(start, &mut |conn, keys| {
+            packed.bytes.clear();
+            packed.count = 0;
+            for key in &keys {
+                packed.push(("PTTL", key.as_str()));
+            }
+            let replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+            for (key, ms) in keys.iter().zip(replies) {
+                match remaining(reply(ms).map_err(classify)?) {
+                    Remaining::Missing => {}
+                    left => {
+                        if !each(key, left) {
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// `SCAN` pages (see [`Redis::scan`]); each page's chosen keys removed by one `UNLINK` (`DEL`
+    /// before Redis 4.0) of at most 1,000 keys. The count is what the server removed (a key
+    /// removed by someone else in the meantime is not counted).
+    fn remove_matching(
+        &mut self,
+        start: &str,
+        chosen: &dyn Fn(&str) -> bool,
+        dry_run: bool,
+        each: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<u64> {
+        let mut removed = 0;
+        let this = &*self;
+        this.scan(start, &mut |conn, mut keys| {
+            keys.retain(|k| chosen(k));
+            if keys.is_empty() {
+                return Ok(true);
+            }
+            removed += if dry_run { keys.len() as u64 } else { this.unlink(conn, &keys).map_err(classify)? };
+            for key in &keys {
+                each(key)?;
+            }
+            Ok(true)
+        })?;
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]
@@ -767,6 +888,19 @@ mod tests {
         assert_eq!(glob_escape("plain:"), "plain:");
         assert_eq!(glob_escape(r"a*b?c[d]e\f"), r"a\*b\?c\[d\]e\\f");
         assert_eq!(glob_escape("é^-:"), "é^-:");
+    }
+
+    #[test]
+    fn a_walk_gives_each_key_once_and_remembers_only_recent_replies() {
+        let page = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let mut recent = Recent::default();
+        assert_eq!(recent.fresh(page(&["a", "b", "a"])), page(&["a", "b"]));
+        assert_eq!(recent.fresh(page(&["b", "c"])), page(&["c"]), "a key SCAN repeats is given once");
+        for i in 0..RECENT_REPLIES {
+            recent.fresh(vec![format!("k{i}")]);
+        }
+        assert!(recent.seen.len() <= RECENT_REPLIES * 2, "memory stays the last replies' keys");
+        assert_eq!(recent.fresh(page(&["a"])), page(&["a"]), "forgotten after {RECENT_REPLIES} replies");
     }
 
     #[test]
