@@ -155,6 +155,10 @@ impl From<io::Error> for Failure {
     }
 }
 
+/// The longest line of a key dump kcache reads: a key of 250 bytes, each written `%XX`, and
+/// the other fields, with room to spare.
+pub const MAX_DUMP_LINE: usize = 4096;
+
 /// One pooled connection.
 pub struct Conn {
     reader: BufReader<Stream>,
@@ -259,6 +263,63 @@ impl Conn {
             l if l.starts_with(b"CLIENT_ERROR") || l == b"ERROR\r\n" => Err(self.fail(Failure::Client(self.quoted()))),
             _ => Err(self.unexpected()),
         }
+    }
+
+    /// Sends one text command line (CR LF added) of the classic protocol, alone.
+    pub fn send_line(&mut self, line: &str) -> Result<(), Failure> {
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        self.send()
+    }
+
+    /// Reads one line of a key dump (`lru_crawler metadump`), without its LF or CR LF: memcached
+    /// ends the dump's lines with a bare LF and its `END` (or an error reply) with CR LF.
+    ///
+    /// This is kcache's own code, as the socket is: the memcache crate has no crawler API. The
+    /// read ends safely on a server that sends no terminator: every read is bounded by the
+    /// socket's timeout (`pool_timeout`), a line must arrive whole within `limit` (a server
+    /// that trickles bytes cannot hold kcache either), and a line over [`MAX_DUMP_LINE`] bytes
+    /// is an unexpected reply, so memory stays bounded too. Any failure gives the connection up.
+    pub fn dump_line(&mut self, limit: Duration) -> Result<&[u8], Failure> {
+        if self.broken {
+            return Err(Failure::Abandoned("the connection was given up earlier".into()));
+        }
+        let started = std::time::Instant::now();
+        self.line.clear();
+        loop {
+            let buf = match self.reader.fill_buf() {
+                Ok([]) => return Err(self.fail(Failure::Closed)),
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            let (taken, done) = match buf.iter().position(|b| *b == b'\n') {
+                Some(at) => (at + 1, true),
+                None => (buf.len(), false),
+            };
+            self.line.extend_from_slice(&buf[..taken]);
+            self.reader.consume(taken);
+            if done {
+                break;
+            }
+            if self.line.len() > MAX_DUMP_LINE {
+                self.line.truncate(200);
+                let quoted = self.quoted();
+                return Err(
+                    self.fail(Failure::Unexpected(format!("{quoted}... (a line of over {MAX_DUMP_LINE} bytes)")))
+                );
+            }
+            if started.elapsed() >= limit {
+                return Err(self.fail(Failure::Io { timeout: true, message: "the line did not end in time".into() }));
+            }
+        }
+        let end = self.line.len() - if self.line.ends_with(b"\r\n") { 2 } else { 1 };
+        Ok(&self.line[..end])
+    }
+
+    /// The last line read, quoted as messages quote replies (see [`escape`]).
+    pub fn last_line(&self) -> String {
+        self.quoted()
     }
 
     /// Marks the connection broken and returns the failure.
