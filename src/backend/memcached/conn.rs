@@ -319,7 +319,8 @@ impl Conn {
 
     /// The last line read, quoted as messages quote replies (see [`escape`]).
     pub fn last_line(&self) -> String {
-        self.quoted()
+        let line = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+        escape(line.strip_suffix(b"\r").unwrap_or(line))
     }
 
     /// Marks the connection broken and returns the failure.
@@ -564,6 +565,49 @@ mod tests {
         assert_eq!(c.receive().unwrap_err(), Failure::Server("SERVER_ERROR object too large for cache".into()));
         assert!(!c.broken, "a refused store leaves the connection in step");
         c.flush_all().unwrap();
+    }
+
+    #[test]
+    fn a_key_dump_is_read_line_by_line_and_never_waits_forever() {
+        let (mut c, mut server) = pair();
+        c.send_line("lru_crawler metadump hash").unwrap();
+        assert_eq!(sent(&mut server, 27), "lru_crawler metadump hash\r\n");
+        server.write_all(b"key=a%20b exp=-1 la=1 cas=1 fetch=no cls=1 size=60\nkey=c exp=5").unwrap();
+        let limit = Duration::from_secs(5);
+        assert_eq!(c.dump_line(limit).unwrap(), b"key=a%20b exp=-1 la=1 cas=1 fetch=no cls=1 size=60");
+        server.write_all(b" la=1\nEND\r\n").unwrap();
+        assert_eq!(c.dump_line(limit).unwrap(), b"key=c exp=5 la=1");
+        assert_eq!(c.dump_line(limit).unwrap(), b"END");
+        assert_eq!(c.last_line(), "END");
+        assert!(!c.broken);
+
+        // No terminator: a trickle of bytes ends with a timeout once `limit` has passed.
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut c = Conn::new(Stream::Unix(ours));
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..40 {
+                if theirs.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let start = std::time::Instant::now();
+        let e = c.dump_line(Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(e, Failure::Io { timeout: true, .. }), "{e:?}");
+        assert!(start.elapsed() < Duration::from_millis(700), "{:?}", start.elapsed());
+        assert!(c.broken);
+        drop(c);
+        trickle.join().unwrap();
+
+        // A line longer than any dump line is an unexpected reply; a closed socket is `Closed`.
+        let (mut c, mut server) = pair();
+        server.write_all(&vec![b'k'; MAX_DUMP_LINE + 10]).unwrap();
+        assert!(matches!(c.dump_line(limit), Err(Failure::Unexpected(_))));
+        let (mut c, server) = pair();
+        drop(server);
+        assert_eq!(c.dump_line(limit), Err(Failure::Closed));
     }
 
     #[test]
