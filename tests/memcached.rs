@@ -1171,6 +1171,78 @@ fn a_server_that_refuses_the_crawler_is_status_4_with_a_hint() {
     }
 }
 
+/// A memcached started with its key crawler off (`-o no_lru_crawler`); killed on drop.
+struct NoCrawler(std::process::Child, String);
+
+impl Drop for NoCrawler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_real_server_with_its_crawler_off_is_status_4_with_a_hint() {
+    // The rig's memcached is installed when its servers run.
+    if rig().is_none() {
+        return;
+    }
+    let host = format!("127.0.0.1:{}", crate::util::servers::free_port());
+    let port = host.rsplit(':').next().unwrap().to_string();
+    let mut cmd = std::process::Command::new("memcached");
+    cmd.args(["-l", "127.0.0.1", "-p", &port, "-U", "0", "-m", "16", "-o", "no_lru_crawler"]);
+    if crate::util::servers::is_root() {
+        cmd.args(["-u", "nobody"]);
+    }
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let server = NoCrawler(child, host.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::util::servers::probe(&server.1, b"version\r\n").is_none_or(|l| !l.starts_with("VERSION")) {
+        assert!(Instant::now() < deadline, "memcached -o no_lru_crawler did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = env(std::slice::from_ref(&host), "p:");
+    e.run(&["set", "k", "v", "60"]).ok();
+    for args in [&["keys"][..], &["flush", "--match", "*"]] {
+        e.run(args)
+            .code(4)
+            .stderr_has(&format!("memcached at {host} cannot list its keys"))
+            .stderr_has("lru crawler disabled")
+            .stderr_has("kcache: hint:");
+    }
+    e.run(&["get", "k"]).ok().stdout_is("v\n");
+}
+
+#[test]
+fn a_crawler_busy_with_another_crawl_is_asked_again_then_status_3() {
+    // memcached runs one crawl at a time: concurrent walks wait for each other.
+    if let Some(hosts) = rig() {
+        let prefix = format!("{}:", unique("busy"));
+        let mut c = cache(&hosts, &prefix);
+        let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+        let value = string("v");
+        let ops: Vec<GroupOp<'_>> = keys.iter().map(|k| GroupOp::Set(k, &value, secs("600"))).collect();
+        assert!(c.run_group(&ops).iter().all(Result::is_ok));
+        let walks: Vec<_> = (0..6)
+            .map(|_| {
+                let e = env(&hosts, &prefix);
+                std::thread::spawn(move || e.run(&["keys"]).ok().stdout.lines().count())
+            })
+            .collect();
+        for w in walks {
+            assert_eq!(w.join().unwrap(), 300);
+        }
+    }
+    // A server whose crawler stays busy: asked again for 10 s, then status 3.
+    let busy = fake_server(Some(b"BUSY currently processing crawler request\r\n"));
+    let e = env(std::slice::from_ref(&busy), "p:").var("KINTO_CACHE_POOL_TIMEOUT", "1");
+    let start = Instant::now();
+    let out = crate::util::servers::run_within(&e, &["keys"], None, Duration::from_secs(20));
+    out.code(3).one_error_line().stderr_has(&format!("the key crawler of memcached at {busy} was busy"));
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(10) && took < Duration::from_secs(13), "{took:?}");
+}
+
 #[test]
 fn a_dump_without_end_or_no_answer_is_status_3_in_bounded_time() {
     let endless = fake_server(Some(b"key=p%3Aa exp=-1 la=1 cas=1 fetch=no cls=1 size=60\n"));
