@@ -16,11 +16,17 @@
 //!   for them are candidates: those are the keys `get` finds, and each is so listed once even
 //!   when a stray copy sits on another server.
 //! - **Expiry**: the dump's `exp` is the server's expiry only, and Kinto's envelope may come
-//!   first. The candidates are read [`CHUNK`] at a time in pipelines of `mg <key> v f t c`
-//!   (on a pooled connection, kept as small as `group.rs` keeps its own), and only live
-//!   entries are given, with the time left `ttl` would show (`remaining_on`). Entries that are
-//!   not Kinto's envelopes are not cache entries and are skipped. Memory holds one chunk, never
-//!   the dump.
+//!   first. Once a server's dump has ended, its candidates are read [`CHUNK`] at a time in
+//!   pipelines of `mg <key> v f t c` (on a pooled connection, kept as small as `group.rs` keeps
+//!   its own), and only live entries are given, with the time left `ttl` would show
+//!   (`remaining_on`). Entries that are not Kinto's envelopes are not cache entries and are
+//!   skipped.
+//! - **Why the whole dump first**: memcached's crawler holds item locks while it waits for its
+//!   client to read the dump (seen on 1.6.18: a walk that read envelopes between chunks of a
+//!   200,000-key dump stalled until `pool_timeout`), so nothing else is sent to a server until
+//!   its dump has been read to `END`. That also keeps the crawl short for the server. The
+//!   candidates wait in a [`Spool`]: the first chunk in memory, the rest in an unlinked
+//!   temporary file, so memory holds one chunk, never the dump.
 //! - **Removal** (`flush --match`): each chunk's chosen entries go in one pipeline of
 //!   `md <key> C<cas>`, the CAS read with the envelope. A plain `md` would also remove an
 //!   entry another client wrote after the walk judged the key (a fresh entry that was never
@@ -41,6 +47,8 @@ use crate::backend::{Backend, MATCH_BATCH};
 use crate::error::{Error, ErrorKind, Result};
 use memcache::exp::{MetaCommand, MetaOp};
 use r2d2::ManageConnection;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How many candidate keys are read (and removed) at a time.
@@ -228,45 +236,130 @@ pub fn remove(c: &mut Conn, chosen: &[&Live]) -> Result<Vec<bool>, Failure> {
     r
 }
 
+/// The candidate keys of one server, between its dump and their lookups: the first [`CHUNK`]
+/// in memory, any more in a temporary file (unlinked at once), one key a line (keys have no
+/// control characters).
+struct Spool {
+    head: Vec<String>,
+    writer: Option<BufWriter<File>>,
+    reader: Option<BufReader<File>>,
+}
+
+impl Spool {
+    fn new() -> Spool {
+        Spool { head: Vec::with_capacity(CHUNK), writer: None, reader: None }
+    }
+
+    fn push(&mut self, key: String) -> Result<()> {
+        if self.writer.is_none() && self.head.len() < CHUNK {
+            self.head.push(key);
+            return Ok(());
+        }
+        let w = match &mut self.writer {
+            Some(w) => w,
+            None => self.writer.insert(BufWriter::with_capacity(64 * 1024, temporary_file().map_err(spool_error)?)),
+        };
+        w.write_all(key.as_bytes()).and_then(|()| w.write_all(b"\n")).map_err(spool_error)
+    }
+
+    /// The next chunk of at most [`CHUNK`] keys, `None` when none is left.
+    fn next_chunk(&mut self) -> Result<Option<Vec<String>>> {
+        if !self.head.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.head)));
+        }
+        if let Some(w) = self.writer.take() {
+            let mut file = w.into_inner().map_err(|e| spool_error(e.into_error()))?;
+            file.seek(SeekFrom::Start(0)).map_err(spool_error)?;
+            self.reader = Some(BufReader::with_capacity(64 * 1024, file));
+        }
+        let Some(r) = &mut self.reader else { return Ok(None) };
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut line = String::new();
+        while chunk.len() < CHUNK {
+            line.clear();
+            if r.read_line(&mut line).map_err(spool_error)? == 0 {
+                break;
+            }
+            chunk.push(line.trim_end_matches('\n').to_string());
+        }
+        if chunk.is_empty() {
+            self.reader = None;
+            return Ok(None);
+        }
+        Ok(Some(chunk))
+    }
+}
+
+/// A new temporary file only this process can read, already unlinked (on unix): nothing is
+/// left behind, whatever happens to the process.
+fn temporary_file() -> std::io::Result<File> {
+    let dir = std::env::temp_dir();
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut attempt = 0;
+    loop {
+        let path = dir.join(format!("kcache-keys-{}-{nanos:x}-{attempt}", std::process::id()));
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(&path) {
+            Ok(file) => {
+                let _ = std::fs::remove_file(&path);
+                return Ok(file);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn spool_error(e: std::io::Error) -> Error {
+    let dir = std::env::temp_dir();
+    Error::new(
+        ErrorKind::Backend,
+        anyhow::anyhow!("cannot keep the listed keys in a temporary file in {}: {e}", dir.display()),
+    )
+    .with_hint("set TMPDIR to a folder kcache can write to, with room for the keys")
+}
+
 impl Memcached {
     /// Walks every server's live entries whose full key starts with `start` (see the module
     /// doc), giving `on_chunk` each chunk with a connection to its server, until it returns
     /// `false`.
     pub(super) fn crawl(&self, start: &str, on_chunk: &mut OnChunk<'_>) -> Result<()> {
         for (index, server) in self.shared.servers.iter().enumerate() {
-            let mut dump = Dump::open(server, self.shared.pool.timeout)?;
+            let mut spool = self.candidates(index, server, start)?;
             let mut pooled = None;
-            let mut candidates: Vec<String> = Vec::with_capacity(CHUNK);
             let mut live: Vec<Live> = Vec::with_capacity(CHUNK);
-            loop {
-                let key = dump.next_key()?;
-                let ended = key.is_none();
-                if let Some(key) = key
-                    && key.starts_with(start)
-                    && self.check_key(&key).is_ok()
-                    && self.server_index(&key) == index
-                {
-                    candidates.push(key);
-                }
-                if candidates.len() >= CHUNK || (ended && !candidates.is_empty()) {
-                    candidates.sort_unstable();
-                    candidates.dedup();
-                    let c = match &mut pooled {
-                        Some(c) => c,
-                        None => pooled.insert(self.connection(server)?),
-                    };
-                    live.clear();
-                    lookup(c, &candidates, &mut live).map_err(|f| conn::classify(f, &server.location))?;
-                    candidates.clear();
-                    if !on_chunk(c, server, &live)? {
-                        return Ok(());
-                    }
-                }
-                if ended {
-                    break;
+            while let Some(mut candidates) = spool.next_chunk()? {
+                candidates.sort_unstable();
+                candidates.dedup();
+                let c = match &mut pooled {
+                    Some(c) => c,
+                    None => pooled.insert(self.connection(server)?),
+                };
+                live.clear();
+                lookup(c, &candidates, &mut live).map_err(|f| conn::classify(f, &server.location))?;
+                if !on_chunk(c, server, &live)? {
+                    return Ok(());
                 }
             }
         }
         Ok(())
+    }
+
+    /// Reads the whole dump of `server` (the `index`th) before anything else is sent to it, and
+    /// keeps its candidate keys. memcached's crawler holds item locks while it waits for its
+    /// client to read (seen on 1.6.18): a `mg` sent to the server while the dump is left unread
+    /// can wait on the crawler, which waits on kcache.
+    fn candidates(&self, index: usize, server: &Server, start: &str) -> Result<Spool> {
+        let mut dump = Dump::open(server, self.shared.pool.timeout)?;
+        let mut spool = Spool::new();
+        while let Some(key) = dump.next_key()? {
+            if key.starts_with(start) && self.check_key(&key).is_ok() && self.server_index(&key) == index {
+                spool.push(key)?;
+            }
+        }
+        Ok(spool)
     }
 }
