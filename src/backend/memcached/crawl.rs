@@ -1,9 +1,9 @@
 //! `keys` and `flush --match` on memcached: each server's key crawler, then Kinto's envelopes.
 //!
-//! - **The dump**: on a connection of its own (the pool's would be out of step if the walk
-//!   stopped early), `lru_crawler metadump hash`, which walks the hash table (`metadump all`
-//!   was seen to skip live keys on memcached 1.6.18); a server that answers that it does not
-//!   know `hash` (`BADCLASS` before 1.6.x) gets `lru_crawler metadump all` (1.4.31 and newer).
+//! - **The dump**: on a connection of its own, closed after it (a dump that fails midway
+//!   leaves nothing behind in the pool), `lru_crawler metadump hash`, which walks the hash
+//!   table (`metadump all` was seen to skip live keys on memcached 1.6.18); a server that answers that it does not
+//!   know `hash` (`BADCLASS` on older servers) gets `lru_crawler metadump all` (1.4.31 and newer).
 //!   A server that refuses both (the crawler disabled with `-o no_lru_crawler`, metadump not
 //!   allowed, too old) is status 4 with a hint; one busy with another crawl (memcached runs one
 //!   at a time) is asked again for up to [`BUSY_PATIENCE`], then status 3. The dump's lines
