@@ -484,7 +484,7 @@ macro_rules! keys_tests {
 }
 
 mod keys {
-    keys_tests!(memory, sqlite, postgresql, redis);
+    keys_tests!(memory, sqlite, postgresql, redis, memcached);
 }
 
 macro_rules! conformance_tests {

@@ -1020,3 +1020,319 @@ fn workers_sharing_one_connection_per_server_never_wait_for_each_other() {
     assert!(!out.stdout.contains("\"status\":3"));
     assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
 }
+
+// ---- keys and flush --match (each server's key crawler) --------------------------------------
+
+/// The output of `keys` (and of `flush --match --dry-run`), sorted.
+fn listed(stdout: &str) -> Vec<String> {
+    let mut keys: Vec<String> = stdout.lines().map(str::to_string).collect();
+    keys.sort();
+    keys
+}
+
+fn sorted(keys: &[&str]) -> Vec<String> {
+    let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn keys_lists_both_servers_and_entries_as_kinto_writes_them_never_expired_ones() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("keys"));
+    let e = env(&hosts, &prefix);
+    // Kinto's own writes, raw: python-memcached's exptime int(ttl), envelope ceil(now + ttl).
+    // (Those of a minute or more: the server drops `ttl-1.9s` within about a second.)
+    let mut want = Vec::new();
+    for w in kinto_writes().into_iter().filter(|w| w["set_ttl_seconds"].as_f64().unwrap() >= 60.0) {
+        let ttl = w["set_ttl_seconds"].as_f64().unwrap();
+        let (value, _) = split_envelope(w["wire_payload"].as_str().unwrap().as_bytes());
+        let short = w["key"].as_str().unwrap();
+        let key = format!("{prefix}{short}");
+        let exptime = w["wire_command_line"].as_str().unwrap().split(' ').nth(3).unwrap().parse().unwrap();
+        let payload = format!("{{\"value\":{value},\"ttl\":{}}}", (now() + ttl).ceil() as u64);
+        MemcachedClient::to(&hosts[hosts::bucket(&key, 2)]).set(&key, 16, exptime, payload.as_bytes());
+        want.push(short.to_string());
+    }
+    // And kcache's, enough that both servers hold some.
+    for i in 0..10 {
+        e.run(&["set", &format!("k{i}"), "v", "600"]).ok();
+        want.push(format!("k{i}"));
+    }
+    let on: Vec<usize> = want.iter().map(|k| hosts::bucket(&format!("{prefix}{k}"), 2)).collect();
+    assert!(on.contains(&0) && on.contains(&1), "the keys are on both servers: {on:?}");
+    // Never listed: an envelope whose time has passed while the server still holds the entry,
+    // an entry that is not Kinto's, another prefix's key.
+    let stale = format!("{prefix}stale");
+    let payload = format!("{{\"value\":1,\"ttl\":{}}}", now() as u64 - 5);
+    MemcachedClient::to(&hosts[hosts::bucket(&stale, 2)]).set(&stale, 16, 600, payload.as_bytes());
+    assert!(holder(&hosts, &stale).is_some(), "the server still holds it");
+    let foreign = format!("{prefix}foreign");
+    MemcachedClient::to(&hosts[hosts::bucket(&foreign, 2)]).set(&foreign, 16, 600, b"plain text");
+    env(&hosts, &format!("{}:", unique("keysother"))).run(&["set", "k0", "v", "600"]).ok();
+    // kcache's sub-second entry: the server keeps it seconds longer than its envelope says.
+    e.run(&["set", "brief", "v", "200ms"]).ok();
+    std::thread::sleep(Duration::from_millis(400));
+
+    let out = e.run(&["keys"]);
+    out.ok();
+    want.sort();
+    assert_eq!(listed(&out.stdout), want);
+    // The time left is ttl's: the server's expiry, which comes first on Kinto's entries.
+    let out = e.run(&["keys", "--ttl", "ttl-3600s"]);
+    let (key, secs) = out.ok().stdout.trim().split_once('\t').unwrap();
+    let secs: u64 = secs.parse().unwrap();
+    assert!(key == "ttl-3600s" && (3597..=3600).contains(&secs), "{}", out.stdout);
+    let out = e.run(&["keys", "--json", "k[0-9]"]);
+    let docs: Vec<serde_json::Value> = out.ok().stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(docs.len(), 10);
+    assert!(docs.iter().all(|d| d["ttl"].as_f64().is_some_and(|t| t > 590.0 && t <= 600.0)), "{docs:?}");
+    assert_eq!(e.run(&["keys", "--limit", "3"]).ok().stdout.lines().count(), 3);
+    e.run(&["keys", "stale"]).code(1).stdout_is("");
+    e.run(&["keys", "nothing*"]).code(1).stdout_is("");
+}
+
+#[test]
+fn hostile_keys_come_back_from_the_uri_encoded_dump_exactly() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:%é", unique("hostile"));
+    let e = env(&hosts, &prefix);
+    let hostile =
+        ["100%", "%20", "%25", "a%2Fb", "é☃😀", "+plus+", "it's", "\"q\"", "a\\b", "a*b?[c]", "x=1&y=2", "ü%C3%BC"];
+    for k in hostile {
+        e.run(&["set", k, "v", "600"]).ok();
+    }
+    // Bytes that are not UTF-8 (memcached takes them): skipped, not an error.
+    let mut client = MemcachedClient::to(&hosts[0]);
+    let mut command = format!("set {prefix}").into_bytes();
+    command.extend_from_slice(b"\xff\xfe 16 600 2 \r\n12\r\n");
+    client.send(&command);
+    assert_eq!(client.line(), "STORED\r\n");
+    let out = e.run(&["keys", "-0"]);
+    let mut got: Vec<String> = out.ok().stdout.split_terminator('\0').map(str::to_string).collect();
+    got.sort();
+    assert_eq!(got, sorted(&hostile));
+    e.run(&["keys", "100%"]).ok().stdout_is("100%\n");
+    assert_eq!(listed(&e.run(&["keys", "%2?"]).ok().stdout), sorted(&["%20", "%25"]));
+    e.run(&["keys", "a\\*b\\?\\[c\\]"]).ok().stdout_is("a*b?[c]\n");
+    e.run(&["-v", "flush", "--match", "*%*"]).ok().stderr_has("removed 5 entries");
+    let left: Vec<&str> = hostile.iter().copied().filter(|k| !k.contains('%')).collect();
+    assert_eq!(listed(&e.run(&["keys"]).ok().stdout), sorted(&left));
+}
+
+#[test]
+fn flush_match_removes_only_the_matches_in_chunks_with_a_count_and_a_dry_run() {
+    let Some(hosts) = rig() else { return };
+    let prefix = format!("{}:", unique("fmatch"));
+    let mut c = cache(&hosts, &prefix);
+    let bulk: Vec<String> = (0..2500).map(|i| format!("bulk:{i}")).collect();
+    let value = string("v");
+    let ttl = secs("600");
+    let ops: Vec<GroupOp<'_>> = bulk.iter().map(|k| GroupOp::Set(k, &value, ttl)).collect();
+    assert!(c.run_group(&ops).iter().all(Result::is_ok));
+    for k in ["user:1", "user:2", "user:10", "sess:1"] {
+        c.set(k, &value, ttl).unwrap();
+    }
+    let other_prefix = format!("{}:", unique("fmatchother"));
+    let mut other = cache(&hosts, &other_prefix);
+    other.set("user:1", &value, ttl).unwrap();
+    other.set("bulk:1", &value, ttl).unwrap();
+    let e = env(&hosts, &prefix);
+
+    let out = e.run(&["flush", "--match", "user:*", "--dry-run"]);
+    assert_eq!(listed(&out.ok().stdout), sorted(&["user:1", "user:10", "user:2"]));
+    assert_eq!(c.get("user:1").unwrap(), Some(value.clone()), "a dry run removes nothing");
+    let out = e.run(&["flush", "--match", "user:*"]);
+    assert!(out.ok().stdout_is("").stderr.is_empty(), "quiet without -v: {}", out.stderr);
+    e.run(&["keys", "user:*"]).code(1);
+    // More than one chunk, on both servers.
+    let out = e.run(&["flush", "--match", "bulk:*", "--dry-run"]);
+    assert_eq!(out.ok().stdout.lines().count(), 2500);
+    e.run(&["-v", "flush", "--match", "bulk:*"]).ok().stderr_has("removed 2500 entries");
+    e.run(&["-v", "flush", "--match", "bulk:*"]).ok().stderr_has("removed 0 entries");
+    assert!(bulk.iter().take(50).all(|k| c.get(k).unwrap().is_none()));
+    e.run(&["keys"]).ok().stdout_is("sess:1\n");
+    assert_eq!(other.get("user:1").unwrap(), Some(value.clone()), "another prefix is never touched");
+    assert_eq!(other.get("bulk:1").unwrap(), Some(value));
+}
+
+#[test]
+fn a_server_that_refuses_the_crawler_is_status_4_with_a_hint() {
+    let disabled = fake_server(Some(b"CLIENT_ERROR lru crawler disabled\r\n"));
+    for args in [&["keys"][..], &["flush", "--match", "*"], &["flush", "--match", "a*", "--dry-run"]] {
+        let e = env(std::slice::from_ref(&disabled), "p:").var("KINTO_CACHE_POOL_TIMEOUT", "1");
+        let start = Instant::now();
+        let out = crate::util::servers::run_within(&e, args, None, Duration::from_secs(10));
+        out.code(4)
+            .stderr_has(&format!("memcached at {disabled} cannot list its keys"))
+            .stderr_has("CLIENT_ERROR lru crawler disabled")
+            .stderr_has("kcache: hint:")
+            .stderr_has("-o lru_crawler");
+        assert!(start.elapsed() < Duration::from_secs(3), "{args:?}: {:?}", start.elapsed());
+    }
+}
+
+#[test]
+fn a_large_server_is_walked_in_full_with_its_dump_read_first() {
+    // memcached's crawler holds item locks while its client does not read: envelopes read
+    // between chunks of a dump larger than the socket buffers stalled until pool_timeout.
+    let Some([server]) = OwnMemcached::several::<1>() else { return };
+    let mut raw = server.client();
+    let time = now() as u64 + 3600;
+    let mut sets = Vec::new();
+    for i in 0..100_000 {
+        let envelope = format!("{{\"value\":{i},\"ttl\":{time}}}");
+        sets.extend_from_slice(format!("set big:k{i} 16 0 {} noreply\r\n{envelope}\r\n", envelope.len()).as_bytes());
+    }
+    raw.send(&sets);
+    assert!(raw.command("version\r\n")[0].starts_with("VERSION"));
+    let e = env(&[server.host()], "big:").var("KINTO_CACHE_POOL_TIMEOUT", "2");
+    let tmp = e.path("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let e = e.var("TMPDIR", tmp.to_str().unwrap());
+    let out = crate::util::servers::run_within(&e, &["keys"], None, Duration::from_secs(60));
+    assert_eq!(out.ok().stdout.lines().count(), 100_000);
+    let out = crate::util::servers::run_within(&e, &["-v", "flush", "--match", "k1*"], None, Duration::from_secs(60));
+    out.ok().stderr_has("removed 11111 entries");
+    let out = crate::util::servers::run_within(&e, &["keys", "k1*"], None, Duration::from_secs(60));
+    out.code(1);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "the spooled keys leave no file behind");
+}
+
+/// A memcached started with its key crawler off (`-o no_lru_crawler`); killed on drop.
+struct NoCrawler(std::process::Child, String);
+
+impl Drop for NoCrawler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_real_server_with_its_crawler_off_is_status_4_with_a_hint() {
+    // The rig's memcached is installed when its servers run.
+    if rig().is_none() {
+        return;
+    }
+    let host = format!("127.0.0.1:{}", crate::util::servers::free_port());
+    let port = host.rsplit(':').next().unwrap().to_string();
+    let mut cmd = std::process::Command::new("memcached");
+    cmd.args(["-l", "127.0.0.1", "-p", &port, "-U", "0", "-m", "16", "-o", "no_lru_crawler"]);
+    if crate::util::servers::is_root() {
+        cmd.args(["-u", "nobody"]);
+    }
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let server = NoCrawler(child, host.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::util::servers::probe(&server.1, b"version\r\n").is_none_or(|l| !l.starts_with("VERSION")) {
+        assert!(Instant::now() < deadline, "memcached -o no_lru_crawler did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = env(std::slice::from_ref(&host), "p:");
+    e.run(&["set", "k", "v", "60"]).ok();
+    for args in [&["keys"][..], &["flush", "--match", "*"]] {
+        e.run(args)
+            .code(4)
+            .stderr_has(&format!("memcached at {host} cannot list its keys"))
+            .stderr_has("lru crawler disabled")
+            .stderr_has("kcache: hint:");
+    }
+    e.run(&["get", "k"]).ok().stdout_is("v\n");
+}
+
+#[test]
+fn a_crawler_busy_with_another_crawl_is_asked_again_then_status_3() {
+    // memcached runs one crawl at a time: concurrent walks wait for each other.
+    if let Some(hosts) = rig() {
+        let prefix = format!("{}:", unique("busy"));
+        let mut c = cache(&hosts, &prefix);
+        let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+        let value = string("v");
+        let ops: Vec<GroupOp<'_>> = keys.iter().map(|k| GroupOp::Set(k, &value, secs("600"))).collect();
+        assert!(c.run_group(&ops).iter().all(Result::is_ok));
+        let walks: Vec<_> = (0..6)
+            .map(|_| {
+                let e = env(&hosts, &prefix);
+                std::thread::spawn(move || e.run(&["keys"]).ok().stdout.lines().count())
+            })
+            .collect();
+        for w in walks {
+            assert_eq!(w.join().unwrap(), 300);
+        }
+    }
+    // A server whose crawler stays busy: asked again for 10 s, then status 3.
+    let busy = fake_server(Some(b"BUSY currently processing crawler request\r\n"));
+    let e = env(std::slice::from_ref(&busy), "p:").var("KINTO_CACHE_POOL_TIMEOUT", "1");
+    let start = Instant::now();
+    let out = crate::util::servers::run_within(&e, &["keys"], None, Duration::from_secs(20));
+    out.code(3).one_error_line().stderr_has(&format!("the key crawler of memcached at {busy} was busy"));
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(10) && took < Duration::from_secs(13), "{took:?}");
+}
+
+#[test]
+fn a_dump_without_end_or_no_answer_is_status_3_in_bounded_time() {
+    let endless = fake_server(Some(b"key=p%3Aa exp=-1 la=1 cas=1 fetch=no cls=1 size=60\n"));
+    let hung = fake_server(None);
+    for host in [&endless, &hung] {
+        let e = env(std::slice::from_ref(host), "p:").var("KINTO_CACHE_POOL_TIMEOUT", "1");
+        for args in [&["keys"][..], &["flush", "--match", "*"]] {
+            let start = Instant::now();
+            let out = crate::util::servers::run_within(&e, args, None, Duration::from_secs(10));
+            out.code(3).one_error_line().stderr_has(&format!("memcached at {host} did not finish its key dump"));
+            assert!(start.elapsed() < Duration::from_secs(4), "{host} {args:?}: {:?}", start.elapsed());
+        }
+    }
+}
+
+/// A memcached older than `metadump hash` (it answers `BADCLASS`), as a fake: `metadump all`
+/// gives `dump`, and every `mg` finds a live Kinto envelope.
+fn old_memcached(dump: &'static str) -> String {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let host = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            std::thread::spawn(move || {
+                let mut writer = client.try_clone().unwrap();
+                for line in std::io::BufReader::new(client).lines() {
+                    let Ok(line) = line else { return };
+                    let reply = if line == "lru_crawler metadump hash" {
+                        "BADCLASS invalid class id\r\n".to_string()
+                    } else if line == "lru_crawler metadump all" {
+                        format!("{dump}END\r\n")
+                    } else if line.starts_with("mg ") {
+                        let envelope = format!("{{\"value\":\"old\",\"ttl\":{}}}", now() as u64 + 100);
+                        format!("VA {} f16 t-1 c7\r\n{envelope}\r\n", envelope.len())
+                    } else {
+                        "ERROR\r\n".to_string()
+                    };
+                    if writer.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    host
+}
+
+#[test]
+fn a_server_without_metadump_hash_is_walked_with_metadump_all() {
+    let host = old_memcached(
+        "key=p%3Aone exp=-1 la=1 cas=1 fetch=no cls=1 size=60\nkey=p%3At%C3%A9 exp=-1 la=1 cas=2 fetch=no cls=1 size=60\n\
+         key=q%3Aother exp=-1 la=1 cas=3 fetch=no cls=1 size=60\nkey=p%3A%FF exp=-1 la=1 cas=4 fetch=no cls=1 size=60\n",
+    );
+    let e = env(std::slice::from_ref(&host), "p:").var("KINTO_CACHE_POOL_TIMEOUT", "2");
+    let out = crate::util::servers::run_within(&e, &["keys"], None, Duration::from_secs(10));
+    assert_eq!(
+        listed(&out.ok().stdout),
+        sorted(&["one", "té"]),
+        "another prefix and bytes that are not UTF-8 left out"
+    );
+    let out = crate::util::servers::run_within(&e, &["keys", "--ttl", "one"], None, Duration::from_secs(10));
+    let secs: u64 = out.ok().stdout.trim().strip_prefix("one\t").unwrap().parse().unwrap();
+    assert!((99..=100).contains(&secs), "{}", out.stdout);
+}

@@ -155,6 +155,10 @@ impl From<io::Error> for Failure {
     }
 }
 
+/// The longest line of a key dump kcache reads: a key of 250 bytes, each written `%XX`, and
+/// the other fields, with room to spare.
+pub const MAX_DUMP_LINE: usize = 4096;
+
 /// One pooled connection.
 pub struct Conn {
     reader: BufReader<Stream>,
@@ -285,6 +289,64 @@ impl Conn {
             l if l.starts_with(b"CLIENT_ERROR") || l == b"ERROR\r\n" => Err(self.fail(Failure::Client(self.quoted()))),
             _ => Err(self.unexpected()),
         }
+    }
+
+    /// Sends one text command line (CR LF added) of the classic protocol, alone.
+    pub fn send_line(&mut self, line: &str) -> Result<(), Failure> {
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        self.send()
+    }
+
+    /// Reads one line of a key dump (`lru_crawler metadump`), without its LF or CR LF: memcached
+    /// ends the dump's lines with a bare LF and its `END` (or an error reply) with CR LF.
+    ///
+    /// This is kcache's own code, as the socket is: the memcache crate has no crawler API. The
+    /// read ends safely on a server that sends no terminator: every read is bounded by the
+    /// socket's timeout (`pool_timeout`), a line must arrive whole within `limit` (a server
+    /// that trickles bytes cannot hold kcache either), and a line over [`MAX_DUMP_LINE`] bytes
+    /// is an unexpected reply, so memory stays bounded too. Any failure gives the connection up.
+    pub fn dump_line(&mut self, limit: Duration) -> Result<&[u8], Failure> {
+        if self.broken {
+            return Err(Failure::Abandoned("the connection was given up earlier".into()));
+        }
+        let started = std::time::Instant::now();
+        self.line.clear();
+        loop {
+            let buf = match self.reader.fill_buf() {
+                Ok([]) => return Err(self.fail(Failure::Closed)),
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            let (taken, done) = match buf.iter().position(|b| *b == b'\n') {
+                Some(at) => (at + 1, true),
+                None => (buf.len(), false),
+            };
+            self.line.extend_from_slice(&buf[..taken]);
+            self.reader.consume(taken);
+            if done {
+                break;
+            }
+            if self.line.len() > MAX_DUMP_LINE {
+                self.line.truncate(200);
+                let quoted = self.quoted();
+                return Err(
+                    self.fail(Failure::Unexpected(format!("{quoted}... (a line of over {MAX_DUMP_LINE} bytes)")))
+                );
+            }
+            if started.elapsed() >= limit {
+                return Err(self.fail(Failure::Io { timeout: true, message: "the line did not end in time".into() }));
+            }
+        }
+        let end = self.line.len() - if self.line.ends_with(b"\r\n") { 2 } else { 1 };
+        Ok(&self.line[..end])
+    }
+
+    /// The last line read, quoted as messages quote replies (see [`escape`]).
+    pub fn last_line(&self) -> String {
+        let line = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+        escape(line.strip_suffix(b"\r").unwrap_or(line))
     }
 
     /// Marks the connection broken and returns the failure.
@@ -529,6 +591,49 @@ mod tests {
         assert_eq!(c.receive().unwrap_err(), Failure::Server("SERVER_ERROR object too large for cache".into()));
         assert!(!c.broken, "a refused store leaves the connection in step");
         c.flush_all().unwrap();
+    }
+
+    #[test]
+    fn a_key_dump_is_read_line_by_line_and_never_waits_forever() {
+        let (mut c, mut server) = pair();
+        c.send_line("lru_crawler metadump hash").unwrap();
+        assert_eq!(sent(&mut server, 27), "lru_crawler metadump hash\r\n");
+        server.write_all(b"key=a%20b exp=-1 la=1 cas=1 fetch=no cls=1 size=60\nkey=c exp=5").unwrap();
+        let limit = Duration::from_secs(5);
+        assert_eq!(c.dump_line(limit).unwrap(), b"key=a%20b exp=-1 la=1 cas=1 fetch=no cls=1 size=60");
+        server.write_all(b" la=1\nEND\r\n").unwrap();
+        assert_eq!(c.dump_line(limit).unwrap(), b"key=c exp=5 la=1");
+        assert_eq!(c.dump_line(limit).unwrap(), b"END");
+        assert_eq!(c.last_line(), "END");
+        assert!(!c.broken);
+
+        // No terminator: a trickle of bytes ends with a timeout once `limit` has passed.
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut c = Conn::new(Stream::Unix(ours));
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..40 {
+                if theirs.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let start = std::time::Instant::now();
+        let e = c.dump_line(Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(e, Failure::Io { timeout: true, .. }), "{e:?}");
+        assert!(start.elapsed() < Duration::from_millis(700), "{:?}", start.elapsed());
+        assert!(c.broken);
+        drop(c);
+        trickle.join().unwrap();
+
+        // A line longer than any dump line is an unexpected reply; a closed socket is `Closed`.
+        let (mut c, mut server) = pair();
+        server.write_all(&vec![b'k'; MAX_DUMP_LINE + 10]).unwrap();
+        assert!(matches!(c.dump_line(limit), Err(Failure::Unexpected(_))));
+        let (mut c, server) = pair();
+        drop(server);
+        assert_eq!(c.dump_line(limit), Err(Failure::Closed));
     }
 
     #[test]

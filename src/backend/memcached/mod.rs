@@ -51,6 +51,7 @@
 //! would have had one by one.
 
 mod conn;
+mod crawl;
 mod envelope;
 mod group;
 pub mod hosts;
@@ -545,6 +546,42 @@ impl Backend for Memcached {
 
     fn run_group(&mut self, ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
         Some(group::run(self, ops))
+    }
+
+    /// Each server's key crawler, then the candidates' envelopes (see [`crawl`]).
+    fn walk(&mut self, start: &str, each: &mut dyn FnMut(&str, Remaining) -> bool) -> Result<()> {
+        self.crawl(start, &mut |_, _, live| Ok(live.iter().all(|l| each(&l.key, Remaining::Left(l.left)))))
+    }
+
+    /// The walk's chosen entries removed chunk by chunk, each chunk in one pipeline of
+    /// `md <key> C<cas>` (see [`crawl`] for why).
+    fn remove_matching(
+        &mut self,
+        start: &str,
+        chosen: &dyn Fn(&str) -> bool,
+        dry_run: bool,
+        each: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<u64> {
+        let mut removed = 0;
+        self.crawl(start, &mut |c, server, live| {
+            let picked: Vec<&crawl::Live> = live.iter().filter(|l| chosen(&l.key)).collect();
+            if picked.is_empty() {
+                return Ok(true);
+            }
+            let gone = if dry_run {
+                vec![true; picked.len()]
+            } else {
+                crawl::remove(c, &picked).map_err(|f| conn::classify(f, &server.location))?
+            };
+            for (live, gone) in picked.into_iter().zip(gone) {
+                if gone {
+                    each(&live.key)?;
+                    removed += 1;
+                }
+            }
+            Ok(true)
+        })?;
+        Ok(removed)
     }
 
     fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
