@@ -451,14 +451,6 @@ fn group_sql(ops: &[GroupOp<'_>]) -> String {
 /// with the seconds they have left (`None`: no expiry).
 type Page = Vec<(String, Option<f64>)>;
 
-/// The first page of live keys matching a `LIKE` pattern (`$1`), in key order.
-const FIRST_PAGE: &str = "SELECT key::text, EXTRACT(EPOCH FROM (ttl - now()))::float8 FROM cache \
-     WHERE key LIKE $1 ESCAPE E'\\\\' AND (ttl IS NULL OR ttl > now()) ORDER BY key LIMIT $2";
-
-/// The next page: the keys after the last one of the previous page (`$3`), in the same order.
-const NEXT_PAGE: &str = "SELECT key::text, EXTRACT(EPOCH FROM (ttl - now()))::float8 FROM cache \
-     WHERE key LIKE $1 ESCAPE E'\\\\' AND key > $3 AND (ttl IS NULL OR ttl > now()) ORDER BY key LIMIT $2";
-
 impl Postgres {
     /// The page of live keys that start with `start` after `after` (every one when `None`).
     ///
@@ -468,20 +460,37 @@ impl Postgres {
     /// linguistic collation (en_US...) the keys of one prefix are not contiguous in `ORDER BY
     /// key` (`a-c` sorts between `ab` and `ad`). Paging follows `ORDER BY key` and `key > last`
     /// in the column's own collation, so every page starts where the previous one ended.
+    ///
+    /// The page is read in a transaction of its own with bitmap scans and sorts off, so that it
+    /// walks the primary key in order and stops after one page whatever the table's statistics:
+    /// right after a bulk load (no statistics yet) the planner chose a bitmap scan of the whole
+    /// rest of the prefix and a sort, for every page: `keys 'a:*'` over 500,000 of 1,000,000
+    /// rows took 48.7 s instead of under one. One round trip: the statements go as one simple
+    /// query, the values as escaped literals (as for batch groups).
     fn page(&mut self, start: &str, after: Option<&str>) -> Result<Page> {
-        let mut params = vec![
-            param(format!("{}%", crate::pattern::like_escape(start)), Type::TEXT),
-            param(MATCH_BATCH as i64, Type::INT8),
-        ];
-        let sql = match after {
-            None => FIRST_PAGE,
-            Some(last) => {
-                params.push(param(last.to_string(), Type::TEXT));
-                NEXT_PAGE
+        let pattern = literal(&format!("{}%", crate::pattern::like_escape(start)));
+        let after = after.map_or(String::new(), |last| format!("AND key > {} ", literal(last)));
+        let sql = format!(
+            "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; \
+             SELECT key::text, EXTRACT(EPOCH FROM (ttl - now()))::float8 FROM cache \
+             WHERE key LIKE {pattern} ESCAPE E'\\\\' {after}AND (ttl IS NULL OR ttl > now()) \
+             ORDER BY key LIMIT {MATCH_BATCH}; COMMIT;"
+        );
+        let messages = self.exchange(self.reply_timeout, move |conn| conn.simple_query(&sql).map_err(classify))?;
+        let mut page = Vec::with_capacity(MATCH_BATCH);
+        for m in messages {
+            if let postgres::SimpleQueryMessage::Row(r) = m {
+                let key = r.get(0).unwrap_or_default().to_string();
+                let left = match r.get(1) {
+                    None => None,
+                    Some(t) => Some(t.parse::<f64>().map_err(|_| {
+                        Error::backend("read a page of keys", anyhow::anyhow!("a ttl that is not a number"))
+                    })?),
+                };
+                page.push((key, left));
             }
-        };
-        let rows = self.query(sql, params)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        }
+        Ok(page)
     }
 }
 
