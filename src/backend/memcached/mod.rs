@@ -416,7 +416,7 @@ impl Backend for Memcached {
     /// `flush --all`): `curr_items`, `bytes`, `limit_maxbytes`, `evictions`, `get_hits`,
     /// `get_misses`, `curr_connections`, `uptime`, `version`. The entries under the prefix and
     /// their bytes are left absent: memcached finds keys only through its key crawler.
-    fn stats(&mut self, _prefix: &str, keep_going: bool) -> Result<crate::stats::Stats> {
+    fn stats(&mut self, prefix: &str, keep_going: bool) -> Result<crate::stats::Stats> {
         use crate::stats::{ServerStats, Stats};
         let this = &*self;
         let one = |server: &Server| -> Result<ServerStats> {
@@ -456,7 +456,20 @@ impl Backend for Memcached {
                 Err(e) => return Err(e),
             });
         }
-        Ok(Stats { servers: Some(servers), ..Stats::default() })
+        // The live entries under the prefix, through the key crawler (`keys`' walk), when every
+        // server answered; absent when one did not or its crawler is off (then unknown).
+        let entries = if servers.iter().all(|s| s.up) {
+            let mut n = 0u64;
+            self.walk(prefix, &mut |_, _| {
+                n += 1;
+                true
+            })
+            .ok()
+            .map(|()| n)
+        } else {
+            None
+        };
+        Ok(Stats { entries, servers: Some(servers), ..Stats::default() })
     }
 
     /// `-0`, `-1`, ...: the first suffix that lands on each server, in server order, so that a
