@@ -119,29 +119,40 @@ fn keys(cache: &mut Cache, args: &KeysArgs) -> Result<Outcome> {
     let end = if args.null { b'\0' } else { b'\n' };
     let limit = args.limit.unwrap_or(u64::MAX);
     let (mut printed, mut failed) = (0u64, None);
-    cache.keys(&pattern, &mut |key, left| {
-        let line = if args.json {
-            let ttl = match left {
-                Remaining::Left(d) => serde_json::Value::from(ttl::whole_millis_up(d) as f64 / 1000.0),
-                _ => serde_json::Value::Null,
+    if !args.ttl && !args.json {
+        cache.key_names(&pattern, &mut |key| {
+            if let Err(e) = out.write_all(key.as_bytes()).and_then(|()| out.write_all(&[end])) {
+                failed = Some(e);
+                return false;
+            }
+            printed += 1;
+            printed < limit
+        })?;
+    } else {
+        cache.keys(&pattern, &mut |key, left| {
+            let line = if args.json {
+                let ttl = match left {
+                    Remaining::Left(d) => serde_json::Value::from(ttl::whole_millis_up(d) as f64 / 1000.0),
+                    _ => serde_json::Value::Null,
+                };
+                serde_json::json!({"key": key, "ttl": ttl}).to_string()
+            } else if args.ttl {
+                let secs = match left {
+                    Remaining::Left(d) => ttl::whole_seconds_up(d).to_string(),
+                    _ => "-1".to_string(),
+                };
+                format!("{key}\t{secs}")
+            } else {
+                key.to_string()
             };
-            serde_json::json!({"key": key, "ttl": ttl}).to_string()
-        } else if args.ttl {
-            let secs = match left {
-                Remaining::Left(d) => ttl::whole_seconds_up(d).to_string(),
-                _ => "-1".to_string(),
-            };
-            format!("{key}\t{secs}")
-        } else {
-            key.to_string()
-        };
-        if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.write_all(&[end])) {
-            failed = Some(e);
-            return false;
-        }
-        printed += 1;
-        printed < limit
-    })?;
+            if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.write_all(&[end])) {
+                failed = Some(e);
+                return false;
+            }
+            printed += 1;
+            printed < limit
+        })?;
+    }
     if let Some(e) = failed {
         return Err(output::failed(e));
     }

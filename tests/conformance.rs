@@ -423,6 +423,16 @@ fn keys_follow_the_pattern_table(fx: &mut Fixture) {
         let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
         want.sort();
         assert_eq!(got, want, "pattern {pattern}");
+        // Without the time left (`keys` with neither --ttl nor --json): the same keys.
+        let mut names = Vec::new();
+        fx.cache
+            .key_names(&p, &mut |k| {
+                names.push(k.to_string());
+                true
+            })
+            .unwrap();
+        names.sort();
+        assert_eq!(names, want, "pattern {pattern}, names only");
     }
     // --limit: the walk stops when asked.
     let mut n = 0;

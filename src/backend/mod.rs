@@ -160,6 +160,11 @@ pub trait Backend: Send {
             anyhow::anyhow!("this backend cannot list its keys yet"),
         ))
     }
+    /// [`Backend::walk`] without the time left, for `keys` without `--ttl` or `--json`: a
+    /// backend that has to ask for it separately (Redis: a `PTTL` per key) skips that.
+    fn walk_keys(&mut self, start: &str, each: &mut dyn FnMut(&str) -> bool) -> Result<()> {
+        self.walk(start, &mut |key, _| each(key))
+    }
     /// Removes the entries whose full key starts with `start` and for which `chosen` is true,
     /// in bounded batches (no single huge statement or command), calling `each` with every full
     /// key removed (with `dry_run`, every key that would be, and nothing is removed). Returns
@@ -448,6 +453,19 @@ impl Cache {
         self.inner
             .walk(&start, &mut |full, left| match full.get(strip..) {
                 Some(key) if pattern.matches(key) => each(key, left),
+                _ => true,
+            })
+            .map_err(|e| e.context(ctx))
+    }
+
+    /// [`Cache::keys`] without the time left (see [`Backend::walk_keys`]).
+    pub fn key_names(&mut self, pattern: &Pattern, each: &mut dyn FnMut(&str) -> bool) -> Result<()> {
+        let start = format!("{}{}", self.prefix, pattern.literal_prefix());
+        let strip = self.prefix.len();
+        let ctx = format!("list the keys of {} at {}", self.inner.name(), self.inner.location());
+        self.inner
+            .walk_keys(&start, &mut |full| match full.get(strip..) {
+                Some(key) if pattern.matches(key) => each(key),
                 _ => true,
             })
             .map_err(|e| e.context(ctx))
