@@ -119,15 +119,19 @@ fn keys(cache: &mut Cache, args: &KeysArgs) -> Result<Outcome> {
     let end = if args.null { b'\0' } else { b'\n' };
     let limit = args.limit.unwrap_or(u64::MAX);
     let (mut printed, mut failed) = (0u64, None);
-    if !args.ttl && !args.json {
-        cache.key_names(&pattern, &mut |key| {
-            if let Err(e) = out.write_all(key.as_bytes()).and_then(|()| out.write_all(&[end])) {
-                failed = Some(e);
-                return false;
-            }
+    // Writes one key's line; `false` once the walk must stop (the limit, or a failed output).
+    let mut emit = |line: &str| match out.write_all(line.as_bytes()).and_then(|()| out.write_all(&[end])) {
+        Ok(()) => {
             printed += 1;
             printed < limit
-        })?;
+        }
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    };
+    if !args.ttl && !args.json {
+        cache.key_names(&pattern, &mut |key| emit(key))?;
     } else {
         cache.keys(&pattern, &mut |key, left| {
             let line = if args.json {
@@ -136,21 +140,14 @@ fn keys(cache: &mut Cache, args: &KeysArgs) -> Result<Outcome> {
                     _ => serde_json::Value::Null,
                 };
                 serde_json::json!({"key": key, "ttl": ttl}).to_string()
-            } else if args.ttl {
+            } else {
                 let secs = match left {
                     Remaining::Left(d) => ttl::whole_seconds_up(d).to_string(),
                     _ => "-1".to_string(),
                 };
                 format!("{key}\t{secs}")
-            } else {
-                key.to_string()
             };
-            if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.write_all(&[end])) {
-                failed = Some(e);
-                return false;
-            }
-            printed += 1;
-            printed < limit
+            emit(&line)
         })?;
     }
     if let Some(e) = failed {

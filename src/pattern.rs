@@ -174,18 +174,6 @@ pub fn like_escape(text: &str) -> String {
     out
 }
 
-/// `text` escaped for Redis's glob (`SCAN MATCH`): `*`, `?`, `[`, `]` and `\` are literal.
-pub fn redis_glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 4);
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +238,5 @@ mod tests {
     #[test]
     fn escapes_make_every_special_character_literal() {
         assert_eq!(like_escape("a%b_c\\d"), "a\\%b\\_c\\\\d");
-        assert_eq!(redis_glob_escape("a*b?c[d]e\\"), "a\\*b\\?c\\[d\\]e\\\\");
     }
 }

@@ -6,7 +6,7 @@
 //! python-memcached 1.62); the tests read and write servers with raw ASCII commands ([`MemcachedClient`]).
 
 use crate::util::servers::{MemcachedClient, OwnMemcached, fake_server};
-use crate::util::{Env, left, secs, settings, string, unique};
+use crate::util::{Env, left, secs, settings, sorted, sorted_lines, string, unique};
 use kcache::backend::Cache;
 use kcache::backend::memcached::hosts;
 use kcache::error::ErrorKind;
@@ -1023,19 +1023,6 @@ fn workers_sharing_one_connection_per_server_never_wait_for_each_other() {
 
 // ---- keys and flush --match (each server's key crawler) --------------------------------------
 
-/// The output of `keys` (and of `flush --match --dry-run`), sorted.
-fn listed(stdout: &str) -> Vec<String> {
-    let mut keys: Vec<String> = stdout.lines().map(str::to_string).collect();
-    keys.sort();
-    keys
-}
-
-fn sorted(keys: &[&str]) -> Vec<String> {
-    let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-    keys.sort();
-    keys
-}
-
 #[test]
 fn keys_lists_both_servers_and_entries_as_kinto_writes_them_never_expired_ones() {
     let Some(hosts) = rig() else { return };
@@ -1077,7 +1064,7 @@ fn keys_lists_both_servers_and_entries_as_kinto_writes_them_never_expired_ones()
     let out = e.run(&["keys"]);
     out.ok();
     want.sort();
-    assert_eq!(listed(&out.stdout), want);
+    assert_eq!(sorted_lines(&out), want);
     // The time left is ttl's: the server's expiry, which comes first on Kinto's entries.
     let out = e.run(&["keys", "--ttl", "ttl-3600s"]);
     let (key, secs) = out.ok().stdout.trim().split_once('\t').unwrap();
@@ -1113,11 +1100,11 @@ fn hostile_keys_come_back_from_the_uri_encoded_dump_exactly() {
     got.sort();
     assert_eq!(got, sorted(&hostile));
     e.run(&["keys", "100%"]).ok().stdout_is("100%\n");
-    assert_eq!(listed(&e.run(&["keys", "%2?"]).ok().stdout), sorted(&["%20", "%25"]));
+    assert_eq!(sorted_lines(e.run(&["keys", "%2?"]).ok()), sorted(&["%20", "%25"]));
     e.run(&["keys", "a\\*b\\?\\[c\\]"]).ok().stdout_is("a*b?[c]\n");
     e.run(&["-v", "flush", "--match", "*%*"]).ok().stderr_has("removed 5 entries");
     let left: Vec<&str> = hostile.iter().copied().filter(|k| !k.contains('%')).collect();
-    assert_eq!(listed(&e.run(&["keys"]).ok().stdout), sorted(&left));
+    assert_eq!(sorted_lines(e.run(&["keys"]).ok()), sorted(&left));
 }
 
 #[test]
@@ -1140,7 +1127,7 @@ fn flush_match_removes_only_the_matches_in_chunks_with_a_count_and_a_dry_run() {
     let e = env(&hosts, &prefix);
 
     let out = e.run(&["flush", "--match", "user:*", "--dry-run"]);
-    assert_eq!(listed(&out.ok().stdout), sorted(&["user:1", "user:10", "user:2"]));
+    assert_eq!(sorted_lines(out.ok()), sorted(&["user:1", "user:10", "user:2"]));
     assert_eq!(c.get("user:1").unwrap(), Some(value.clone()), "a dry run removes nothing");
     let out = e.run(&["flush", "--match", "user:*"]);
     assert!(out.ok().stdout_is("").stderr.is_empty(), "quiet without -v: {}", out.stderr);
@@ -1327,11 +1314,7 @@ fn a_server_without_metadump_hash_is_walked_with_metadump_all() {
     );
     let e = env(std::slice::from_ref(&host), "p:").var("KINTO_CACHE_POOL_TIMEOUT", "2");
     let out = crate::util::servers::run_within(&e, &["keys"], None, Duration::from_secs(10));
-    assert_eq!(
-        listed(&out.ok().stdout),
-        sorted(&["one", "té"]),
-        "another prefix and bytes that are not UTF-8 left out"
-    );
+    assert_eq!(sorted_lines(out.ok()), sorted(&["one", "té"]), "another prefix and bytes that are not UTF-8 left out");
     let out = crate::util::servers::run_within(&e, &["keys", "--ttl", "one"], None, Duration::from_secs(10));
     let secs: u64 = out.ok().stdout.trim().strip_prefix("one\t").unwrap().parse().unwrap();
     assert!((99..=100).contains(&secs), "{}", out.stdout);

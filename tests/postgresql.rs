@@ -10,7 +10,7 @@
 //! passwords, TLS and connection counts use TCP with the password.
 
 use crate::util::rig::{RigDb, RigPostgres, pg_env};
-use crate::util::{Env, Out, unique};
+use crate::util::{Env, Out, sorted, sorted_lines, unique};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -1054,19 +1054,6 @@ fn kinto_ini_with_the_module_path_and_pool_settings() {
 }
 
 // ---- keys and flush --match ------------------------------------------------------------------
-
-/// The lines of a run's standard output, sorted.
-fn sorted_lines(out: &Out) -> Vec<String> {
-    let mut lines: Vec<String> = out.stdout.lines().map(str::to_string).collect();
-    lines.sort();
-    lines
-}
-
-fn sorted(keys: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn keys_lists_the_rows_kinto_wrote_in_every_output_form() {

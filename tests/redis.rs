@@ -8,7 +8,7 @@
 //! free port in a temp dir, killed when the test ends ([`OwnRedis`]).
 
 use crate::util::servers::{OwnRedis, redis_client};
-use crate::util::{Env, Out, encode, left, secs, settings, string, unique};
+use crate::util::{Env, Out, encode, left, secs, settings, sorted, sorted_lines, string, unique};
 use kcache::backend::Cache;
 use kcache::settings::Raw;
 use kcache::ttl::Remaining;
@@ -767,19 +767,6 @@ fn batch_ttl_in_a_group_through_the_binary() {
 }
 
 // ---- keys and flush --match ------------------------------------------------------------------
-
-/// The lines of a run's standard output, sorted.
-fn sorted_lines(out: &Out) -> Vec<String> {
-    let mut lines: Vec<String> = out.stdout.lines().map(str::to_string).collect();
-    lines.sort();
-    lines
-}
-
-fn sorted(keys: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn keys_lists_entries_written_as_kinto_writes_them_in_every_output_form() {

@@ -444,12 +444,17 @@ impl Cache {
         results.into_iter().take(end).map(|r| r.unwrap_or_else(|| Err(Error::input("operation not run")))).collect()
     }
 
+    /// Where a walk for `pattern` starts (the prefix and the pattern's literal beginning), how
+    /// much of each full key is the prefix, and what a failure says it was doing.
+    fn walk_of(&self, pattern: &Pattern, what: &str) -> (String, usize, String) {
+        let start = format!("{}{}", self.prefix, pattern.literal_prefix());
+        (start, self.prefix.len(), format!("{what} on {} at {}", self.inner.name(), self.inner.location()))
+    }
+
     /// `keys`: walks the live keys under the prefix that match `pattern`, giving `each` the key
     /// (prefix stripped) and its time left, until `each` returns `false`.
     pub fn keys(&mut self, pattern: &Pattern, each: &mut dyn FnMut(&str, Remaining) -> bool) -> Result<()> {
-        let start = format!("{}{}", self.prefix, pattern.literal_prefix());
-        let strip = self.prefix.len();
-        let ctx = format!("list the keys of {} at {}", self.inner.name(), self.inner.location());
+        let (start, strip, ctx) = self.walk_of(pattern, "keys");
         self.inner
             .walk(&start, &mut |full, left| match full.get(strip..) {
                 Some(key) if pattern.matches(key) => each(key, left),
@@ -460,9 +465,7 @@ impl Cache {
 
     /// [`Cache::keys`] without the time left (see [`Backend::walk_keys`]).
     pub fn key_names(&mut self, pattern: &Pattern, each: &mut dyn FnMut(&str) -> bool) -> Result<()> {
-        let start = format!("{}{}", self.prefix, pattern.literal_prefix());
-        let strip = self.prefix.len();
-        let ctx = format!("list the keys of {} at {}", self.inner.name(), self.inner.location());
+        let (start, strip, ctx) = self.walk_of(pattern, "keys");
         self.inner
             .walk_keys(&start, &mut |full| match full.get(strip..) {
                 Some(key) if pattern.matches(key) => each(key),
@@ -479,9 +482,7 @@ impl Cache {
         dry_run: bool,
         each: &mut dyn FnMut(&str) -> Result<()>,
     ) -> Result<u64> {
-        let start = format!("{}{}", self.prefix, pattern.literal_prefix());
-        let strip = self.prefix.len();
-        let ctx = format!("flush --match on {} at {}", self.inner.name(), self.inner.location());
+        let (start, strip, ctx) = self.walk_of(pattern, "flush --match");
         let chosen = |full: &str| full.get(strip..).is_some_and(|key| pattern.matches(key));
         self.inner
             .remove_matching(&start, &chosen, dry_run, &mut |full| each(full.get(strip..).unwrap_or(full)))

@@ -173,6 +173,18 @@ pub fn rows(path: &Path) -> i64 {
 // ---- small helpers shared by the backend tests ------------------------------------------------
 
 /// A TTL argument, parsed as the command line parses it.
+/// The lines of a run's standard output, sorted (for `keys`, which lists in no order).
+pub fn sorted_lines(out: &Out) -> Vec<String> {
+    sorted(&out.stdout.lines().collect::<Vec<_>>())
+}
+
+/// `keys` as owned strings, sorted.
+pub fn sorted(keys: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    v.sort();
+    v
+}
+
 /// Settings from `entries` (name, raw value), as a config file would give them.
 pub fn settings(entries: &[(&'static str, kcache::settings::Raw)]) -> kcache::settings::Settings {
     let mut layer = kcache::settings::Layer::default();

@@ -257,29 +257,38 @@ impl Redis {
     /// text; each key once, see [`Recent`]) with the connection, until it returns `false` or the
     /// cursor comes back to 0. Every command is bounded by [`COMMAND_TIMEOUT`].
     fn scan(&self, start: &str, page: &mut dyn FnMut(&mut Conn, Vec<String>) -> Result<bool>) -> Result<()> {
-        let pattern = format!("{}*", glob_escape(start));
         let mut conn = self.pool.get()?;
         let mut recent = Recent::default();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = conn
-                .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT))
-                .map_err(classify)?;
-            let keys: Vec<String> = keys
-                .into_iter()
-                .filter_map(|k| String::from_utf8(k).ok())
-                // The escaped pattern matches only these; checked again all the same.
-                .filter(|k| k.starts_with(start))
-                .collect();
-            let keys = recent.fresh(keys);
-            if !keys.is_empty() && !page(&mut conn, keys)? {
-                return Ok(());
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
+        scan_pages(&mut conn, start, &mut |conn, keys| {
+            let keys = recent.fresh(keys.into_iter().filter_map(|k| String::from_utf8(k).ok()).collect());
+            if keys.is_empty() { Ok(true) } else { page(conn, keys) }
+        })
+    }
+}
+
+/// What [`scan_pages`] gives each reply's keys to: `false` stops the walk.
+type ScanPage<'a> = dyn FnMut(&mut Conn, Vec<Vec<u8>>) -> Result<bool> + 'a;
+
+/// The `SCAN cursor MATCH <start escaped>* COUNT 1000` loop on `conn`: `page` gets each reply's
+/// keys that start with `start` (as bytes: every key, UTF-8 or not), until it returns `false`
+/// or the cursor comes back to 0. The one SCAN loop of the module (walk, flush of a prefix,
+/// stats).
+fn scan_pages(conn: &mut Conn, start: &str, page: &mut ScanPage<'_>) -> Result<()> {
+    let pattern = format!("{}*", glob_escape(start));
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, mut keys): (u64, Vec<Vec<u8>>) = conn
+            .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT))
+            .map_err(classify)?;
+        // The escaped pattern matches only these; checked again all the same.
+        keys.retain(|k| k.starts_with(start.as_bytes()));
+        if !keys.is_empty() && !page(conn, keys)? {
+            return Ok(());
         }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
 }
 
@@ -705,29 +714,20 @@ impl Backend for Redis {
             connections: number("connected_clients"),
             ..ServerStats::up(address.clone())
         };
-        let pattern = format!("{}*", glob_escape(prefix));
-        let (mut entries, mut bytes, mut cursor) = (0u64, 0u64, 0u64);
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = conn
-                .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT))
-                .map_err(classify)?;
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        scan_pages(&mut conn, prefix, &mut |conn, keys| {
             let mut packed = Packed::default();
-            for key in keys.iter().filter(|k| k.starts_with(prefix.as_bytes())) {
+            for key in &keys {
                 packed.push(("STRLEN", key.as_slice()));
             }
-            if packed.count > 0 {
-                for len in conn.run(|c| packed.send(c)).map_err(classify)? {
-                    if let Ok(n @ 1..) = reply::<u64>(len) {
-                        entries += 1;
-                        bytes += n;
-                    }
+            for len in conn.run(|c| packed.send(c)).map_err(classify)? {
+                if let Ok(n @ 1..) = reply::<u64>(len) {
+                    entries += 1;
+                    bytes += n;
                 }
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+            Ok(true)
+        })?;
         Ok(Stats { entries: Some(entries), value_bytes: Some(bytes), servers: Some(vec![server]), ..Stats::default() })
     }
 
@@ -805,23 +805,11 @@ impl Backend for Redis {
                 c.inner.set_read_timeout(Some(COMMAND_TIMEOUT))
             }),
             FlushScope::Prefix(prefix) => {
-                let pattern = format!("{}*", glob_escape(prefix));
                 let mut conn = self.pool.get()?;
-                let mut cursor: u64 = 0;
-                loop {
-                    let (next, mut keys): (u64, Vec<Vec<u8>>) = conn
-                        .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT))
-                        .map_err(classify)?;
-                    // The escaped pattern matches only these; checked again all the same.
-                    keys.retain(|k| k.starts_with(prefix.as_bytes()));
-                    if !keys.is_empty() {
-                        self.unlink(&mut conn, &keys).map_err(classify)?;
-                    }
-                    if next == 0 {
-                        return Ok(());
-                    }
-                    cursor = next;
-                }
+                scan_pages(&mut conn, prefix, &mut |conn, keys| {
+                    self.unlink(conn, &keys).map_err(classify)?;
+                    Ok(true)
+                })
             }
         }
     }
