@@ -109,8 +109,11 @@ pub enum Command {
     Delete(ReadArgs),
     /// Remove every entry (with a prefix: only the entries under it, where the backend can)
     ///
-    /// Memcached cannot find keys by prefix, so there a prefixed flush needs --all. Example:
+    /// Memcached cannot find keys by prefix, so there a prefixed flush needs --all. With
+    /// --match PATTERN only the matching keys go, on every backend (see `kcache keys --help`
+    /// for the pattern syntax). Examples:
     ///   kcache --prefix myapp: flush
+    ///   kcache flush --match 'session:*' --dry-run
     Flush(FlushArgs),
     /// List the live keys (prefix stripped) that match PATTERN, one per line
     ///
