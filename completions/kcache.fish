@@ -45,6 +45,10 @@ complete -c kcache -n "__fish_kcache_needs_command" -f -a "ping" -d 'Check that 
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "purge" -d 'Remove expired entries now (SQL backends; elsewhere there is nothing to do)'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "stats" -d 'Show what the cache holds under the prefix, and its servers\' own figures'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "batch" -d 'Run many commands from standard input over one set of connections'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "dump" -d 'Write every live entry that matches PATTERN as one JSON line'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "load" -d 'Write the entries of a dump read from standard input'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "copy" -d 'Copy the live entries into the cache that CONFIG describes'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "diff" -d 'Compare the live entries with the cache that CONFIG describes'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
@@ -173,6 +177,47 @@ complete -c kcache -n "__fish_kcache_using_subcommand batch" -s v -l verbose -d 
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand dump" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand dump" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand dump" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand dump" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand dump" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand dump" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand dump" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand dump" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand dump" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand load" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand load" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand load" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand load" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand load" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand load" -l no-overwrite -d 'Keep a live existing entry instead of overwriting it'
+complete -c kcache -n "__fish_kcache_using_subcommand load" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand load" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand load" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand load" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -l to -d 'The target cache\'s config file (TOML or Kinto INI), read alone' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -l no-overwrite -d 'Keep a live existing entry of the target instead of overwriting it'
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -l to -d 'The other cache\'s config file (TOML or Kinto INI), read alone' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -l ttl-tolerance -d 'Expiry times this close are equal: 2s, 500ms, 1m' -r
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -s V -l version -d 'Print version'
 complete -c kcache -n "__fish_kcache_using_subcommand completions" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand completions" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
 complete -c kcache -n "__fish_kcache_using_subcommand completions" -l url -d 'Backend URL (postgresql://..., redis://...)' -r

@@ -159,6 +159,35 @@ pub enum Command {
         #[arg(long, short = 'k')]
         keep_going: bool,
     },
+    /// Write every live entry that matches PATTERN as one JSON line
+    ///
+    /// Each line is {"key": K, "value": V, "expires": E}: the key (prefix stripped), the stored
+    /// JSON document, and the Unix time it expires (seconds, millisecond precision; null:
+    /// never). PostgreSQL and SQLite dump one snapshot. Examples:
+    ///   kcache dump > cache.jsonl
+    ///   kcache dump 'session:*' | gzip > sessions.jsonl.gz
+    Dump(DumpArgs),
+    /// Write the entries of a dump read from standard input
+    ///
+    /// Each entry gets the life it has left; entries already expired are skipped. Each line is
+    /// checked before it is written; a bad line is status 2 naming it (PostgreSQL and SQLite:
+    /// nothing is written, the load is one transaction). -v reports what was written and
+    /// skipped. Example:
+    ///   kcache -c old.ini dump | kcache -c new.toml load
+    Load(LoadArgs),
+    /// Copy the live entries into the cache that CONFIG describes
+    ///
+    /// dump | load in one process: from this cache into the one the file CONFIG (TOML or
+    /// Kinto INI) alone describes, with its own backend and prefix. Example:
+    ///   kcache -c memcached.ini copy --to redis.toml
+    Copy(CopyArgs),
+    /// Compare the live entries with the cache that CONFIG describes
+    ///
+    /// One JSON line per difference: {"key": K, "only_in": "source"|"target"} or {"key": K,
+    /// "differs": "value"|"expires", "source": ..., "target": ...}. Status 0 when both hold the
+    /// same entries, 1 when they differ. Example:
+    ///   kcache -c memcached.ini diff --to redis.toml && echo same
+    Diff(DiffArgs),
     /// Print a shell completion script
     ///
     /// Example:
@@ -272,6 +301,47 @@ pub struct StatsArgs {
     /// Report a server that cannot be reached as down (up: false) instead of failing
     #[arg(long, short = 'k')]
     pub keep_going: bool,
+}
+
+/// Arguments of `dump`.
+#[derive(Debug, Clone, Args)]
+pub struct DumpArgs {
+    /// Glob matched against the whole key, prefix stripped [default: *]
+    pub pattern: Option<String>,
+}
+
+/// Arguments of `load`.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Keep a live existing entry instead of overwriting it
+    #[arg(long)]
+    pub no_overwrite: bool,
+}
+
+/// Arguments of `copy`.
+#[derive(Debug, Clone, Args)]
+pub struct CopyArgs {
+    /// The target cache's config file (TOML or Kinto INI), read alone
+    #[arg(long, value_name = "CONFIG")]
+    pub to: PathBuf,
+    /// Keep a live existing entry of the target instead of overwriting it
+    #[arg(long)]
+    pub no_overwrite: bool,
+    /// Glob matched against the whole key, prefix stripped [default: *]
+    pub pattern: Option<String>,
+}
+
+/// Arguments of `diff`.
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// The other cache's config file (TOML or Kinto INI), read alone
+    #[arg(long, value_name = "CONFIG")]
+    pub to: PathBuf,
+    /// Expiry times this close are equal: 2s, 500ms, 1m
+    #[arg(long, value_name = "DUR", default_value = "2s")]
+    pub ttl_tolerance: Ttl,
+    /// Glob matched against the whole key, prefix stripped [default: *]
+    pub pattern: Option<String>,
 }
 
 /// Arguments of the commands that print a value (`get`, `delete`).

@@ -13,7 +13,7 @@ use crate::pattern::Pattern;
 use crate::settings::Settings;
 use crate::ttl::{self, Remaining};
 use crate::value::{self, Shown};
-use crate::{Log, Outcome, output};
+use crate::{Log, Outcome, output, transfer};
 
 pub fn dispatch(
     command: Command,
@@ -36,6 +36,17 @@ pub fn dispatch(
             return flush_matching(&mut cache, &pattern, dry_run, log);
         }
         Command::Batch { jobs, keep_going } => return run_batch(cache, jobs, keep_going),
+        Command::Dump(args) => return transfer::dump(&mut cache, args.pattern.as_deref(), log),
+        Command::Load(args) => return transfer::load(&mut cache, args.no_overwrite, log),
+        Command::Copy(args) => {
+            let mut target = transfer::open_target(&args.to, log)?;
+            return transfer::copy(&mut cache, &mut target, args.pattern.as_deref(), args.no_overwrite, log);
+        }
+        Command::Diff(args) => {
+            let mut target = transfer::open_target(&args.to, log)?;
+            let tolerance = args.ttl_tolerance.duration();
+            return transfer::diff(&mut cache, &mut target, args.pattern.as_deref(), tolerance, log);
+        }
         Command::Completions { .. } => unreachable!("handled before settings are loaded"),
         Command::Set(SetArgs { json, key, value, ttl }) if value == "-" => {
             cache.full_key(&key)?; // a bad key is refused before standard input is read

@@ -12,6 +12,7 @@ pub mod output;
 pub mod pattern;
 pub mod settings;
 pub mod stats;
+pub mod transfer;
 pub mod ttl;
 pub mod value;
 

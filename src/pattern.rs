@@ -118,6 +118,13 @@ impl Pattern {
         self.tokens.iter().map_while(|t| if let Token::Char(c) = t { Some(*c) } else { None }).collect()
     }
 
+    /// Whether every key that starts with [`Pattern::literal_prefix`] matches (`*`, `abc*`):
+    /// then a walk from that prefix needs no further check, and a count of it is exact.
+    pub fn is_prefix_glob(&self) -> bool {
+        let literal = self.tokens.iter().take_while(|t| matches!(t, Token::Char(_))).count();
+        self.tokens.len() == literal + 1 && self.tokens.last() == Some(&Token::Any)
+    }
+
     /// Whether `key` (prefix stripped) matches the whole pattern.
     pub fn matches(&self, key: &str) -> bool {
         let key: Vec<char> = key.chars().collect();

@@ -61,6 +61,17 @@ pub fn within_depth(text: &str) -> bool {
     check_depth(text, MAX_DEPTH).is_ok()
 }
 
+/// Whether stored `text` is one JSON document on one line (no raw line break), nesting no deeper
+/// than [`MAX_DEPTH`]: then a dump can carry it byte for byte. Checked without building it.
+pub fn is_one_line_json(text: &str) -> bool {
+    if text.bytes().any(|b| b == b'\n' || b == b'\r') || check_depth(text, MAX_DEPTH).is_err() {
+        return false;
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    <serde::de::IgnoredAny as serde::Deserialize>::deserialize(&mut de).and_then(|_| de.end()).is_ok()
+}
+
 /// `Err(depth)` when arrays and objects in `text` nest deeper than `max`. Brackets
 /// inside strings do not count; the text need not be valid JSON (the parser says so after).
 fn check_depth(text: &str, max: usize) -> Result<(), usize> {

@@ -53,6 +53,36 @@ impl Memory {
         self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Stores `value` under `key` until `expires` (`None`: never), within `max_size_bytes`.
+    fn put(&self, key: &str, value: &str, expires: Option<Instant>, now: Instant) -> Result<()> {
+        let size = size_of(key, value);
+        let mut s = self.store();
+        if let Some(max) = s.max
+            && size > max
+        {
+            return Err(Error::backend(
+                "store the value",
+                anyhow::anyhow!("the entry takes {size} bytes, more than max_size_bytes ({max})"),
+            ));
+        }
+        s.remove(key);
+        if let Some(max) = s.max {
+            if s.used + size > max {
+                s.remove_expired(now);
+            }
+            while s.used + size > max {
+                let Some((_, oldest)) = s.by_age.pop_first() else { break };
+                s.remove(&oldest);
+            }
+        }
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        s.by_age.insert(seq, key.to_string());
+        s.used += size;
+        s.entries.insert(key.to_string(), Entry { value: value.to_string(), expires, seq, size });
+        Ok(())
+    }
+
     /// Bytes accounted for now (for tests of the quota).
     #[cfg(test)]
     fn used(&self) -> u64 {
@@ -100,33 +130,7 @@ impl Backend for Memory {
 
     fn set(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<()> {
         let now = Instant::now();
-        let size = size_of(key, value);
-        let mut s = self.store();
-        if let Some(max) = s.max
-            && size > max
-        {
-            return Err(Error::backend(
-                "store the value",
-                anyhow::anyhow!("the entry takes {size} bytes, more than max_size_bytes ({max})"),
-            ));
-        }
-        s.remove(key);
-        if let Some(max) = s.max {
-            if s.used + size > max {
-                s.remove_expired(now);
-            }
-            while s.used + size > max {
-                let Some((_, oldest)) = s.by_age.pop_first() else { break };
-                s.remove(&oldest);
-            }
-        }
-        let seq = s.next_seq;
-        s.next_seq += 1;
-        s.by_age.insert(seq, key.to_string());
-        s.used += size;
-        let expires = now.checked_add(ttl.duration());
-        s.entries.insert(key.to_string(), Entry { value: value.to_string(), expires, seq, size });
-        Ok(())
+        self.put(key, value, now.checked_add(ttl.duration()), now)
     }
 
     /// In the process: the matching keys are collected under the lock (no other way to walk a
@@ -146,6 +150,55 @@ impl Backend for Memory {
             }
         }
         Ok(())
+    }
+
+    /// The matching entries are collected under the lock, as for `walk`.
+    fn entries(&mut self, start: &str, each: &mut super::EachEntry<'_>) -> Result<()> {
+        let (now, unix) = (Instant::now(), super::unix_now());
+        let found: Vec<(String, String, Option<f64>)> = self
+            .store()
+            .entries
+            .iter()
+            .filter(|(k, e)| k.starts_with(start) && e.expires.is_none_or(|t| t > now))
+            .map(|(k, e)| (k.clone(), e.value.clone(), e.expires.map(|t| unix + (t - now).as_secs_f64())))
+            .collect();
+        for (key, value, expires) in found {
+            if !each(&key, &value, expires)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, entries: &[super::Entry], keep_live: bool) -> Result<u64> {
+        let (now, unix) = (Instant::now(), super::unix_now());
+        let mut written = 0;
+        for e in entries {
+            if keep_live && self.store().live(&e.key, now).is_some() {
+                continue;
+            }
+            let expires = match e.expires {
+                None => None,
+                Some(at) if at <= unix => continue,
+                Some(at) => now.checked_add(std::time::Duration::from_secs_f64(
+                    (at - unix).min(crate::ttl::MAX_TTL.as_secs_f64()),
+                )),
+            };
+            self.put(&e.key, &e.value, expires, now)?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    fn count(&mut self, start: &str) -> Option<u64> {
+        let now = Instant::now();
+        Some(
+            self.store()
+                .entries
+                .iter()
+                .filter(|(k, e)| k.starts_with(start) && e.expires.is_none_or(|t| t > now))
+                .count() as u64,
+        )
     }
 
     fn ttl(&mut self, key: &str) -> Result<Remaining> {

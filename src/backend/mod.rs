@@ -218,6 +218,42 @@ pub trait Backend: Send {
     fn run_group(&mut self, _ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
         None
     }
+    /// `dump`: walks the live entries whose full key starts with `start`, giving `each` the
+    /// full key, the stored value (JSON text; on memcached the envelope's value) and when it
+    /// expires (Unix time in seconds; `None`: never), until it returns `false`. PostgreSQL and
+    /// SQLite read one snapshot (one statement); elsewhere the walk is as for [`Backend::walk`].
+    /// Memory stays flat. Default: this backend cannot.
+    fn entries(&mut self, _start: &str, _each: &mut EachEntry<'_>) -> Result<()> {
+        Err(Error::backend(
+            format!("dump {}", self.name()),
+            anyhow::anyhow!("this backend cannot list its entries yet"),
+        ))
+    }
+    /// `load`: writes `entries` (full keys, values as kcache writes them, live when checked),
+    /// as few round trips as the protocol allows; with `keep_live`, a live existing entry is
+    /// kept (an expired one is overwritten). Returns how many entries this call has written
+    /// for good. A backend whose load is one transaction ([`Backend::load_is_atomic`]) writes
+    /// nothing for good before [`Backend::load_end`]. Default: this backend cannot.
+    fn load(&mut self, _entries: &[Entry], _keep_live: bool) -> Result<u64> {
+        Err(Error::backend(
+            format!("load into {}", self.name()),
+            anyhow::anyhow!("this backend cannot load entries yet"),
+        ))
+    }
+    /// Ends a load: commits it (`commit`), or rolls it back where it is one transaction.
+    /// Returns how many entries the commit wrote. Default: nothing to end.
+    fn load_end(&mut self, _commit: bool) -> Result<u64> {
+        Ok(0)
+    }
+    /// Whether a load is one transaction: nothing is written unless it all is.
+    fn load_is_atomic(&self) -> bool {
+        false
+    }
+    /// How many live entries start with `start`, where the backend can count them without a
+    /// walk (SQL backends: one count); for progress bars. Default: unknown.
+    fn count(&mut self, _start: &str) -> Option<u64> {
+        None
+    }
     /// `stats`: the figures of the entries whose full key starts with `prefix`, and those of
     /// each server. A server that cannot be reached is an error, unless `keep_going`: then it
     /// is reported with `up: false` ([`crate::stats::ServerStats::down`]). `backend`,
@@ -225,6 +261,24 @@ pub trait Backend: Send {
     fn stats(&mut self, _prefix: &str, _keep_going: bool) -> Result<crate::stats::Stats> {
         Ok(crate::stats::Stats::default())
     }
+}
+
+/// One entry of a dump or a load: full key, value (JSON text), and when it expires (Unix time
+/// in seconds, millisecond precision or better; `None`: never).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub value: String,
+    pub expires: Option<f64>,
+}
+
+/// What [`Backend::entries`] gives each entry to: full key, stored value, expiry; `Ok(false)`
+/// stops the walk, an error stops it and is returned.
+pub type EachEntry<'a> = dyn FnMut(&str, &str, Option<f64>) -> Result<bool> + 'a;
+
+/// The current Unix time in seconds.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn op_name(op: &GroupOp<'_>) -> &'static str {
@@ -487,6 +541,52 @@ impl Cache {
         self.inner
             .remove_matching(&start, &chosen, dry_run, &mut |full| each(full.get(strip..).unwrap_or(full)))
             .map_err(|e| e.context(ctx))
+    }
+
+    /// `dump`: walks the live entries under the prefix whose key matches `pattern`, giving
+    /// `each` the key (prefix stripped), the stored value (JSON text) and when it expires.
+    pub fn entries(&mut self, pattern: &Pattern, each: &mut EachEntry<'_>) -> Result<()> {
+        let (start, strip, ctx) = self.walk_of(pattern, "dump");
+        let all = pattern.is_prefix_glob();
+        self.inner
+            .entries(&start, &mut |full, value, expires| match full.get(strip..) {
+                Some(key) if all || pattern.matches(key) => each(key, value, expires),
+                _ => Ok(true),
+            })
+            .map_err(|e| e.context(ctx))
+    }
+
+    /// How many live entries [`Cache::entries`] will give, where the backend can count them
+    /// cheaply (for a progress bar); `None` when unknown.
+    pub fn count(&mut self, pattern: &Pattern) -> Option<u64> {
+        if !pattern.is_prefix_glob() {
+            return None;
+        }
+        let start = format!("{}{}", self.prefix, pattern.literal_prefix());
+        self.inner.count(&start)
+    }
+
+    /// The full key of a loaded entry: [`Cache::full_key`]'s checks.
+    pub fn load_key(&self, key: &str) -> Result<String> {
+        self.full_key(key)
+    }
+
+    /// `load`: writes entries on full keys (see [`Backend::load`]); returns how many this call
+    /// wrote for good.
+    pub fn load(&mut self, entries: &[Entry], keep_live: bool) -> Result<u64> {
+        let ctx = format!("load into {} at {}", self.inner.name(), self.inner.location());
+        self.inner.load(entries, keep_live).map_err(|e| e.context(ctx))
+    }
+
+    /// Ends a load (see [`Backend::load_end`]).
+    pub fn load_end(&mut self, commit: bool) -> Result<u64> {
+        let ctx = format!("load into {} at {}", self.inner.name(), self.inner.location());
+        self.inner.load_end(commit).map_err(|e| e.context(ctx))
+    }
+
+    /// See [`Backend::load_is_atomic`].
+    pub fn load_is_atomic(&self) -> bool {
+        self.inner.load_is_atomic()
     }
 
     /// `stats`: what the cache holds under the prefix, and its servers' figures.

@@ -6,7 +6,7 @@
 //! "database is locked" under contention; see `reference/crates.md` §6.2). Reads never write: a
 //! `get` on a file that does not exist yet is a miss, not a new file.
 
-use super::{Backend, FlushScope, Migration};
+use super::{Backend, EachEntry, Entry, FlushScope, GroupOp, GroupResult, Migration};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 use crate::ttl::{Remaining, Ttl};
@@ -31,6 +31,8 @@ pub struct Sqlite {
     conn: Option<Connection>,
     /// Whether the schema is known to exist in `conn`.
     schema_ready: bool,
+    /// A load's transaction is open on `conn`, with this many entries written in it.
+    loading: Option<u64>,
 }
 
 fn now() -> f64 {
@@ -65,6 +67,7 @@ impl Sqlite {
             busy_timeout: settings.pool_timeout.unwrap_or(DEFAULT_BUSY_TIMEOUT),
             conn: None,
             schema_ready: false,
+            loading: None,
         })
     }
 
@@ -253,6 +256,73 @@ fn no_table(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("no such table"))
 }
 
+/// The operations of a group, in order, in the transaction `tx` (see `run_group`).
+fn group_in(tx: &rusqlite::Transaction<'_>, ops: &[GroupOp<'_>]) -> rusqlite::Result<Vec<GroupResult>> {
+    // The clock is read once the lock is held, as for a single `set`.
+    let t = now();
+    let mut purged = false;
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        out.push(match *op {
+            GroupOp::Get(k) => {
+                let r = tx
+                    .prepare_cached("SELECT value FROM cache WHERE key = ?1 AND (ttl IS NULL OR ttl > ?2)")
+                    .and_then(|mut s| s.query_row(params![k, t], |r| r.get(0)).optional());
+                match r {
+                    Err(e) if no_table(&e) => GroupResult::Value(None),
+                    r => GroupResult::Value(r?),
+                }
+            }
+            GroupOp::Ttl(k) => {
+                let r = tx
+                    .prepare_cached("SELECT ttl FROM cache WHERE key = ?1 AND (ttl IS NULL OR ttl > ?2)")
+                    .and_then(|mut s| s.query_row(params![k, t], |r| r.get::<_, Option<f64>>(0)).optional());
+                let row = match r {
+                    Err(e) if no_table(&e) => None,
+                    r => r?,
+                };
+                GroupResult::Remaining(match row {
+                    None => Remaining::Missing,
+                    Some(None) => Remaining::NoExpiry,
+                    Some(Some(expiry)) => match Duration::try_from_secs_f64(expiry - now()) {
+                        Ok(d) if !d.is_zero() => Remaining::Left(d),
+                        _ => Remaining::Missing,
+                    },
+                })
+            }
+            GroupOp::Set(k, v, ttl) => {
+                if !purged {
+                    purged = true;
+                    tx.prepare_cached(
+                        "DELETE FROM cache WHERE key IN (SELECT key FROM cache WHERE ttl <= ?1 LIMIT ?2)",
+                    )?
+                    .execute(params![t, SET_PURGE_BATCH])?;
+                }
+                tx.prepare_cached(
+                    "INSERT INTO cache (key, value, ttl) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, ttl = excluded.ttl",
+                )?
+                .execute(params![k, v, t + ttl.as_secs_f64()])?;
+                GroupResult::Stored
+            }
+            GroupOp::Expire(k, ttl) => {
+                let n = tx
+                    .prepare_cached("UPDATE cache SET ttl = ?1 WHERE key = ?2 AND (ttl IS NULL OR ttl > ?3)")?
+                    .execute(params![t + ttl.as_secs_f64(), k, t])?;
+                GroupResult::Existed(n > 0)
+            }
+            GroupOp::Delete(k) => {
+                let row = tx
+                    .prepare_cached("DELETE FROM cache WHERE key = ?1 RETURNING value, ttl")?
+                    .query_row(params![k], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<f64>>(1)?)))
+                    .optional()?;
+                GroupResult::Value(row.and_then(|(v, exp)| exp.is_none_or(|e| e > t).then_some(v)))
+            }
+        });
+    }
+    Ok(out)
+}
+
 impl Backend for Sqlite {
     fn name(&self) -> &'static str {
         "sqlite"
@@ -268,6 +338,7 @@ impl Backend for Sqlite {
             busy_timeout: self.busy_timeout,
             conn: None,
             schema_ready: false,
+            loading: None,
         }))
     }
 
@@ -440,6 +511,129 @@ impl Backend for Sqlite {
             if !full {
                 return Ok(removed);
             }
+        }
+    }
+
+    /// One `SELECT` over the prefix's range of the primary key, read as it streams: one
+    /// statement, so one snapshot (WAL: writers go on meanwhile).
+    fn entries(&mut self, start: &str, each: &mut EachEntry<'_>) -> Result<()> {
+        let Some(conn) = self.reader()? else { return Ok(()) };
+        let mut stmt = match conn
+            .prepare("SELECT key, value, ttl FROM cache WHERE key >= ?1 AND (ttl IS NULL OR ttl > ?2) ORDER BY key")
+        {
+            Err(e) if no_table(&e) => return Ok(()),
+            r => r.map_err(classify)?,
+        };
+        let mut rows = stmt.query(params![start, now()]).map_err(classify)?;
+        while let Some(row) = rows.next().map_err(classify)? {
+            let (Ok(key), Ok(value)) =
+                (row.get_ref(0).and_then(|v| Ok(v.as_str()?)), row.get_ref(1).and_then(|v| Ok(v.as_str()?)))
+            else {
+                continue; // not text: no entry kcache or Kinto wrote
+            };
+            if !key.starts_with(start) {
+                break; // ordered by key: the prefix's range has ended
+            }
+            let expires: Option<f64> = row.get(2).map_err(classify)?;
+            if !each(key, value, expires)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every entry of the load in one `BEGIN IMMEDIATE` transaction, committed by `load_end`.
+    fn load(&mut self, entries: &[Entry], keep_live: bool) -> Result<u64> {
+        if self.loading.is_none() {
+            self.writer()?.execute_batch("BEGIN IMMEDIATE").map_err(classify)?;
+            self.loading = Some(0);
+        }
+        let t = now();
+        let written = {
+            let conn = self.writer()?;
+            let keep = if keep_live { " WHERE cache.ttl IS NOT NULL AND cache.ttl <= ?4" } else { " WHERE ?4 > 0" };
+            let sql = format!(
+                "INSERT INTO cache (key, value, ttl) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO UPDATE \
+                 SET value = excluded.value, ttl = excluded.ttl{keep}"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(classify)?;
+            let mut written = 0;
+            for e in entries.iter().filter(|e| e.expires.is_none_or(|at| at > t)) {
+                written += stmt.execute(params![e.key, e.value, e.expires, t]).map_err(classify)? as u64;
+            }
+            written
+        };
+        if let Some(n) = &mut self.loading {
+            *n += written;
+        }
+        Ok(0)
+    }
+
+    fn load_end(&mut self, commit: bool) -> Result<u64> {
+        let Some(written) = self.loading.take() else { return Ok(0) };
+        let conn = self.writer()?;
+        if commit {
+            conn.execute_batch("COMMIT").map_err(classify)?;
+            Ok(written)
+        } else {
+            conn.execute_batch("ROLLBACK").map_err(classify)?;
+            Ok(0)
+        }
+    }
+
+    fn load_is_atomic(&self) -> bool {
+        true
+    }
+
+    fn count(&mut self, start: &str) -> Option<u64> {
+        let conn = self.reader().ok()??;
+        conn.query_row(
+            "SELECT count(*) FROM cache WHERE key >= ?1 AND substr(key, 1, length(?1)) = ?1 AND (ttl IS NULL OR ttl > ?2)",
+            params![start, now()],
+            |r| r.get::<_, i64>(0),
+        )
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+    }
+
+    /// The whole group in one transaction (`BEGIN IMMEDIATE` when it writes): one lock, one
+    /// commit, the statements prepared once. A statement that fails rolls the group back and
+    /// its operations run one by one, each with its own result.
+    fn run_group(&mut self, ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
+        if ops.len() < 2 {
+            return None;
+        }
+        let writes = ops.iter().any(|op| !matches!(op, GroupOp::Get(_) | GroupOp::Ttl(_)));
+        if !writes && !self.path.exists() {
+            return Some(
+                ops.iter()
+                    .map(|op| {
+                        Ok(match op {
+                            GroupOp::Ttl(_) => GroupResult::Remaining(Remaining::Missing),
+                            _ => GroupResult::Value(None),
+                        })
+                    })
+                    .collect(),
+            );
+        }
+        let conn = if writes { self.writer() } else { self.reader().map(|c| c.expect("the file exists")) };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => return Some(ops.iter().map(|_| Err(e.clone())).collect()),
+        };
+        let behavior = if writes { TransactionBehavior::Immediate } else { TransactionBehavior::Deferred };
+        let tx = match conn.transaction_with_behavior(behavior) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = classify(e).unsent();
+                return Some(ops.iter().map(|_| Err(e.clone())).collect());
+            }
+        };
+        let results = group_in(&tx, ops);
+        match results.and_then(|r| tx.commit().map(|()| r)) {
+            Ok(r) => Some(r.into_iter().map(Ok).collect()),
+            Err(e) if no_table(&e) => None,
+            Err(_) => None,
         }
     }
 

@@ -402,7 +402,7 @@ impl Settings {
     }
 
     /// [`Settings::from_layer`], with `default_path` for the sqlite file when none is set.
-    fn from_layer_with(layer: &Layer, default_path: &dyn Fn() -> Option<PathBuf>) -> Result<Settings> {
+    pub(crate) fn from_layer_with(layer: &Layer, default_path: &dyn Fn() -> Option<PathBuf>) -> Result<Settings> {
         let get = |name: &str| layer.entries.get(name);
         let mut origins = Vec::new();
         let mut note = |name: &str, shown: String, e: Option<&Entry>| {

@@ -68,6 +68,10 @@ pub struct Live {
     pub left: Duration,
     /// The CAS token it was read with.
     pub cas: u64,
+    /// Its value (Kinto's JSON text, out of the envelope).
+    pub value: String,
+    /// When it expires, Unix time in seconds: now plus `left`.
+    pub expires: f64,
 }
 
 /// What the walk gives each chunk of live entries: a connection to their server, the server,
@@ -212,7 +216,9 @@ fn lookup_on(c: &mut Conn, keys: &[String], out: &mut Vec<Live>) -> Result<(), F
                 None => entry.remaining(now),
             };
             if let (Some(left), Some(cas)) = (left, item.cas) {
-                out.push(Live { key: key.clone(), left, cas });
+                let expires =
+                    now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64() + left.as_secs_f64();
+                out.push(Live { key: key.clone(), left, cas, value: entry.value, expires });
             }
         }
     }
@@ -257,7 +263,7 @@ impl Spool {
         }
         let w = match &mut self.writer {
             Some(w) => w,
-            None => self.writer.insert(BufWriter::with_capacity(64 * 1024, temporary_file().map_err(spool_error)?)),
+            None => self.writer.insert(BufWriter::with_capacity(64 * 1024, tempfile::tempfile().map_err(spool_error)?)),
         };
         w.write_all(key.as_bytes()).and_then(|()| w.write_all(b"\n")).map_err(spool_error)
     }
@@ -287,29 +293,6 @@ impl Spool {
             return Ok(None);
         }
         Ok(Some(chunk))
-    }
-}
-
-/// A new temporary file only this process can read, already unlinked (on unix): nothing is
-/// left behind, whatever happens to the process.
-fn temporary_file() -> std::io::Result<File> {
-    let dir = std::env::temp_dir();
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let mut attempt = 0;
-    loop {
-        let path = dir.join(format!("kcache-keys-{}-{nanos:x}-{attempt}", std::process::id()));
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true).write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(&path) {
-            Ok(file) => {
-                let _ = std::fs::remove_file(&path);
-                return Ok(file);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
-            Err(e) => return Err(e),
-        }
     }
 }
 

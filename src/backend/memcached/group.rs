@@ -222,3 +222,76 @@ impl Lane<'_> {
         self.conn = None;
     }
 }
+
+/// `load`: each server's share of `entries` in pipelines of `ms` (add mode `ME` with
+/// `keep_live`: a live item is kept), every server's pipeline written before any reply is
+/// read. The envelope holds the entry's own expiry; the server's exptime is its time left (see
+/// `envelope::exptime`); an entry that never expires gets [`crate::ttl::MAX_TTL`]. Returns how
+/// many were stored; the first failure (a value over the item size limit, a lost server) is
+/// returned after every reply that could be read.
+pub fn load(m: &Memcached, entries: &[crate::backend::Entry], keep_live: bool) -> Result<u64> {
+    use super::{envelope, ms};
+    let now = SystemTime::now();
+    let unix = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let mut lanes: Vec<Vec<memcache::exp::MetaCommand>> = (0..m.shared.servers.len()).map(|_| Vec::new()).collect();
+    for e in entries {
+        let left = match e.expires {
+            None => crate::ttl::MAX_TTL,
+            Some(at) => match std::time::Duration::try_from_secs_f64(at - unix) {
+                Ok(d) if !d.is_zero() => d.min(crate::ttl::MAX_TTL),
+                _ => continue,
+            },
+        };
+        let expires_us = match e.expires {
+            Some(at) => (at * 1e6).ceil() as u128,
+            None => envelope::expires_us(now, left),
+        };
+        let mut command = ms(&e.key, envelope::encode(&e.value, expires_us), envelope::exptime(now, left), None);
+        if keep_live {
+            command = command.flag("ME");
+        }
+        lanes[m.server_index(&e.key)].push(command);
+    }
+    let mut written = 0;
+    let mut first_failure: Option<Error> = None;
+    let mut conns = Vec::new();
+    // Every server's commands are sent before any reply is read (servers in their order).
+    for (index, commands) in lanes.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+        let server = &m.shared.servers[index];
+        let mut c = match m.connection(server) {
+            Ok(c) => c,
+            Err(e) => {
+                first_failure.get_or_insert(e);
+                continue;
+            }
+        };
+        for command in commands {
+            c.push(command);
+        }
+        match c.send() {
+            Ok(()) => conns.push((c, server, commands.len())),
+            Err(f) => {
+                first_failure.get_or_insert(conn::classify(f, &server.location));
+            }
+        }
+    }
+    for (mut c, server, count) in conns {
+        for _ in 0..count {
+            match c.receive().and_then(|reply| done(&mut c, reply)) {
+                Ok(true) => written += 1,
+                Ok(false) => {}
+                Err(f) => {
+                    let fatal = c.broken;
+                    first_failure.get_or_insert(conn::classify(f, &server.location));
+                    if fatal {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    match first_failure {
+        None => Ok(written),
+        Some(e) => Err(e.context(format!("{written} entries of this group were stored"))),
+    }
+}

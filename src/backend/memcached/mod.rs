@@ -237,6 +237,10 @@ fn mg(key: &str, extra: &[&'static str]) -> MetaCommand {
 
 /// `ms`: the envelope with flags 16 ([`FLAG_TEXT`]) and `exptime`, only over the entry `cas`
 /// was read with when given.
+/// An entry that expires within this much of the longest TTL kcache allows is one that `load`
+/// stored as "never expires" (memcached's envelope needs a time): a dump gives it as `null`.
+const NEVER_MARGIN: f64 = 86_400.0;
+
 fn ms(key: &str, envelope: String, exptime: u32, cas: Option<u64>) -> MetaCommand {
     let c = MetaCommand::new(MetaOp::Set, key).flag("F16").flag(format!("T{exptime}")).value(envelope);
     match cas {
@@ -564,6 +568,26 @@ impl Backend for Memcached {
     /// Each server's key crawler, then the candidates' envelopes (see [`crawl`]).
     fn walk(&mut self, start: &str, each: &mut dyn FnMut(&str, Remaining) -> bool) -> Result<()> {
         self.crawl(start, &mut |_, _, live| Ok(live.iter().all(|l| each(&l.key, Remaining::Left(l.left)))))
+    }
+
+    /// The crawl's live entries with their values (see [`crawl`]): the expiry is the earlier of
+    /// the envelope's and the server's, as `ttl` reads it.
+    fn entries(&mut self, start: &str, each: &mut crate::backend::EachEntry<'_>) -> Result<()> {
+        // What `load` stored for "never expires" (the longest TTL) reads back as never.
+        let never = crate::backend::unix_now() + crate::ttl::MAX_TTL.as_secs_f64() - NEVER_MARGIN;
+        self.crawl(start, &mut |_, _, live| {
+            for l in live {
+                if !each(&l.key, &l.value, (l.expires < never).then_some(l.expires))? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Pipelines of `ms` per server (see [`group::load`]).
+    fn load(&mut self, entries: &[crate::backend::Entry], keep_live: bool) -> Result<u64> {
+        group::load(self, entries, keep_live)
     }
 
     /// The walk's chosen entries removed chunk by chunk, each chunk in one pipeline of

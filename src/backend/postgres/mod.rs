@@ -12,13 +12,14 @@
 //! Every statement is sent with its parameter types (`query_typed`): one round trip each, no
 //! prepare.
 
+mod bulk;
 mod connect;
 
 use super::pool::{Pool, PoolSettings};
 use connect::Tls;
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{Backend, FlushScope, GroupOp, GroupResult, MATCH_BATCH, Migration};
+use super::{Backend, EachEntry, Entry, FlushScope, GroupOp, GroupResult, MATCH_BATCH, Migration};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 use crate::ttl::{Remaining, Ttl};
@@ -142,6 +143,8 @@ pub struct Postgres {
     replies: Replies,
     /// What libpq would warn about (an insecure ~/.pgpass...), printed by the command.
     warnings: Vec<String>,
+    /// A load in progress (see `bulk.rs`).
+    load: Option<bulk::Loader>,
 }
 
 impl Postgres {
@@ -184,6 +187,7 @@ impl Postgres {
             reply_timeout: timeout + REPLY_MARGIN,
             replies: Replies::default(),
             warnings,
+            load: None,
         })
     }
 
@@ -527,6 +531,7 @@ impl Backend for Postgres {
             reply_timeout: self.reply_timeout,
             replies: Replies::default(),
             warnings: Vec::new(),
+            load: None,
         }))
     }
 
@@ -769,6 +774,28 @@ impl Backend for Postgres {
                 return Ok(removed);
             }
         }
+    }
+
+    /// One `COPY` of the prefix's live entries (see `bulk.rs`).
+    fn entries(&mut self, start: &str, each: &mut EachEntry<'_>) -> Result<()> {
+        self.dump_entries(start, each)
+    }
+
+    /// A temporary table filled by `COPY`, then one upsert (see `bulk.rs`).
+    fn load(&mut self, entries: &[Entry], keep_live: bool) -> Result<u64> {
+        self.load_entries(entries, keep_live)
+    }
+
+    fn load_end(&mut self, commit: bool) -> Result<u64> {
+        self.end_load(commit)
+    }
+
+    fn load_is_atomic(&self) -> bool {
+        true
+    }
+
+    fn count(&mut self, start: &str) -> Option<u64> {
+        self.count_live(start)
     }
 
     /// One round trip for the whole group: its statements as one multi-statement query in one

@@ -40,7 +40,7 @@
 pub mod url;
 
 use super::pool::{Pool, PoolSettings};
-use super::{Backend, FlushScope, GroupOp, GroupResult};
+use super::{Backend, EachEntry, Entry, FlushScope, GroupOp, GroupResult};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 use crate::ttl::{Remaining, Ttl};
@@ -837,6 +837,84 @@ impl Backend for Redis {
             }
             Ok(true)
         })
+    }
+
+    /// `SCAN` pages (see [`Redis::scan`]), then each page's `GET` and `PTTL` in one pipeline:
+    /// a key gone since, empty (a miss for Kinto), not a string or not UTF-8 is no entry.
+    fn entries(&mut self, start: &str, each: &mut EachEntry<'_>) -> Result<()> {
+        let mut packed = Packed::default();
+        self.scan(start, &mut |conn, keys| {
+            packed.bytes.clear();
+            packed.count = 0;
+            for key in &keys {
+                packed.push(("GET", key.as_str()));
+                packed.push(("PTTL", key.as_str()));
+            }
+            let replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+            let now = super::unix_now();
+            let mut replies = replies.into_iter();
+            for key in &keys {
+                let (Some(value), Some(ms)) = (replies.next(), replies.next()) else { break };
+                let Ok(Some(value)) = reply::<Option<Vec<u8>>>(value) else { continue };
+                let Ok(value) = String::from_utf8(value) else { continue };
+                let expires = match reply::<i64>(ms).map_err(classify)? {
+                    -1 => None,
+                    ms if ms > 0 => Some(now + ms as f64 / 1000.0),
+                    _ => continue,
+                };
+                if value.is_empty() {
+                    continue;
+                }
+                if !each(key, &value, expires)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Each group in one pipeline of `SET key value [PX ms] [NX]`: the time left is counted
+    /// just before the pipeline is sent; `NX` keeps a live entry (Redis has removed expired
+    /// ones). `OK` is a write, a null reply a kept entry.
+    fn load(&mut self, entries: &[Entry], keep_live: bool) -> Result<u64> {
+        let mut packed = Packed::default();
+        let now = super::unix_now();
+        let max = crate::ttl::MAX_TTL.as_millis() as f64;
+        for e in entries {
+            let ms = match e.expires {
+                None => None,
+                Some(at) => match ((at - now) * 1000.0).ceil() {
+                    ms if ms >= 1.0 => Some(ms.min(max) as u64),
+                    _ => continue,
+                },
+            };
+            match (ms, keep_live) {
+                (Some(ms), false) => packed.push(("SET", e.key.as_str(), e.value.as_str(), "PX", ms)),
+                (Some(ms), true) => packed.push(("SET", e.key.as_str(), e.value.as_str(), "PX", ms, "NX")),
+                (None, false) => packed.push(("SET", e.key.as_str(), e.value.as_str())),
+                (None, true) => packed.push(("SET", e.key.as_str(), e.value.as_str(), "NX")),
+            }
+        }
+        if packed.count == 0 {
+            return Ok(0);
+        }
+        let mut conn = self.pool.get()?;
+        let replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+        let mut written = 0;
+        for r in replies {
+            if reply::<Option<String>>(r).map_err(classify)?.is_some() {
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// `DBSIZE` when the walk covers the whole database (no prefix): every key of it.
+    fn count(&mut self, start: &str) -> Option<u64> {
+        if !start.is_empty() {
+            return None;
+        }
+        self.with(|c| c.query::<u64>(&redis::cmd("DBSIZE"))).ok()
     }
 
     /// `SCAN` alone: the server leaves out keys that have expired (it checks each key it returns),

@@ -1,0 +1,349 @@
+//! `dump` and `load` on PostgreSQL, through `COPY`.
+//!
+//! - **dump**: one `COPY (SELECT ...) TO STDOUT`: one statement, so one snapshot, read by the
+//!   handle's thread (see [`super::Replies`]) and handed over in chunks of [`CHUNK`] bytes; the
+//!   caller waits at most the reply timeout for each chunk. MVCC: writers are not blocked.
+//! - **load**: one transaction on one connection: a temporary table filled by one
+//!   `COPY ... FROM STDIN` fed group by group as the caller checks the input, then one
+//!   `INSERT ... SELECT ... ON CONFLICT` into `cache` and `COMMIT`. Measured against multi-row
+//!   `INSERT ... ON CONFLICT` statements of 1,000 rows (see the README, Performance). The last
+//!   entry of a key wins, as when the lines are written one by one (`DISTINCT ON` over the
+//!   input order). The expiry is written as an absolute time, `to_timestamp(E)` in the
+//!   session's time zone, as `sec2ttl()` writes it: the transaction's `now()` (its start) does
+//!   not stretch the entries of a long load.
+
+use super::{Conn, Postgres, REPLY_MARGIN, classify, literal};
+use crate::backend::EachEntry;
+use crate::backend::Entry;
+use crate::error::{Error, ErrorKind, Result};
+use std::io::{Read, Write};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// What [`Postgres::copy_out`] gives each row to: its fields (`None`: NULL); `false` stops.
+type EachRow<'a> = dyn FnMut(&[Option<std::borrow::Cow<'_, [u8]>>]) -> Result<bool> + 'a;
+
+/// Bytes of `COPY` output handed over at a time.
+const CHUNK: usize = 256 * 1024;
+
+/// Groups of `COPY` input in flight before the caller waits for the server to take one.
+const IN_FLIGHT: usize = 4;
+
+/// What the caller sends a load's thread.
+enum Feed {
+    Rows(Vec<u8>),
+    /// Copy is complete: insert and commit, keeping live entries when `true`.
+    Commit(bool),
+}
+
+/// A load in progress: its thread takes [`Feed`]s and answers each (`None`: taken; `Some(n)`:
+/// committed, `n` entries written).
+pub(super) struct Loader {
+    feed: mpsc::Sender<Feed>,
+    answers: mpsc::Receiver<Result<Option<u64>>>,
+    in_flight: usize,
+    keep_live: bool,
+}
+
+fn stopped(bound: Duration) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        anyhow::anyhow!(
+            "the server stopped answering: no reply within {:.1} s (pool_timeout + {} s); the connection was abandoned",
+            bound.as_secs_f64(),
+            REPLY_MARGIN.as_secs()
+        ),
+    )
+}
+
+fn thread_gone() -> Error {
+    Error::new(ErrorKind::Unavailable, anyhow::anyhow!("the connection's thread ended"))
+}
+
+/// Appends `text` to `COPY` text-format data, escaped.
+fn push_field(out: &mut Vec<u8>, text: &str) {
+    for &b in text.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b => out.push(b),
+        }
+    }
+}
+
+/// One field of a `COPY` text-format row, unescaped; `None` for `\N` (NULL).
+fn field(raw: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if raw == b"\\N" {
+        return None;
+    }
+    if !raw.contains(&b'\\') {
+        return Some(std::borrow::Cow::Borrowed(raw));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        out.push(match bytes.next() {
+            Some(b'n') => b'\n',
+            Some(b't') => b'\t',
+            Some(b'r') => b'\r',
+            Some(b'b') => 8,
+            Some(b'f') => 12,
+            Some(b'v') => 11,
+            Some(&other) => other,
+            None => b'\\',
+        });
+    }
+    Some(std::borrow::Cow::Owned(out))
+}
+
+impl Postgres {
+    /// Runs `sql` (`COPY ... TO STDOUT`) and gives `each` every row, its fields split and
+    /// unescaped, until it returns `false`.
+    fn copy_out(&mut self, sql: String, each: &mut EachRow<'_>) -> Result<()> {
+        let jobs = self.replies.thread().ok_or_else(thread_gone)?;
+        let mut conn: Conn = self.pool.get()?;
+        let (chunks_out, chunks) = mpsc::sync_channel::<Result<Vec<u8>>>(IN_FLIGHT);
+        let job: super::Job = Box::new(move || {
+            let r = (|| -> Result<()> {
+                let mut reader = conn.copy_out(sql.as_str()).map_err(classify)?;
+                // The reader must not be read again once it has said the copy ended.
+                let mut ended = false;
+                while !ended {
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut n = 0;
+                    while n < CHUNK {
+                        match reader.read(&mut buf[n..]) {
+                            Ok(0) => {
+                                ended = true;
+                                break;
+                            }
+                            Ok(k) => n += k,
+                            Err(e) => {
+                                return Err(Error::unavailable("lost the connection to postgresql during COPY", e));
+                            }
+                        }
+                    }
+                    buf.truncate(n);
+                    if n > 0 && chunks_out.send(Ok(buf)).is_err() {
+                        return Ok(()); // the caller stopped reading
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = r {
+                let _ = chunks_out.send(Err(e));
+            }
+        });
+        jobs.send(job).map_err(|_| thread_gone())?;
+        let mut rest: Vec<u8> = Vec::new();
+        loop {
+            let chunk = match chunks.recv_timeout(self.reply_timeout) {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(e),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.replies.jobs = None;
+                    return Err(stopped(self.reply_timeout));
+                }
+            };
+            rest.extend_from_slice(&chunk);
+            let mut start = 0;
+            while let Some(end) = rest[start..].iter().position(|b| *b == b'\n') {
+                let row = &rest[start..start + end];
+                start += end + 1;
+                let fields: Vec<_> = row.split(|b| *b == b'\t').map(field).collect();
+                if !each(&fields)? {
+                    return Ok(());
+                }
+            }
+            rest.drain(..start);
+        }
+    }
+
+    /// See [`crate::backend::Backend::entries`] and the module doc.
+    pub(super) fn dump_entries(&mut self, start: &str, each: &mut EachEntry<'_>) -> Result<()> {
+        let pattern = literal(&format!("{}%", crate::pattern::like_escape(start)));
+        let sql = format!(
+            "COPY (SELECT key, value, EXTRACT(EPOCH FROM ttl::timestamptz)::float8 FROM cache \
+             WHERE key LIKE {pattern} ESCAPE E'\\\\' AND (ttl IS NULL OR ttl > now())) TO STDOUT"
+        );
+        let bad = |what: &str| Error::backend("read the dump", anyhow::anyhow!("{what}"));
+        self.copy_out(sql, &mut |fields| {
+            let [Some(key), Some(value), expires] = fields else { return Err(bad("a row without its three fields")) };
+            let (Ok(key), Ok(value)) = (std::str::from_utf8(key), std::str::from_utf8(value)) else {
+                return Ok(true);
+            };
+            let expires = match expires {
+                None => None,
+                Some(t) => Some(
+                    std::str::from_utf8(t)
+                        .ok()
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .ok_or_else(|| bad("an expiry that is not a number"))?,
+                ),
+            };
+            each(key, value, expires)
+        })
+    }
+
+    /// Live entries that start with `start`, in one count.
+    pub(super) fn count_live(&mut self, start: &str) -> Option<u64> {
+        let pattern = literal(&format!("{}%", crate::pattern::like_escape(start)));
+        let sql = format!(
+            "SELECT count(*) FROM cache WHERE key LIKE {pattern} ESCAPE E'\\\\' AND (ttl IS NULL OR ttl > now())"
+        );
+        let rows = self.exchange(self.reply_timeout, move |conn| conn.simple_query(&sql).map_err(classify)).ok()?;
+        rows.iter().find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|n| n.parse().ok()),
+            _ => None,
+        })
+    }
+
+    /// Starts a load's transaction on the handle's thread (see the module doc).
+    fn start_load(&mut self, keep_live: bool) -> Result<()> {
+        let jobs = self.replies.thread().ok_or_else(thread_gone)?;
+        let mut conn: Conn = self.pool.get()?;
+        let (feed, fed) = mpsc::channel::<Feed>();
+        let (answer, answers) = mpsc::channel::<Result<Option<u64>>>();
+        let job: super::Job = Box::new(move || {
+            let r = (|| -> Result<Option<u64>> {
+                let mut tx = conn.transaction().map_err(classify)?;
+                tx.batch_execute(
+                    "CREATE TEMPORARY TABLE kcache_load (key text, value text, expires float8, seq bigserial) ON COMMIT DROP",
+                )
+                .map_err(classify)?;
+                let mut copy = tx.copy_in("COPY kcache_load (key, value, expires) FROM STDIN").map_err(classify)?;
+                let keep_live = loop {
+                    match fed.recv() {
+                        Ok(Feed::Rows(rows)) => {
+                            copy.write_all(&rows)
+                                .map_err(|e| Error::unavailable("lost the connection to postgresql during COPY", e))?;
+                            if answer.send(Ok(None)).is_err() {
+                                return Ok(None);
+                            }
+                        }
+                        Ok(Feed::Commit(keep_live)) => break keep_live,
+                        // The caller gave up: the copy and the transaction are rolled back.
+                        Err(_) => return Ok(None),
+                    }
+                };
+                copy.finish().map_err(classify)?;
+                let keep = if keep_live { " WHERE cache.ttl IS NOT NULL AND cache.ttl <= now()" } else { "" };
+                let written = tx
+                    .execute(
+                        &format!(
+                            "INSERT INTO cache (key, value, ttl) \
+                             SELECT DISTINCT ON (key) key, value, to_timestamp(expires)::timestamp FROM kcache_load \
+                             WHERE expires IS NULL OR expires > EXTRACT(EPOCH FROM clock_timestamp()) \
+                             ORDER BY key, seq DESC \
+                             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, ttl = EXCLUDED.ttl{keep}"
+                        ),
+                        &[],
+                    )
+                    .map_err(classify)?;
+                tx.commit().map_err(classify)?;
+                Ok(Some(written))
+            })();
+            let _ = answer.send(r);
+        });
+        jobs.send(job).map_err(|_| thread_gone())?;
+        self.load = Some(Loader { feed, answers, in_flight: 0, keep_live });
+        Ok(())
+    }
+
+    /// Waits for one answer of the load's thread.
+    fn load_answer(&mut self, bound: Duration) -> Result<Option<u64>> {
+        let Some(loader) = &mut self.load else { return Ok(None) };
+        match loader.answers.recv_timeout(bound) {
+            Ok(Ok(a)) => {
+                loader.in_flight = loader.in_flight.saturating_sub(1);
+                Ok(a)
+            }
+            Ok(Err(e)) => {
+                self.load = None;
+                Err(e)
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.load = None;
+                self.replies.jobs = None;
+                Err(stopped(bound))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.load = None;
+                Err(thread_gone())
+            }
+        }
+    }
+
+    /// See [`crate::backend::Backend::load`]: the entries go to the `COPY` in flight.
+    pub(super) fn load_entries(&mut self, entries: &[Entry], keep_live: bool) -> Result<u64> {
+        if self.load.is_none() {
+            self.start_load(keep_live)?;
+        }
+        let mut rows = Vec::with_capacity(entries.len() * 128);
+        for e in entries {
+            push_field(&mut rows, &e.key);
+            rows.push(b'\t');
+            push_field(&mut rows, &e.value);
+            rows.push(b'\t');
+            match e.expires {
+                None => rows.extend_from_slice(b"\\N"),
+                Some(t) => rows.extend_from_slice(format!("{t}").as_bytes()),
+            }
+            rows.push(b'\n');
+        }
+        let bound = self.reply_timeout;
+        while self.load.as_ref().is_some_and(|l| l.in_flight >= IN_FLIGHT) {
+            self.load_answer(bound)?;
+        }
+        let Some(loader) = &mut self.load else { return Err(thread_gone()) };
+        if loader.feed.send(Feed::Rows(rows)).is_err() {
+            // The thread ended: its answer says why.
+            return self.load_answer(bound).and_then(|_| Err(thread_gone()));
+        }
+        loader.in_flight += 1;
+        Ok(0)
+    }
+
+    /// See [`crate::backend::Backend::load_end`].
+    pub(super) fn end_load(&mut self, commit: bool) -> Result<u64> {
+        let Some(loader) = &self.load else { return Ok(0) };
+        if !commit {
+            self.load = None; // the thread sees the feed closed and rolls back
+            return Ok(0);
+        }
+        let keep_live = loader.keep_live;
+        if loader.feed.send(Feed::Commit(keep_live)).is_err() {
+            return self.load_answer(self.reply_timeout).and_then(|_| Err(thread_gone()));
+        }
+        let bound = self.bulk_timeout();
+        loop {
+            if let Some(n) = self.load_answer(bound)? {
+                self.load = None;
+                return Ok(n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_fields_round_trip() {
+        for text in ["plain", "a\\b", "tab\there", "line\nbreak\r", "\\N", "é \\u00E9"] {
+            let mut out = Vec::new();
+            push_field(&mut out, text);
+            assert!(!out.contains(&b'\t') && !out.contains(&b'\n'), "{text:?}");
+            assert_eq!(field(&out).as_deref(), Some(text.as_bytes()), "{text:?}");
+        }
+        assert_eq!(field(b"\\N"), None);
+    }
+}
