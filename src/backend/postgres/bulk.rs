@@ -3,20 +3,22 @@
 //! - **dump**: one `COPY (SELECT ...) TO STDOUT`: one statement, so one snapshot, read by the
 //!   handle's thread (see [`super::Replies`]) and handed over in chunks of [`CHUNK`] bytes; the
 //!   caller waits at most the reply timeout for each chunk. MVCC: writers are not blocked.
-//! - **load**: one transaction on one connection: a temporary table filled by one
-//!   `COPY ... FROM STDIN` fed group by group as the caller checks the input, then one
-//!   `INSERT ... SELECT ... ON CONFLICT` into `cache` and `COMMIT`. Measured against multi-row
-//!   `INSERT ... ON CONFLICT` statements of 1,000 rows (see the README, Performance). The last
-//!   entry of a key wins, as when the lines are written one by one (`DISTINCT ON` over the
-//!   input order). The expiry is written as an absolute time, `to_timestamp(E)` in the
-//!   session's time zone, as `sec2ttl()` writes it: the transaction's `now()` (its start) does
-//!   not stretch the entries of a long load.
+//! - **load**: one transaction on one connection, on the handle's thread; each group of the
+//!   input is one prepared `INSERT ... SELECT ... FROM unnest($1, $2, $3) ON CONFLICT` with the
+//!   group's keys, values and expiry times as three array parameters (binary, no SQL text to
+//!   parse), executed while the caller reads and checks the next groups, then `COMMIT`.
+//!   Measured on 1,000,000 entries against the first design, a temporary table filled by one
+//!   `COPY` then one `INSERT ... SELECT`: the server did the same upsert work, but only after
+//!   the whole input had been read, where the groups overlap it (see the README, Performance).
+//!   The expiry is written as an absolute time, `to_timestamp(E)` in the session's time zone,
+//!   as `sec2ttl()` writes it: the transaction's `now()` (its start) does not stretch the
+//!   entries of a long load.
 
 use super::{Conn, Postgres, REPLY_MARGIN, classify, literal};
 use crate::backend::EachEntry;
 use crate::backend::Entry;
 use crate::error::{Error, ErrorKind, Result};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -31,18 +33,27 @@ const IN_FLIGHT: usize = 4;
 
 /// What the caller sends a load's thread.
 enum Feed {
-    Rows(Vec<u8>),
-    /// Copy is complete: insert and commit, keeping live entries when `true`.
-    Commit(bool),
+    /// A group: keys, values, expiry times.
+    Rows(Vec<String>, Vec<String>, Vec<Option<f64>>),
+    /// The input is complete: commit.
+    Commit,
 }
 
-/// A load in progress: its thread takes [`Feed`]s and answers each (`None`: taken; `Some(n)`:
-/// committed, `n` entries written).
+/// What a load's thread answers.
+enum Answer {
+    /// A group was written: this many rows inserted or updated.
+    Took(u64),
+    /// The transaction was committed (or, the caller being gone, rolled back).
+    Committed,
+}
+
+/// A load in progress: its thread takes [`Feed`]s and answers each.
 pub(super) struct Loader {
     feed: mpsc::Sender<Feed>,
-    answers: mpsc::Receiver<Result<Option<u64>>>,
+    answers: mpsc::Receiver<Result<Answer>>,
     in_flight: usize,
-    keep_live: bool,
+    /// Rows written by the groups so far (for good once committed).
+    written: u64,
 }
 
 fn stopped(bound: Duration) -> Error {
@@ -58,19 +69,6 @@ fn stopped(bound: Duration) -> Error {
 
 fn thread_gone() -> Error {
     Error::new(ErrorKind::Unavailable, anyhow::anyhow!("the connection's thread ended"))
-}
-
-/// Appends `text` to `COPY` text-format data, escaped.
-fn push_field(out: &mut Vec<u8>, text: &str) {
-    for &b in text.as_bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b => out.push(b),
-        }
-    }
 }
 
 /// One field of a `COPY` text-format row, unescaped; `None` for `\N` (NULL).
@@ -210,59 +208,49 @@ impl Postgres {
         let jobs = self.replies.thread().ok_or_else(thread_gone)?;
         let mut conn: Conn = self.pool.get()?;
         let (feed, fed) = mpsc::channel::<Feed>();
-        let (answer, answers) = mpsc::channel::<Result<Option<u64>>>();
+        let (answer, answers) = mpsc::channel::<Result<Answer>>();
+        let keep = if keep_live { " WHERE cache.ttl IS NOT NULL AND cache.ttl <= now()" } else { "" };
+        let sql = format!(
+            "INSERT INTO cache (key, value, ttl) \
+             SELECT k, v, to_timestamp(e)::timestamp FROM unnest($1::text[], $2::text[], $3::float8[]) AS t(k, v, e) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, ttl = EXCLUDED.ttl{keep}"
+        );
         let job: super::Job = Box::new(move || {
-            let r = (|| -> Result<Option<u64>> {
+            let r = (|| -> Result<Answer> {
                 let mut tx = conn.transaction().map_err(classify)?;
-                tx.batch_execute(
-                    "CREATE TEMPORARY TABLE kcache_load (key text, value text, expires float8, seq bigserial) ON COMMIT DROP",
-                )
-                .map_err(classify)?;
-                let mut copy = tx.copy_in("COPY kcache_load (key, value, expires) FROM STDIN").map_err(classify)?;
-                let keep_live = loop {
+                let insert = tx.prepare(&sql).map_err(classify)?;
+                loop {
                     match fed.recv() {
-                        Ok(Feed::Rows(rows)) => {
-                            copy.write_all(&rows)
-                                .map_err(|e| Error::unavailable("lost the connection to postgresql during COPY", e))?;
-                            if answer.send(Ok(None)).is_err() {
-                                return Ok(None);
+                        Ok(Feed::Rows(keys, values, expires)) => {
+                            let n = tx.execute(&insert, &[&keys, &values, &expires]).map_err(classify)?;
+                            if answer.send(Ok(Answer::Took(n))).is_err() {
+                                return Ok(Answer::Committed); // the caller is gone: rolled back
                             }
                         }
-                        Ok(Feed::Commit(keep_live)) => break keep_live,
-                        // The caller gave up: the copy and the transaction are rolled back.
-                        Err(_) => return Ok(None),
+                        Ok(Feed::Commit) => break,
+                        // The caller gave up: the transaction is rolled back.
+                        Err(_) => return Ok(Answer::Committed),
                     }
-                };
-                copy.finish().map_err(classify)?;
-                let keep = if keep_live { " WHERE cache.ttl IS NOT NULL AND cache.ttl <= now()" } else { "" };
-                let written = tx
-                    .execute(
-                        &format!(
-                            "INSERT INTO cache (key, value, ttl) \
-                             SELECT DISTINCT ON (key) key, value, to_timestamp(expires)::timestamp FROM kcache_load \
-                             WHERE expires IS NULL OR expires > EXTRACT(EPOCH FROM clock_timestamp()) \
-                             ORDER BY key, seq DESC \
-                             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, ttl = EXCLUDED.ttl{keep}"
-                        ),
-                        &[],
-                    )
-                    .map_err(classify)?;
+                }
                 tx.commit().map_err(classify)?;
-                Ok(Some(written))
+                Ok(Answer::Committed)
             })();
             let _ = answer.send(r);
         });
         jobs.send(job).map_err(|_| thread_gone())?;
-        self.load = Some(Loader { feed, answers, in_flight: 0, keep_live });
+        self.load = Some(Loader { feed, answers, in_flight: 0, written: 0 });
         Ok(())
     }
 
     /// Waits for one answer of the load's thread.
-    fn load_answer(&mut self, bound: Duration) -> Result<Option<u64>> {
-        let Some(loader) = &mut self.load else { return Ok(None) };
+    fn load_answer(&mut self, bound: Duration) -> Result<Answer> {
+        let Some(loader) = &mut self.load else { return Err(thread_gone()) };
         match loader.answers.recv_timeout(bound) {
             Ok(Ok(a)) => {
-                loader.in_flight = loader.in_flight.saturating_sub(1);
+                if let Answer::Took(n) = a {
+                    loader.in_flight = loader.in_flight.saturating_sub(1);
+                    loader.written += n;
+                }
                 Ok(a)
             }
             Ok(Err(e)) => {
@@ -281,29 +269,36 @@ impl Postgres {
         }
     }
 
-    /// See [`crate::backend::Backend::load`]: the entries go to the `COPY` in flight.
+    /// See [`crate::backend::Backend::load`]: one upsert of the group, in the load's
+    /// transaction. A key repeated within the group is written once, as line by line: the
+    /// last occurrence, or with `keep_live` the first (the later ones would find it live).
     pub(super) fn load_entries(&mut self, entries: &[Entry], keep_live: bool) -> Result<u64> {
         if self.load.is_none() {
             self.start_load(keep_live)?;
         }
-        let mut rows = Vec::with_capacity(entries.len() * 128);
-        for e in entries {
-            push_field(&mut rows, &e.key);
-            rows.push(b'\t');
-            push_field(&mut rows, &e.value);
-            rows.push(b'\t');
-            match e.expires {
-                None => rows.extend_from_slice(b"\\N"),
-                Some(t) => rows.extend_from_slice(format!("{t}").as_bytes()),
+        let mut chosen: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            if keep_live {
+                chosen.entry(&e.key).or_insert(i);
+            } else {
+                chosen.insert(&e.key, i);
             }
-            rows.push(b'\n');
+        }
+        let (mut keys, mut values, mut expires) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, e) in entries.iter().enumerate() {
+            if chosen.get(e.key.as_str()) == Some(&i) {
+                keys.push(e.key.clone());
+                values.push(e.value.clone());
+                expires.push(e.expires);
+            }
         }
         let bound = self.reply_timeout;
         while self.load.as_ref().is_some_and(|l| l.in_flight >= IN_FLIGHT) {
             self.load_answer(bound)?;
         }
         let Some(loader) = &mut self.load else { return Err(thread_gone()) };
-        if loader.feed.send(Feed::Rows(rows)).is_err() {
+        if loader.feed.send(Feed::Rows(keys, values, expires)).is_err() {
             // The thread ended: its answer says why.
             return self.load_answer(bound).and_then(|_| Err(thread_gone()));
         }
@@ -318,15 +313,14 @@ impl Postgres {
             self.load = None; // the thread sees the feed closed and rolls back
             return Ok(0);
         }
-        let keep_live = loader.keep_live;
-        if loader.feed.send(Feed::Commit(keep_live)).is_err() {
+        if loader.feed.send(Feed::Commit).is_err() {
             return self.load_answer(self.reply_timeout).and_then(|_| Err(thread_gone()));
         }
         let bound = self.bulk_timeout();
         loop {
-            if let Some(n) = self.load_answer(bound)? {
-                self.load = None;
-                return Ok(n);
+            if let Answer::Committed = self.load_answer(bound)? {
+                let written = self.load.take().map_or(0, |l| l.written);
+                return Ok(written);
             }
         }
     }
@@ -337,12 +331,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_fields_round_trip() {
-        for text in ["plain", "a\\b", "tab\there", "line\nbreak\r", "\\N", "é \\u00E9"] {
-            let mut out = Vec::new();
-            push_field(&mut out, text);
-            assert!(!out.contains(&b'\t') && !out.contains(&b'\n'), "{text:?}");
-            assert_eq!(field(&out).as_deref(), Some(text.as_bytes()), "{text:?}");
+    fn copy_fields_are_unescaped() {
+        let cases: [(&[u8], &[u8]); 5] = [
+            (b"plain", b"plain"),
+            (b"a\\\\b", b"a\\b"),
+            (b"tab\\there", b"tab\there"),
+            (b"line\\nbreak\\r", b"line\nbreak\r"),
+            (b"\\\\N", b"\\N"),
+        ];
+        for (raw, text) in cases {
+            assert_eq!(field(raw).as_deref(), Some(text), "{raw:?}");
         }
         assert_eq!(field(b"\\N"), None);
     }

@@ -72,6 +72,10 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// `FLUSHDB` runs in the server before it answers: millions of keys take seconds.
 pub const FLUSHDB_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Keys per `SCAN` step of a dump (bigger steps, fewer round trips; the values come in the same
+/// pipeline as the next step).
+const DUMP_SCAN_COUNT: u32 = 2000;
+
 /// Keys per `SCAN` step of a prefixed flush (each step's keys are unlinked at once).
 const SCAN_COUNT: u32 = 1000;
 
@@ -839,22 +843,48 @@ impl Backend for Redis {
         })
     }
 
-    /// `SCAN` pages (see [`Redis::scan`]), then each page's `GET` and `PTTL` in one pipeline:
-    /// a key gone since, empty (a miss for Kinto), not a string or not UTF-8 is no entry.
+    /// `SCAN` pages of [`DUMP_SCAN_COUNT`] keys (UTF-8 ones, each once: see [`Recent`]); each
+    /// page's `GET`s and `PTTL`s go in one pipeline with the next `SCAN`, so a page costs one
+    /// round trip. A key gone since, empty (a miss for Kinto), not a string or not UTF-8 is no
+    /// entry.
     fn entries(&mut self, start: &str, each: &mut EachEntry<'_>) -> Result<()> {
+        let mut conn = self.pool.get()?;
+        let pattern = format!("{}*", glob_escape(start));
+        let scan = |cursor: u64| ("SCAN", cursor, "MATCH", pattern.clone(), "COUNT", DUMP_SCAN_COUNT);
+        let mut recent = Recent::default();
         let mut packed = Packed::default();
-        self.scan(start, &mut |conn, keys| {
+        packed.push(scan(0));
+        let mut replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+        loop {
+            let Some(last) = replies.pop() else { return Err(classify(wrong_reply_count())) };
+            let (next, found): (u64, Vec<Vec<u8>>) = reply(last).map_err(classify)?;
+            let keys = recent.fresh(
+                found
+                    .into_iter()
+                    .filter(|k| k.starts_with(start.as_bytes()))
+                    .filter_map(|k| String::from_utf8(k).ok())
+                    .collect(),
+            );
             packed.bytes.clear();
             packed.count = 0;
             for key in &keys {
                 packed.push(("GET", key.as_str()));
                 packed.push(("PTTL", key.as_str()));
             }
-            let replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+            if next != 0 {
+                packed.push(scan(next));
+            }
+            if packed.count == 0 {
+                return Ok(());
+            }
+            replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+            if replies.len() != packed.count {
+                return Err(classify(wrong_reply_count()));
+            }
             let now = super::unix_now();
-            let mut replies = replies.into_iter();
+            let mut values = replies.drain(..2 * keys.len());
             for key in &keys {
-                let (Some(value), Some(ms)) = (replies.next(), replies.next()) else { break };
+                let (Some(value), Some(ms)) = (values.next(), values.next()) else { break };
                 let Ok(Some(value)) = reply::<Option<Vec<u8>>>(value) else { continue };
                 let Ok(value) = String::from_utf8(value) else { continue };
                 let expires = match reply::<i64>(ms).map_err(classify)? {
@@ -866,11 +896,14 @@ impl Backend for Redis {
                     continue;
                 }
                 if !each(key, &value, expires)? {
-                    return Ok(false);
+                    return Ok(());
                 }
             }
-            Ok(true)
-        })
+            drop(values);
+            if next == 0 {
+                return Ok(());
+            }
+        }
     }
 
     /// Each group in one pipeline of `SET key value [PX ms] [NX]`: the time left is counted
