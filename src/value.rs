@@ -56,6 +56,11 @@ pub fn parse_within(text: &str, levels: usize) -> Result<Value, ValueError> {
     doc.map_err(|e| ValueError(e.to_string()))
 }
 
+/// Whether `text` nests no deeper than `levels` (a document around a value: one more).
+pub fn within_depth_of(text: &str, levels: usize) -> bool {
+    check_depth(text, levels).is_ok()
+}
+
 /// Whether `text` nests no deeper than [`MAX_DEPTH`] (what [`parse`] checks first).
 pub fn within_depth(text: &str) -> bool {
     check_depth(text, MAX_DEPTH).is_ok()
