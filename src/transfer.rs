@@ -331,10 +331,12 @@ enum Batch {
 }
 
 /// Writes what `batches` brings into `target`, then ends the load (commit, or rollback on a
-/// failure); returns the counts, or the failure with how much was written.
+/// failure); returns the counts, or the failure with how much was written. `batches` is
+/// dropped on return, so that a reading side blocked on a full channel sees the end instead
+/// of waiting forever for a writer that gave up.
 fn write_all(
     target: &mut Cache,
-    batches: &mpsc::Receiver<Batch>,
+    batches: mpsc::Receiver<Batch>,
     keep_live: bool,
     progress: &Progress,
 ) -> (Counts, Result<()>) {
@@ -383,10 +385,10 @@ pub fn load(cache: &mut Cache, keep_live: bool, log: &Log) -> Result<Outcome> {
     let checker = cache.sibling_same_prefix()?;
     let progress = Progress::new(log, "load", None);
     let (send, batches) = mpsc::sync_channel::<Batch>(IN_FLIGHT);
-    let (counts, result) = std::thread::scope(|scope| {
-        scope.spawn(move || read_dump(std::io::stdin().lock(), &checker, &send));
-        write_all(cache, &batches, keep_live, &progress)
-    });
+    // Not joined: when the target fails, the load ends at once, whether the reading thread
+    // is blocked on a full channel or on standard input (a producer that waits, a terminal).
+    std::thread::spawn(move || read_dump(std::io::stdin().lock(), &checker, &send));
+    let (counts, result) = write_all(cache, batches, keep_live, &progress);
     progress.done();
     result?;
     log.note(&counts.summary());
@@ -524,7 +526,7 @@ pub fn copy(
                 Err(e) => Batch::Failed(e),
             });
         });
-        write_all(target, &batches, keep_live, &progress)
+        write_all(target, batches, keep_live, &progress)
     });
     progress.done();
     result?;
