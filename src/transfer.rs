@@ -429,7 +429,7 @@ fn read_dump(mut input: impl BufRead, checker: &Cache, send: &mpsc::SyncSender<B
         };
         let key = match checker.load_key(&line.key) {
             Ok(k) => k,
-            Err(e) => break Some(e.context(format!("line {number} of the dump"))),
+            Err(e) => break Some(bad_key(number, e)),
         };
         read += 1;
         if line.expires.is_some_and(|e| e <= now) {
@@ -452,6 +452,18 @@ fn read_dump(mut input: impl BufRead, checker: &Cache, send: &mpsc::SyncSender<B
 
 fn bad_line(number: u64, why: String) -> Error {
     Error::input(format!("line {number} of the dump is not an entry: {why}"))
+}
+
+/// A key the cache refuses, on line `number`: one message that names the line and says why
+/// (a context would show only with `-v`: the one-line error shows the outermost message and
+/// the root cause), with the refusal's kind and hint.
+fn bad_key(number: u64, refused: Error) -> Error {
+    let why = refused.chain().last().cloned().unwrap_or_default();
+    let mut e = Error::new(refused.kind(), anyhow::anyhow!("line {number} of the dump is not an entry: {why}"));
+    if let Some(hint) = refused.hint() {
+        e = e.with_hint(hint);
+    }
+    e
 }
 
 /// The cache the file `config` alone describes (`copy --to`, `diff --to`): no command-line
