@@ -289,6 +289,8 @@ pub fn dump(cache: &mut Cache, pattern: Option<&str>, log: &Log) -> Result<Outco
     let mut lines = Lines::new(std::io::stdout().lock());
     let mut unreadable = Unreadable::default();
     let mut n = 0u64;
+    // A failure to write stops the walk, and is reported as it is: not as the source's.
+    let mut output_failed = None;
     let walked = cache.entries(&pattern, &mut |key, stored, expires| {
         if let Err(why) = write_line(&mut lines.buf, key, stored, expires) {
             unreadable.add(key, why, log);
@@ -298,9 +300,16 @@ pub fn dump(cache: &mut Cache, pattern: Option<&str>, log: &Log) -> Result<Outco
         if n.is_multiple_of(256) {
             progress.add(256);
         }
-        lines.maybe_flush()?;
+        if let Err(e) = lines.maybe_flush() {
+            output_failed = Some(e);
+            return Ok(false);
+        }
         Ok(true)
     });
+    if let Some(e) = output_failed {
+        progress.done();
+        return Err(e);
+    }
     // The whole lines read before a failure are written, then the failure is reported.
     let flushed = lines.flush();
     progress.done();
