@@ -693,7 +693,7 @@ pub fn diff(
             let (key, value, expires) = read_spooled(text.trim_end())?;
             let line = match here.remove(&key) {
                 None => Some(serde_json::json!({"key": key, "only_in": "target"})),
-                Some((v, _)) if v.get() != value.get() => {
+                Some((v, _)) if !same_document(v.get(), value.get()) => {
                     Some(serde_json::json!({"key": key, "differs": "value", "source": v, "target": value}))
                 }
                 Some((_, e)) if !same_expiry(e, expires, tol) => Some(serde_json::json!({
@@ -722,6 +722,13 @@ pub fn diff(
     log.note(&format!("{differences} differences"));
     unreadable.result("diff")?;
     Ok(if differences == 0 { Outcome::Done } else { Outcome::Missing })
+}
+
+/// Two values (JSON text as kcache writes it) are the same document: the same text, or the
+/// same JSON value (an object's members in another order; JSON objects are unordered).
+fn same_document(a: &str, b: &str) -> bool {
+    let parse = |t: &str| value::parse_within(t, value::MAX_DEPTH + 1).ok();
+    a == b || matches!((parse(a), parse(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Expiry times are equal within `tol` seconds; never-expiring only equals never-expiring.
@@ -795,6 +802,14 @@ mod tests {
         assert!(same_expiry(Some(10.0), Some(12.0), 2.0));
         assert!(!same_expiry(Some(10.0), Some(12.5), 2.0));
         assert!(!same_expiry(None, Some(12.5), 2.0));
+    }
+
+    #[test]
+    fn documents_compare_as_json_values() {
+        assert!(same_document(r#"{"a":1,"b":{"c":[1,2],"d":null}}"#, r#"{"b":{"d":null,"c":[1,2]},"a":1}"#));
+        assert!(!same_document(r#"{"a":[1,2]}"#, r#"{"a":[2,1]}"#), "arrays are ordered");
+        assert!(!same_document(r#"{"a":1}"#, r#"{"a":"1"}"#));
+        assert!(!same_document(r#"{"a":1}"#, r#"{"a":1,"b":1}"#));
     }
 
     #[test]
