@@ -1,7 +1,8 @@
 //! Every write to standard output goes through here. A closed pipe (`kcache get k | head -c0`)
-//! ends a command that changed nothing quietly with status 0; any other failure to write, and a
-//! closed pipe after a command that changed the backend (`delete`, `batch`), is status 5: done,
-//! but the output was lost.
+//! ends a command that changed nothing quietly with status 0 (`diff`, which has printed a
+//! difference by then, quietly with status 1: the caches differ); any other failure to write,
+//! and a closed pipe after a command that changed the backend (`delete`, `batch`), is status 5:
+//! done, but the output was lost.
 
 use crate::error::{Error, ErrorKind, Result};
 use std::io::Write;

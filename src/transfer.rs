@@ -706,7 +706,9 @@ pub fn diff(
                 differences += 1;
                 let _ = serde_json::to_writer(&mut lines.buf, &line);
                 lines.buf.push(b'\n');
-                lines.maybe_flush()?;
+                if let Err(e) = lines.maybe_flush() {
+                    return output_closed(e);
+                }
             }
         }
         let mut only: Vec<String> = here.into_keys().collect();
@@ -715,13 +717,24 @@ pub fn diff(
             differences += 1;
             let _ = serde_json::to_writer(&mut lines.buf, &serde_json::json!({"key": key, "only_in": "source"}));
             lines.buf.push(b'\n');
-            lines.maybe_flush()?;
+            if let Err(e) = lines.maybe_flush() {
+                return output_closed(e);
+            }
         }
     }
-    lines.flush()?;
+    if let Err(e) = lines.flush() {
+        return output_closed(e);
+    }
     log.note(&format!("{differences} differences"));
     unreadable.result("diff")?;
     Ok(if differences == 0 { Outcome::Done } else { Outcome::Missing })
+}
+
+/// A failed write of differences. A reader that went away (`diff | head -1`) was given one at
+/// least, so the caches differ: status 1, quietly (a quiet 0 would tell a script that they are
+/// the same).
+fn output_closed(e: Error) -> Result<Outcome> {
+    if e.kind() == ErrorKind::BrokenPipe { Ok(Outcome::Missing) } else { Err(e) }
 }
 
 /// Two values (JSON text as kcache writes it) are the same document: the same text, or the
