@@ -23,6 +23,8 @@ mod postgresql;
 mod redis;
 mod rig;
 mod stats;
+#[cfg(all(feature = "postgresql", feature = "redis", feature = "memcached"))]
+mod transfer_faults;
 mod util;
 
 /// Every file of tests/ is a module of tests/main.rs, and every file of tests/util/ one of
