@@ -338,7 +338,7 @@ pub struct DiffArgs {
     #[arg(long, value_name = "CONFIG")]
     pub to: PathBuf,
     /// Expiry times this close are equal: 2s, 500ms, 1m
-    #[arg(long, value_name = "DUR", default_value = "2s")]
+    #[arg(long, value_name = "DUR", default_value = "2s", allow_hyphen_values = true)]
     pub ttl_tolerance: Ttl,
     /// Glob matched against the whole key, prefix stripped [default: *]
     pub pattern: Option<String>,

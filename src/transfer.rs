@@ -343,14 +343,19 @@ enum Batch {
 /// failure); returns the counts, or the failure with how much was written. `batches` is
 /// dropped on return, so that a reading side blocked on a full channel sees the end instead
 /// of waiting forever for a writer that gave up.
+/// `what` names the command (`load`, `copy`), `source` the reading side for a message when it
+/// is the one that failed (`None`: the input's own errors say where they are).
 fn write_all(
     target: &mut Cache,
     batches: mpsc::Receiver<Batch>,
     keep_live: bool,
     progress: &Progress,
+    what: &str,
+    source: Option<&str>,
 ) -> (Counts, Result<()>) {
     let mut counts = Counts::default();
     let atomic = target.load_is_atomic();
+    let mut from_source = false;
     let failure = loop {
         match batches.recv() {
             Ok(Batch::Entries { entries, read, expired }) => {
@@ -365,7 +370,10 @@ fn write_all(
                 progress.add(read);
             }
             Ok(Batch::End) => break None,
-            Ok(Batch::Failed(e)) => break Some(e),
+            Ok(Batch::Failed(e)) => {
+                from_source = true;
+                break Some(e);
+            }
             Err(_) => break Some(Error::new(ErrorKind::Backend, anyhow::anyhow!("the reading thread stopped"))),
         }
     };
@@ -379,10 +387,17 @@ fn write_all(
         },
         Some(e) => {
             let _ = target.load_end(false);
-            let said = if atomic {
-                "stopped; nothing was written (the load is one transaction)".to_string()
+            // One line says it all (a message shows its outermost context and its root cause):
+            // which command, into what, how much was written, and which side failed.
+            let into = format!("{what} into {} at {}", target.backend_name(), target.location());
+            let done = if atomic {
+                format!("{into} stopped; nothing was written (the load is one transaction)")
             } else {
-                format!("stopped after writing {} entries", counts.written)
+                format!("{into} stopped after writing {} entries", counts.written)
+            };
+            let said = match source.filter(|_| from_source) {
+                Some(source) => format!("{done}: reading the source, {source}, failed"),
+                None => done,
             };
             (counts, Err(e.context(said)))
         }
@@ -397,7 +412,7 @@ pub fn load(cache: &mut Cache, keep_live: bool, log: &Log) -> Result<Outcome> {
     // Not joined: when the target fails, the load ends at once, whether the reading thread
     // is blocked on a full channel or on standard input (a producer that waits, a terminal).
     std::thread::spawn(move || read_dump(std::io::stdin().lock(), &checker, &send));
-    let (counts, result) = write_all(cache, batches, keep_live, &progress);
+    let (counts, result) = write_all(cache, batches, keep_live, &progress, "load", None);
     progress.done();
     result?;
     log.note(&counts.summary());
@@ -511,6 +526,7 @@ pub fn copy(
     keep_live: bool,
     log: &Log,
 ) -> Result<Outcome> {
+    let source_label = format!("{} at {}", source.backend_name(), source.location());
     let pattern = pattern.map(Pattern::parse).transpose()?.unwrap_or_default();
     let checker = target.sibling_same_prefix()?;
     let progress = Progress::new(log, "copy", total(source, &pattern, log));
@@ -547,7 +563,7 @@ pub fn copy(
                 Err(e) => Batch::Failed(e),
             });
         });
-        write_all(target, batches, keep_live, &progress)
+        write_all(target, batches, keep_live, &progress, "copy", Some(&source_label))
     });
     progress.done();
     result?;
