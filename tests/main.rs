@@ -24,6 +24,8 @@ mod redis;
 mod rig;
 mod stats;
 #[cfg(all(feature = "postgresql", feature = "redis", feature = "memcached"))]
+mod transfer;
+#[cfg(all(feature = "postgresql", feature = "redis", feature = "memcached"))]
 mod transfer_faults;
 mod util;
 
