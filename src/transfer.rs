@@ -361,11 +361,10 @@ fn write_all(
             Ok(Batch::Entries { entries, read, expired }) => {
                 counts.read += read;
                 counts.expired += expired;
-                if !entries.is_empty() {
-                    match target.load(&entries, keep_live) {
-                        Ok(n) => counts.written += n,
-                        Err(e) => break Some(e),
-                    }
+                if !entries.is_empty()
+                    && let Err(e) = target.load(&entries, keep_live, &mut counts.written)
+                {
+                    break Some(e);
                 }
                 progress.add(read);
             }

@@ -4,7 +4,7 @@
 //! the way Kinto writes them, `load --no-overwrite` and the counts of `-v`, patterns on both
 //! sides of a copy, and 20,000 entries copied and compared. Also: a target that refuses an entry
 //! midway ends the copy or load (status 4, no hang), and Redis keeps absolute expiry times over
-//! a slow link (failing: see `REDIS_SLACK`).
+//! a slow link.
 //!
 //! Every storage is described by a TOML file (mode 0600) of the test's own, used both as the
 //! source's `KCACHE_CONFIG` and as the target's `--to`. Each test works under prefixes of its
@@ -33,13 +33,12 @@ fn prefix() -> String {
 const HOUR: f64 = 3600.0;
 const MONTH: f64 = 30.0 * 86_400.0;
 
-/// How far an expiry may move through Redis: kcache gives Redis times left (`SET ... PX`) and
-/// reads times left (`PTTL`), each counted from the client's clock when the request was built or
-/// the reply came, so every load and every dump moves the expiry by the link's latency (seen:
-/// 12 ms on a busy machine, over loopback). `redis_dump_over_a_slow_link_keeps_the_exact_expiry`
-/// and `redis_load_over_a_slow_link_keeps_the_exact_expiry` fail on this until kcache uses
-/// absolute times (`PEXPIRETIME`, `SET ... PXAT`); then this can be the 10 ms of the others.
-const REDIS_SLACK: f64 = 0.25;
+/// How far an expiry may move through Redis: kcache gives and reads Redis absolute times
+/// (`SET ... PXAT`, `PEXPIRETIME`), so no more than elsewhere. (With times left, `PX` and
+/// `PTTL`, every load and dump moved it by the link's latency: 12 ms seen on a busy machine
+/// over loopback, 100 ms through the slow proxy of
+/// `redis_{dump,load}_over_a_slow_link_keeps_the_exact_expiry`.)
+const REDIS_SLACK: f64 = 0.010;
 
 // ---- storages --------------------------------------------------------------------------------
 
@@ -689,10 +688,10 @@ fn load_no_overwrite_replaces_an_expired_entry_on_redis() {
     no_overwrite_replaces_an_expired_entry("redis");
 }
 
-/// KNOWN BUG (fails): memcached's `load --no-overwrite` writes with `ms ... ME` (add), which the
-/// server refuses while it still holds the item, live or not; kcache's own entries stay on the
-/// server `EXPTIME_MARGIN` (4 s) and more past their envelope's time, so an expired entry is kept
-/// and the line dropped.
+/// memcached's `load --no-overwrite` cannot write with `ms ... ME` (add) alone: the server
+/// refuses it while it still holds the item, live or not, and kcache's own entries stay on the
+/// server `EXPTIME_MARGIN` (4 s) and more past their envelope's time. (Failed until the keys
+/// were read first and an expired entry replaced over its CAS.)
 #[test]
 fn load_no_overwrite_replaces_an_expired_item_the_server_still_holds_on_memcached() {
     no_overwrite_replaces_an_expired_entry("memcached2");
@@ -882,11 +881,10 @@ fn load_into_a_target_that_refuses_an_entry_midway_ends_with_status_4() {
     out.code(4).one_error_line().stderr_has("stopped after writing");
 }
 
-/// KNOWN BUG (fails): the message of a load that stopped says how many entries it wrote (SPEC:
-/// "the entries before it stay written and the message says how many"), but it counts only the
-/// groups written whole: the group with the refused value had its 999 other entries stored
-/// (memcached refuses one command, not the group; `-v` shows "999 entries of this group were
-/// stored" further down the chain), and the message says "stopped after writing 0 entries".
+/// The message of a load that stopped says how many entries it wrote (SPEC: "the entries before
+/// it stay written and the message says how many"), those of the group with the refused value
+/// included (memcached refuses one command, not the group: its 999 other entries are stored).
+/// (Said "stopped after writing 0 entries" while only whole groups were counted.)
 #[test]
 fn load_into_a_target_that_refuses_an_entry_midway_says_how_many_were_written() {
     let Some(target) = Store::open("memcached1") else { return };
@@ -972,10 +970,9 @@ fn redis_expiry(conn: &mut redis::Connection, key: &str) -> f64 {
     }
 }
 
-/// KNOWN BUG (fails): a Redis dump gives `now + PTTL`, `now` read when the reply has come, so
-/// the expiry is late by the reply's time on the link (here 100 ms; on a busy machine over
-/// loopback, seen 12 ms), and every copy out of Redis gives its entries that much more life.
-/// Expected: the time Redis holds (`PEXPIRETIME`, Redis 7), to the millisecond.
+/// A Redis dump gives the time Redis holds (`PEXPIRETIME`, Redis 7), to the millisecond, however
+/// slow the link. (`now + PTTL`, `now` read when the reply had come, was late by the reply's
+/// time on the link: 100 ms here, 12 ms seen over loopback on a busy machine.)
 #[test]
 fn redis_dump_over_a_slow_link_keeps_the_exact_expiry() {
     let Some(store) = Store::open("redis") else { return };
@@ -990,10 +987,9 @@ fn redis_dump_over_a_slow_link_keeps_the_exact_expiry() {
     assert!((e - held).abs() <= 0.010, "dump over a 100 ms link says {e}; Redis holds {held} ({:+.3} s)", e - held);
 }
 
-/// KNOWN BUG (fails): a load into Redis sends `SET ... PX <ms left>`, counted before the
-/// connection is taken and the pipeline sent, so the entry gets the request's time on the link
-/// more life than the dump gave it (here 100 ms and more). Expected: the dump's expiry, to the
-/// millisecond (`SET ... PXAT`, Redis 6.2).
+/// A load into Redis keeps the dump's expiry to the millisecond (`SET ... PXAT`, Redis 6.2),
+/// however slow the link. (`SET ... PX <ms left>`, counted before the request was sent, gave the
+/// entry the request's time on the link more life: 100 ms and more here.)
 #[test]
 fn redis_load_over_a_slow_link_keeps_the_exact_expiry() {
     let Some(store) = Store::open("redis") else { return };

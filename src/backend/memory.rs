@@ -170,9 +170,8 @@ impl Backend for Memory {
         Ok(())
     }
 
-    fn load(&mut self, entries: &[super::Entry], keep_live: bool) -> Result<u64> {
+    fn load(&mut self, entries: &[super::Entry], keep_live: bool, written: &mut u64) -> Result<()> {
         let (now, unix) = (Instant::now(), super::unix_now());
-        let mut written = 0;
         for e in entries {
             if keep_live && self.store().live(&e.key, now).is_some() {
                 continue;
@@ -185,9 +184,9 @@ impl Backend for Memory {
                 )),
             };
             self.put(&e.key, &e.value, expires, now)?;
-            written += 1;
+            *written += 1;
         }
-        Ok(written)
+        Ok(())
     }
 
     fn count(&mut self, start: &str) -> Option<u64> {

@@ -231,10 +231,11 @@ pub trait Backend: Send {
     }
     /// `load`: writes `entries` (full keys, values as kcache writes them, live when checked),
     /// as few round trips as the protocol allows; with `keep_live`, a live existing entry is
-    /// kept (an expired one is overwritten). Returns how many entries this call has written
-    /// for good. A backend whose load is one transaction ([`Backend::load_is_atomic`]) writes
-    /// nothing for good before [`Backend::load_end`]. Default: this backend cannot.
-    fn load(&mut self, _entries: &[Entry], _keep_live: bool) -> Result<u64> {
+    /// kept (an expired one is overwritten). Adds to `written` each entry written for good as
+    /// it is known, failure or not, so that a failure can say how far the load got. A backend
+    /// whose load is one transaction ([`Backend::load_is_atomic`]) writes nothing for good
+    /// before [`Backend::load_end`]. Default: this backend cannot.
+    fn load(&mut self, _entries: &[Entry], _keep_live: bool, _written: &mut u64) -> Result<()> {
         Err(Error::backend(
             format!("load into {}", self.name()),
             anyhow::anyhow!("this backend cannot load entries yet"),
@@ -571,11 +572,11 @@ impl Cache {
         self.full_key(key)
     }
 
-    /// `load`: writes entries on full keys (see [`Backend::load`]); returns how many this call
-    /// wrote for good.
-    pub fn load(&mut self, entries: &[Entry], keep_live: bool) -> Result<u64> {
+    /// `load`: writes entries on full keys (see [`Backend::load`]), adding to `written` those
+    /// written for good.
+    pub fn load(&mut self, entries: &[Entry], keep_live: bool, written: &mut u64) -> Result<()> {
         let ctx = format!("load into {} at {}", self.inner.name(), self.inner.location());
-        self.inner.load(entries, keep_live).map_err(|e| e.context(ctx))
+        self.inner.load(entries, keep_live, written).map_err(|e| e.context(ctx))
     }
 
     /// Ends a load (see [`Backend::load_end`]).

@@ -543,7 +543,7 @@ impl Backend for Sqlite {
     }
 
     /// Every entry of the load in one `BEGIN IMMEDIATE` transaction, committed by `load_end`.
-    fn load(&mut self, entries: &[Entry], keep_live: bool) -> Result<u64> {
+    fn load(&mut self, entries: &[Entry], keep_live: bool, _written: &mut u64) -> Result<()> {
         if self.loading.is_none() {
             self.writer()?.execute_batch("BEGIN IMMEDIATE").map_err(classify)?;
             self.loading = Some(0);
@@ -566,7 +566,7 @@ impl Backend for Sqlite {
         if let Some(n) = &mut self.loading {
             *n += written;
         }
-        Ok(0)
+        Ok(())
     }
 
     fn load_end(&mut self, commit: bool) -> Result<u64> {

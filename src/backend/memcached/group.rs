@@ -223,62 +223,94 @@ impl Lane<'_> {
     }
 }
 
-/// `load`: each server's share of `entries` in pipelines of `ms` (add mode `ME` with
-/// `keep_live`: a live item is kept), every server's pipeline written before any reply is
-/// read. The envelope holds the entry's own expiry; the server's exptime is its time left (see
-/// `envelope::exptime`); an entry that never expires gets [`crate::ttl::MAX_TTL`]. Returns how
-/// many were stored; the first failure (a value over the item size limit, a lost server) is
-/// returned after every reply that could be read.
-pub fn load(m: &Memcached, entries: &[crate::backend::Entry], keep_live: bool) -> Result<u64> {
+/// What a `load --no-overwrite` found under a key before writing it.
+#[derive(Clone, Copy)]
+enum Found {
+    /// Nothing: the entry goes in with `ms ... ME` (add), which another writer's entry, or an
+    /// earlier line's of the same group, wins over.
+    Nothing,
+    /// A live entry (or an item that is not Kinto's envelope): kept.
+    Live,
+    /// An entry whose time has passed, which the server still holds (kcache's items stay a few
+    /// seconds past their envelope's time, Kinto's until their own exptime): replaced over its
+    /// CAS, so only if nobody changed it meanwhile. `ME` alone would keep it.
+    Expired(u64),
+}
+
+/// `load`: each server's share of `entries` in pipelines of `ms`, every server's pipeline
+/// written before any reply is read. The envelope holds the entry's own expiry; the server's
+/// exptime is its time left (see `envelope::exptime`); an entry that never expires gets
+/// [`crate::ttl::MAX_TTL`]. With `keep_live`, the keys are read first (`mg`, one pipeline per
+/// server, see [`Found`]). Adds each stored entry to `written`; the first failure (a value over
+/// the item size limit, a lost server) is returned after every reply that could be read.
+pub fn load(m: &Memcached, entries: &[crate::backend::Entry], keep_live: bool, written: &mut u64) -> Result<()> {
     use super::{envelope, ms};
-    let now = SystemTime::now();
-    let unix = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    let mut lanes: Vec<Vec<memcache::exp::MetaCommand>> = (0..m.shared.servers.len()).map(|_| Vec::new()).collect();
+    let mut lanes: Vec<Vec<&crate::backend::Entry>> = (0..m.shared.servers.len()).map(|_| Vec::new()).collect();
     for e in entries {
-        let left = match e.expires {
-            None => crate::ttl::MAX_TTL,
-            Some(at) => match std::time::Duration::try_from_secs_f64(at - unix) {
-                Ok(d) if !d.is_zero() => d.min(crate::ttl::MAX_TTL),
-                _ => continue,
-            },
-        };
-        let expires_us = match e.expires {
-            Some(at) => (at * 1e6).ceil() as u128,
-            None => envelope::expires_us(now, left),
-        };
-        let mut command = ms(&e.key, envelope::encode(&e.value, expires_us), envelope::exptime(now, left), None);
-        if keep_live {
-            command = command.flag("ME");
-        }
-        lanes[m.server_index(&e.key)].push(command);
+        lanes[m.server_index(&e.key)].push(e);
     }
-    let mut written = 0;
     let mut first_failure: Option<Error> = None;
     let mut conns = Vec::new();
-    // Every server's commands are sent before any reply is read (servers in their order).
-    for (index, commands) in lanes.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+    for (index, lane) in lanes.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
         let server = &m.shared.servers[index];
-        let mut c = match m.connection(server) {
-            Ok(c) => c,
+        match m.connection(server) {
+            Ok(c) => conns.push((c, server, lane)),
             Err(e) => {
                 first_failure.get_or_insert(e);
-                continue;
-            }
-        };
-        for command in commands {
-            c.push(command);
-        }
-        match c.send() {
-            Ok(()) => conns.push((c, server, commands.len())),
-            Err(f) => {
-                first_failure.get_or_insert(conn::classify(f, &server.location));
             }
         }
     }
-    for (mut c, server, count) in conns {
+    let mut found: Vec<Vec<Found>> = Vec::with_capacity(conns.len());
+    for (c, server, lane) in &mut conns {
+        let state = if keep_live { look_up(c, lane) } else { Ok(vec![Found::Nothing; lane.len()]) };
+        match state {
+            Ok(s) => found.push(s),
+            Err(f) => {
+                first_failure.get_or_insert(conn::classify(f, &server.location));
+                found.push(vec![Found::Live; lane.len()]); // nothing of this lane is written
+            }
+        }
+    }
+    // Every server's commands are sent before any reply is read.
+    let now = SystemTime::now();
+    let unix = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let mut sent: Vec<usize> = Vec::with_capacity(conns.len());
+    for ((c, server, lane), found) in conns.iter_mut().zip(&found) {
+        let mut count = 0;
+        for (e, state) in lane.iter().zip(found) {
+            let left = match e.expires {
+                None => crate::ttl::MAX_TTL,
+                Some(at) => match std::time::Duration::try_from_secs_f64(at - unix) {
+                    Ok(d) if !d.is_zero() => d.min(crate::ttl::MAX_TTL),
+                    _ => continue,
+                },
+            };
+            let expires_us = match e.expires {
+                Some(at) => (at * 1e6).ceil() as u128,
+                None => envelope::expires_us(now, left),
+            };
+            let envelope = envelope::encode(&e.value, expires_us);
+            let command = match state {
+                Found::Live => continue,
+                Found::Nothing if keep_live => ms(&e.key, envelope, envelope::exptime(now, left), None).flag("ME"),
+                Found::Nothing => ms(&e.key, envelope, envelope::exptime(now, left), None),
+                Found::Expired(cas) => ms(&e.key, envelope, envelope::exptime(now, left), Some(*cas)),
+            };
+            c.push(&command);
+            count += 1;
+        }
+        if count > 0
+            && let Err(f) = c.send()
+        {
+            first_failure.get_or_insert(conn::classify(f, &server.location));
+            count = 0;
+        }
+        sent.push(count);
+    }
+    for ((c, server, _), count) in conns.iter_mut().zip(sent) {
         for _ in 0..count {
-            match c.receive().and_then(|reply| done(&mut c, reply)) {
-                Ok(true) => written += 1,
+            match c.receive().and_then(|reply| done(c, reply)) {
+                Ok(true) => *written += 1,
                 Ok(false) => {}
                 Err(f) => {
                     let fatal = c.broken;
@@ -290,8 +322,51 @@ pub fn load(m: &Memcached, entries: &[crate::backend::Entry], keep_live: bool) -
             }
         }
     }
-    match first_failure {
-        None => Ok(written),
-        Some(e) => Err(e.context(format!("{written} entries of this group were stored"))),
+    first_failure.map_or(Ok(()), Err)
+}
+
+/// Reads the keys of `lane` (on `c`'s server) in pipelines of `mg <key> v f t c`: what each
+/// holds (see [`Found`]). On a failure the connection is given up.
+fn look_up(c: &mut Connection<Manager>, lane: &[&crate::backend::Entry]) -> Result<Vec<Found>, Failure> {
+    let mut out = Vec::with_capacity(lane.len());
+    let mut next = 0;
+    let r = (|| {
+        while next < lane.len() {
+            let from = next;
+            // Replies may be large: what follows the first read stays small (see the module doc).
+            while next < lane.len() && next - from < MAX_PIPELINE && (next == from || c.queued() < AFTER_READ_BYTES) {
+                c.push(&mg(&lane[next].key, &["t", "c"]));
+                next += 1;
+            }
+            c.send()?;
+            for _ in from..next {
+                let reply = c.receive()?;
+                let at = SystemTime::now();
+                out.push(match found(c, reply)? {
+                    None => Found::Nothing,
+                    Some(item) => {
+                        let bytes = item.value.as_deref().unwrap_or_default();
+                        match super::envelope::decode(bytes, item.client_flags.unwrap_or_default()) {
+                            Err(_) => Found::Live, // not Kinto's: left alone
+                            Ok(entry) => {
+                                let left = match item.ttl {
+                                    Some(t) => entry.remaining_on(at, t),
+                                    None => entry.remaining(at),
+                                };
+                                match (left, item.cas) {
+                                    (None, Some(cas)) => Found::Expired(cas),
+                                    _ => Found::Live,
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        Ok(out)
+    })();
+    if r.is_err() {
+        c.broken = true;
     }
+    r
 }

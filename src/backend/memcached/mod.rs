@@ -235,12 +235,12 @@ fn mg(key: &str, extra: &[&'static str]) -> MetaCommand {
     extra.iter().fold(MetaCommand::new(MetaOp::Get, key).flag("v").flag("f"), |c, f| c.flag(*f))
 }
 
-/// `ms`: the envelope with flags 16 ([`FLAG_TEXT`]) and `exptime`, only over the entry `cas`
-/// was read with when given.
 /// An entry that expires within this much of the longest TTL kcache allows is one that `load`
 /// stored as "never expires" (memcached's envelope needs a time): a dump gives it as `null`.
 const NEVER_MARGIN: f64 = 86_400.0;
 
+/// `ms`: the envelope with flags 16 ([`FLAG_TEXT`]) and `exptime`, only over the entry `cas`
+/// was read with when given.
 fn ms(key: &str, envelope: String, exptime: u32, cas: Option<u64>) -> MetaCommand {
     let c = MetaCommand::new(MetaOp::Set, key).flag("F16").flag(format!("T{exptime}")).value(envelope);
     match cas {
@@ -586,8 +586,8 @@ impl Backend for Memcached {
     }
 
     /// Pipelines of `ms` per server (see [`group::load`]).
-    fn load(&mut self, entries: &[crate::backend::Entry], keep_live: bool) -> Result<u64> {
-        group::load(self, entries, keep_live)
+    fn load(&mut self, entries: &[crate::backend::Entry], keep_live: bool, written: &mut u64) -> Result<()> {
+        group::load(self, entries, keep_live, written)
     }
 
     /// The walk's chosen entries removed chunk by chunk, each chunk in one pipeline of

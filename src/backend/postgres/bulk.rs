@@ -272,7 +272,7 @@ impl Postgres {
     /// See [`crate::backend::Backend::load`]: one upsert of the group, in the load's
     /// transaction. A key repeated within the group is written once, as line by line: the
     /// last occurrence, or with `keep_live` the first (the later ones would find it live).
-    pub(super) fn load_entries(&mut self, entries: &[Entry], keep_live: bool) -> Result<u64> {
+    pub(super) fn load_entries(&mut self, entries: &[Entry], keep_live: bool) -> Result<()> {
         if self.load.is_none() {
             self.start_load(keep_live)?;
         }
@@ -303,7 +303,7 @@ impl Postgres {
             return self.load_answer(bound).and_then(|_| Err(thread_gone()));
         }
         loader.in_flight += 1;
-        Ok(0)
+        Ok(())
     }
 
     /// See [`crate::backend::Backend::load_end`].

@@ -801,7 +801,7 @@ impl Backend for Postgres {
     }
 
     /// A temporary table filled by `COPY`, then one upsert (see `bulk.rs`).
-    fn load(&mut self, entries: &[Entry], keep_live: bool) -> Result<u64> {
+    fn load(&mut self, entries: &[Entry], keep_live: bool, _written: &mut u64) -> Result<()> {
         self.load_entries(entries, keep_live)
     }
 

@@ -192,6 +192,10 @@ struct Missing {
     getdel_known: AtomicBool,
     /// `UNLINK` (Redis < 4.0): a prefixed flush uses `DEL`.
     unlink: AtomicBool,
+    /// `PEXPIRETIME` (Redis < 7.0): a dump reads `PTTL` and adds the time of the reply.
+    pexpiretime: AtomicBool,
+    /// `SET ... PXAT` (Redis < 6.2): a load sends `PX` with the time left when it sends.
+    pxat: AtomicBool,
 }
 
 /// A handle on the pool; forks share the pool and what was learnt about the server.
@@ -380,6 +384,11 @@ fn client(target: &url::Target) -> Result<redis::Client> {
 
 /// Whether the server answered that it does not know the command (older Redis, or a command
 /// renamed away with `rename-command`).
+/// `ERR syntax error`: what a server answers to an option it does not know (`PXAT` before 6.2).
+fn is_syntax_error(e: &RedisError) -> bool {
+    e.code() == Some("ERR") && e.detail().is_some_and(|d| d.to_ascii_lowercase().starts_with("syntax error"))
+}
+
 fn is_unknown_command(e: &RedisError) -> bool {
     e.code() == Some("ERR") && e.detail().is_some_and(|d| d.to_ascii_lowercase().starts_with("unknown command"))
 }
@@ -844,17 +853,32 @@ impl Backend for Redis {
     }
 
     /// `SCAN` pages of [`DUMP_SCAN_COUNT`] keys (UTF-8 ones, each once: see [`Recent`]); each
-    /// page's `GET`s and `PTTL`s go in one pipeline with the next `SCAN`, so a page costs one
-    /// round trip. A key gone since, empty (a miss for Kinto), not a string or not UTF-8 is no
-    /// entry.
+    /// page's `GET`s and `PEXPIRETIME`s go in one pipeline with the next `SCAN`, so a page costs
+    /// one round trip. `PEXPIRETIME` gives the absolute expiry, exact whatever the network's
+    /// delay (a time left, `PTTL`, read plus the time of the reply, was late by the reply's
+    /// travel: 100 ms on a link with 100 ms each way); servers before Redis 7.0 get `PTTL`. A
+    /// key gone since, empty (a miss for Kinto), not a string or not UTF-8 is no entry.
     fn entries(&mut self, start: &str, each: &mut EachEntry<'_>) -> Result<()> {
         let mut conn = self.pool.get()?;
         let pattern = format!("{}*", glob_escape(start));
         let scan = |cursor: u64| ("SCAN", cursor, "MATCH", pattern.clone(), "COUNT", DUMP_SCAN_COUNT);
         let mut recent = Recent::default();
         let mut packed = Packed::default();
+        // Whether the server has PEXPIRETIME: asked with the first SCAN, of a key name no one uses.
+        let probe = !self.missing.pexpiretime.load(Ordering::Relaxed);
+        if probe {
+            packed.push(("PEXPIRETIME", "kcache:\u{0}probe"));
+        }
         packed.push(scan(0));
         let mut replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+        if probe && let Some(Err(e)) = (!replies.is_empty()).then(|| reply::<i64>(replies.remove(0))) {
+            if !is_unknown_command(&e) {
+                return Err(classify(e));
+            }
+            self.missing.pexpiretime.store(true, Ordering::Relaxed);
+        }
+        let absolute = !self.missing.pexpiretime.load(Ordering::Relaxed);
+        let expiry = if absolute { "PEXPIRETIME" } else { "PTTL" };
         loop {
             let Some(last) = replies.pop() else { return Err(classify(wrong_reply_count())) };
             let (next, found): (u64, Vec<Vec<u8>>) = reply(last).map_err(classify)?;
@@ -869,7 +893,7 @@ impl Backend for Redis {
             packed.count = 0;
             for key in &keys {
                 packed.push(("GET", key.as_str()));
-                packed.push(("PTTL", key.as_str()));
+                packed.push((expiry, key.as_str()));
             }
             if next != 0 {
                 packed.push(scan(next));
@@ -889,6 +913,7 @@ impl Backend for Redis {
                 let Ok(value) = String::from_utf8(value) else { continue };
                 let expires = match reply::<i64>(ms).map_err(classify)? {
                     -1 => None,
+                    ms if ms > 0 && absolute => Some(ms as f64 / 1000.0),
                     ms if ms > 0 => Some(now + ms as f64 / 1000.0),
                     _ => continue,
                 };
@@ -906,40 +931,57 @@ impl Backend for Redis {
         }
     }
 
-    /// Each group in one pipeline of `SET key value [PX ms] [NX]`: the time left is counted
-    /// just before the pipeline is sent; `NX` keeps a live entry (Redis has removed expired
-    /// ones). `OK` is a write, a null reply a kept entry.
-    fn load(&mut self, entries: &[Entry], keep_live: bool) -> Result<u64> {
-        let mut packed = Packed::default();
-        let now = super::unix_now();
-        let max = crate::ttl::MAX_TTL.as_millis() as f64;
-        for e in entries {
-            let ms = match e.expires {
-                None => None,
-                Some(at) => match ((at - now) * 1000.0).ceil() {
-                    ms if ms >= 1.0 => Some(ms.min(max) as u64),
-                    _ => continue,
-                },
-            };
-            match (ms, keep_live) {
-                (Some(ms), false) => packed.push(("SET", e.key.as_str(), e.value.as_str(), "PX", ms)),
-                (Some(ms), true) => packed.push(("SET", e.key.as_str(), e.value.as_str(), "PX", ms, "NX")),
-                (None, false) => packed.push(("SET", e.key.as_str(), e.value.as_str())),
-                (None, true) => packed.push(("SET", e.key.as_str(), e.value.as_str(), "NX")),
-            }
-        }
-        if packed.count == 0 {
-            return Ok(0);
-        }
+    /// Each group in one pipeline of `SET key value [PXAT ms] [NX]`: the absolute expiry, exact
+    /// whatever the network's delay (servers before Redis 6.2, which answer `PXAT` with a
+    /// syntax error, get the group again with `PX`, the time left counted just before it is
+    /// sent). `NX` keeps a live entry (Redis has removed expired ones). `OK` is a write, a null
+    /// reply a kept entry; a refused command fails the load after every reply is read.
+    fn load(&mut self, entries: &[Entry], keep_live: bool, written: &mut u64) -> Result<()> {
         let mut conn = self.pool.get()?;
-        let replies = conn.run(|c| packed.send(c)).map_err(classify)?;
-        let mut written = 0;
-        for r in replies {
-            if reply::<Option<String>>(r).map_err(classify)?.is_some() {
-                written += 1;
+        let max_ms = crate::ttl::MAX_TTL.as_millis() as f64;
+        loop {
+            let relative = self.missing.pxat.load(Ordering::Relaxed);
+            let mut packed = Packed::default();
+            let now = super::unix_now();
+            for e in entries {
+                let expiry = match e.expires {
+                    None => None,
+                    Some(at) if at <= now => continue,
+                    Some(at) if relative => Some(("PX", ((at - now) * 1000.0).ceil().clamp(1.0, max_ms) as u64)),
+                    Some(at) => Some(("PXAT", (at * 1000.0).ceil().min(now * 1000.0 + max_ms) as u64)),
+                };
+                let (k, v) = (e.key.as_str(), e.value.as_str());
+                match (expiry, keep_live) {
+                    (Some((unit, n)), false) => packed.push(("SET", k, v, unit, n)),
+                    (Some((unit, n)), true) => packed.push(("SET", k, v, unit, n, "NX")),
+                    (None, false) => packed.push(("SET", k, v)),
+                    (None, true) => packed.push(("SET", k, v, "NX")),
+                }
             }
+            if packed.count == 0 {
+                return Ok(());
+            }
+            let replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+            let mut failure = None;
+            for r in replies {
+                match reply::<Option<String>>(r) {
+                    Ok(Some(_)) => *written += 1,
+                    Ok(None) => {}
+                    Err(e) if !relative && *written == 0 && failure.is_none() && is_syntax_error(&e) => {
+                        // No PXAT on this server: nothing of the group was written.
+                        self.missing.pxat.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(classify(e));
+                    }
+                }
+            }
+            if !relative && self.missing.pxat.load(Ordering::Relaxed) && failure.is_none() {
+                continue;
+            }
+            return failure.map_or(Ok(()), Err);
         }
-        Ok(written)
     }
 
     /// `DBSIZE` when the walk covers the whole database (no prefix): every key of it.
