@@ -536,6 +536,44 @@ fn reply<T: FromRedisValue>(v: Value) -> redis::RedisResult<T> {
     Ok(redis::from_redis_value(v.extract_error()?)?)
 }
 
+/// Gives `each` the entries of a dump page: `replies` holds the `MGET` of `keys`, then their
+/// expiry times (`PEXPIRETIME`, or `PTTL` unless `absolute`), and is left with what follows.
+/// `Ok(false)`: `each` stopped the walk.
+fn give_page(keys: &[String], replies: &mut Vec<Value>, absolute: bool, each: &mut EachEntry<'_>) -> Result<bool> {
+    if keys.is_empty() {
+        return Ok(true);
+    }
+    if replies.len() < keys.len() + 1 {
+        return Err(classify(wrong_reply_count()));
+    }
+    let now = super::unix_now();
+    let mut page = replies.drain(..keys.len() + 1);
+    let values: Vec<Option<Vec<u8>>> = match page.next() {
+        Some(v) => reply(v).map_err(classify)?,
+        None => Vec::new(),
+    };
+    if values.len() != keys.len() {
+        return Err(classify(wrong_reply_count()));
+    }
+    for (key, (value, ms)) in keys.iter().zip(values.into_iter().zip(page)) {
+        let Some(value) = value else { continue };
+        let Ok(value) = String::from_utf8(value) else { continue };
+        let expires = match reply::<i64>(ms).map_err(classify)? {
+            -1 => None,
+            ms if ms > 0 && absolute => Some(ms as f64 / 1000.0),
+            ms if ms > 0 => Some(now + ms as f64 / 1000.0),
+            _ => continue,
+        };
+        if value.is_empty() {
+            continue;
+        }
+        if !each(key, &value, expires)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn wrong_reply_count() -> RedisError {
     RedisError::from((ErrorKind::UnexpectedReturnType, "the server sent another number of replies than commands"))
 }
@@ -853,8 +891,8 @@ impl Backend for Redis {
     }
 
     /// `SCAN` pages of [`DUMP_SCAN_COUNT`] keys (UTF-8 ones, each once: see [`Recent`]); each
-    /// page's `GET`s and `PEXPIRETIME`s go in one pipeline with the next `SCAN`, so a page costs
-    /// one round trip. `PEXPIRETIME` gives the absolute expiry, exact whatever the network's
+    /// page's values (one `MGET`) and `PEXPIRETIME`s go in one pipeline with the next `SCAN`, so
+    /// a page costs one round trip. `PEXPIRETIME` gives the absolute expiry, exact whatever the network's
     /// delay (a time left, `PTTL`, read plus the time of the reply, was late by the reply's
     /// travel: 100 ms on a link with 100 ms each way); servers before Redis 7.0 get `PTTL`. A
     /// key gone since, empty (a miss for Kinto), not a string or not UTF-8 is no entry.
@@ -879,10 +917,19 @@ impl Backend for Redis {
         }
         let absolute = !self.missing.pexpiretime.load(Ordering::Relaxed);
         let expiry = if absolute { "PEXPIRETIME" } else { "PTTL" };
+        // `replies` answer the request in flight: the values and expiry times of `keys`, then
+        // (unless the walk has ended) the next SCAN step. As soon as they are in, the next
+        // request goes out, and the page is given while the server works on that one.
+        let mut keys: Vec<String> = Vec::new();
+        let mut scanned = true;
         loop {
-            let Some(last) = replies.pop() else { return Err(classify(wrong_reply_count())) };
-            let (next, found): (u64, Vec<Vec<u8>>) = reply(last).map_err(classify)?;
-            let keys = recent.fresh(
+            let (next, found): (u64, Vec<Vec<u8>>) = if scanned {
+                let Some(last) = replies.pop() else { return Err(classify(wrong_reply_count())) };
+                reply(last).map_err(classify)?
+            } else {
+                (0, Vec::new())
+            };
+            let coming = recent.fresh(
                 found
                     .into_iter()
                     .filter(|k| k.starts_with(start.as_bytes()))
@@ -891,43 +938,31 @@ impl Backend for Redis {
             );
             packed.bytes.clear();
             packed.count = 0;
-            for key in &keys {
-                packed.push(("GET", key.as_str()));
+            if !coming.is_empty() {
+                packed.push(("MGET", &coming[..]));
+            }
+            for key in &coming {
                 packed.push((expiry, key.as_str()));
             }
-            if next != 0 {
+            if scanned && next != 0 {
                 packed.push(scan(next));
+            }
+            if packed.count > 0 {
+                conn.run(|c| c.send_packed_command(&packed.bytes)).map_err(classify)?;
+            }
+            let given = give_page(&keys, &mut replies, absolute, each);
+            if !matches!(given, Ok(true)) {
+                // Replies of the request just sent are left unread: the connection is not reused.
+                conn.broken |= packed.count > 0;
+                return given.map(drop);
             }
             if packed.count == 0 {
                 return Ok(());
             }
-            replies = conn.run(|c| packed.send(c)).map_err(classify)?;
-            if replies.len() != packed.count {
-                return Err(classify(wrong_reply_count()));
-            }
-            let now = super::unix_now();
-            let mut values = replies.drain(..2 * keys.len());
-            for key in &keys {
-                let (Some(value), Some(ms)) = (values.next(), values.next()) else { break };
-                let Ok(Some(value)) = reply::<Option<Vec<u8>>>(value) else { continue };
-                let Ok(value) = String::from_utf8(value) else { continue };
-                let expires = match reply::<i64>(ms).map_err(classify)? {
-                    -1 => None,
-                    ms if ms > 0 && absolute => Some(ms as f64 / 1000.0),
-                    ms if ms > 0 => Some(now + ms as f64 / 1000.0),
-                    _ => continue,
-                };
-                if value.is_empty() {
-                    continue;
-                }
-                if !each(key, &value, expires)? {
-                    return Ok(());
-                }
-            }
-            drop(values);
-            if next == 0 {
-                return Ok(());
-            }
+            let count = packed.count;
+            replies = conn.run(|c| (0..count).map(|_| c.recv_response()).collect()).map_err(classify)?;
+            keys = coming;
+            scanned = scanned && next != 0;
         }
     }
 
