@@ -27,6 +27,10 @@ pub const MAX_LINE: usize = 64 << 20;
 /// How many buckets `diff` spools each side into.
 pub const BUCKETS: usize = 128;
 
+/// A group is also closed once its keys and values hold this many bytes, so that memory stays
+/// bounded with large values (groups in flight times this).
+pub const GROUP_BYTES: usize = 16 << 20;
+
 /// Groups in flight between the reading thread and the writing one.
 const IN_FLIGHT: usize = 4;
 
@@ -68,6 +72,9 @@ pub fn expiry_text(secs: f64) -> String {
     text.trim_end_matches('.').to_string()
 }
 
+/// The latest expiry a dump line may give: 9999-12-31T23:59:59Z.
+const LATEST_EXPIRY: f64 = 253_402_300_799.0;
+
 /// One line of a dump, read: the key (prefix stripped), the value as kcache writes it, and the
 /// expiry.
 #[derive(Debug, PartialEq)]
@@ -105,6 +112,10 @@ pub fn parse_line(text: &str) -> Result<Line, String> {
     let expires = match fields.expires {
         Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_f64().filter(|f| f.is_finite()) {
+            // Past the year 9999 no backend holds the time (PostgreSQL's timestamps, Redis's ms).
+            Some(f) if f > LATEST_EXPIRY => {
+                return Err("its \"expires\" is past the year 9999 (a Unix time in seconds is expected)".into());
+            }
             Some(f) => Some(f),
             None => return Err("its \"expires\" is not a finite number".into()),
         },
@@ -337,6 +348,8 @@ enum Batch {
     End,
     /// The input failed: nothing after this is written.
     Failed(Error),
+    /// The input holds an entry the target cannot take: nothing after it is written.
+    Refused(Error),
 }
 
 /// Writes what `batches` brings into `target`, then ends the load (commit, or rollback on a
@@ -369,6 +382,7 @@ fn write_all(
                 progress.add(read);
             }
             Ok(Batch::End) => break None,
+            Ok(Batch::Refused(e)) => break Some(e),
             Ok(Batch::Failed(e)) => {
                 from_source = true;
                 break Some(e);
@@ -423,7 +437,7 @@ pub fn load(cache: &mut Cache, keep_live: bool, log: &Log) -> Result<Outcome> {
 /// bad line sends what came before it, then the failure naming the line.
 fn read_dump(mut input: impl BufRead, checker: &Cache, send: &mpsc::SyncSender<Batch>) {
     let mut entries = Vec::with_capacity(GROUP);
-    let (mut read, mut expired) = (0u64, 0u64);
+    let (mut read, mut expired, mut bytes) = (0u64, 0u64, 0usize);
     let mut buf = Vec::new();
     let mut number = 0u64;
     let now = unix_now();
@@ -458,11 +472,12 @@ fn read_dump(mut input: impl BufRead, checker: &Cache, send: &mpsc::SyncSender<B
         if line.expires.is_some_and(|e| e <= now) {
             expired += 1;
         } else {
+            bytes += line.value.len() + key.len();
             entries.push(Entry { key, value: line.value, expires: line.expires });
         }
-        if read.is_multiple_of(GROUP as u64) {
+        if read >= GROUP as u64 || bytes >= GROUP_BYTES {
             let batch = Batch::Entries { entries: std::mem::take(&mut entries), read, expired };
-            (read, expired) = (0, 0);
+            (read, expired, bytes) = (0, 0, 0);
             if send.send(batch).is_err() {
                 return;
             }
@@ -535,6 +550,8 @@ pub fn copy(
         let unreadable = &mut unreadable;
         scope.spawn(move || {
             let mut entries = Vec::with_capacity(GROUP);
+            let mut bytes = 0;
+            let mut refused = None;
             let walked = source.entries(&pattern, &mut |key, stored, expires| {
                 let value = match value::parse_stored(stored).and_then(|doc| value::encode(&doc)) {
                     Ok(v) => v,
@@ -543,11 +560,19 @@ pub fn copy(
                         return Ok(true);
                     }
                 };
-                let key = checker.load_key(key).map_err(|e| e.context("a source key the target cannot hold"))?;
+                let key = match checker.load_key(key) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        refused = Some(e.context("a source key the target cannot hold"));
+                        return Ok(false);
+                    }
+                };
+                bytes += key.len() + value.len();
                 entries.push(Entry { key, value, expires });
-                if entries.len() == GROUP {
-                    let batch =
-                        Batch::Entries { entries: std::mem::take(&mut entries), read: GROUP as u64, expired: 0 };
+                if entries.len() >= GROUP || bytes >= GROUP_BYTES {
+                    let read = entries.len() as u64;
+                    bytes = 0;
+                    let batch = Batch::Entries { entries: std::mem::take(&mut entries), read, expired: 0 };
                     if send.send(batch).is_err() {
                         return Ok(false);
                     }
@@ -557,9 +582,10 @@ pub fn copy(
             });
             let read = entries.len() as u64;
             let _ = send.send(Batch::Entries { entries, read, expired: 0 });
-            let _ = send.send(match walked {
-                Ok(()) => Batch::End,
-                Err(e) => Batch::Failed(e),
+            let _ = send.send(match (walked, refused) {
+                (_, Some(e)) => Batch::Refused(e),
+                (Ok(()), None) => Batch::End,
+                (Err(e), None) => Batch::Failed(e),
             });
         });
         write_all(target, batches, keep_live, &progress, "copy", Some(&source_label))
@@ -692,6 +718,8 @@ pub fn diff(
     let mut text = String::new();
     for (mut l, mut r) in left.into_iter().zip(right) {
         let mut here: HashMap<String, (Box<serde_json::value::RawValue>, Option<f64>)> = HashMap::new();
+        // A key a walk gives twice (memcached's `metadump all` may) is compared once.
+        let mut matched: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
             text.clear();
             if l.read_line(&mut text).map_err(spool_error)? == 0 {
@@ -707,6 +735,7 @@ pub fn diff(
             }
             let (key, value, expires) = read_spooled(text.trim_end())?;
             let line = match here.remove(&key) {
+                None if matched.contains(&key) => None,
                 None => Some(serde_json::json!({"key": key, "only_in": "target"})),
                 Some((v, _)) if !same_document(v.get(), value.get()) => {
                     Some(serde_json::json!({"key": key, "differs": "value", "source": v, "target": value}))
@@ -717,6 +746,7 @@ pub fn diff(
                 })),
                 Some(_) => None,
             };
+            matched.insert(key);
             if let Some(line) = line {
                 differences += 1;
                 let _ = serde_json::to_writer(&mut lines.buf, &line);
@@ -816,6 +846,8 @@ mod tests {
         assert!(why(r#"{"key":"k","value":1}"#).contains("no \"expires\""));
         assert!(why(r#"{"key":"k","value":1,"expires":"soon"}"#).contains("neither a number"));
         assert!(why(r#"{"key":"k","value":1e999,"expires":null}"#).contains("cannot be stored"));
+        assert!(why(r#"{"key":"k","value":1,"expires":1e13}"#).contains("past the year 9999"));
+        assert!(parse_line(r#"{"key":"k","value":1,"expires":-5}"#).is_ok(), "long expired: skipped later");
         // Other fields are ignored; the value is written as kcache writes it.
         let l = parse_line(r#"{"key":"k","value":{"b": "é"},"expires":5,"other":true}"#).unwrap();
         assert_eq!(l.value, r#"{"b":"\u00E9"}"#);

@@ -616,10 +616,21 @@ impl Backend for Sqlite {
                     .collect(),
             );
         }
-        let conn = if writes { self.writer() } else { self.reader().map(|c| c.expect("the file exists")) };
+        let conn = if writes {
+            self.writer()
+        } else {
+            self.reader().and_then(|c| {
+                c.ok_or_else(|| {
+                    Error::backend("read the sqlite file", anyhow::anyhow!("the file was removed meanwhile"))
+                })
+            })
+        };
         let conn = match conn {
             Ok(c) => c,
-            Err(e) => return Some(ops.iter().map(|_| Err(e.clone())).collect()),
+            Err(e) => {
+                let e = e.unsent();
+                return Some(ops.iter().map(|_| Err(e.clone())).collect());
+            }
         };
         let behavior = if writes { TransactionBehavior::Immediate } else { TransactionBehavior::Deferred };
         let tx = match conn.transaction_with_behavior(behavior) {

@@ -235,9 +235,10 @@ fn mg(key: &str, extra: &[&'static str]) -> MetaCommand {
     extra.iter().fold(MetaCommand::new(MetaOp::Get, key).flag("v").flag("f"), |c, f| c.flag(*f))
 }
 
-/// An entry that expires within this much of the longest TTL kcache allows is one that `load`
-/// stored as "never expires" (memcached's envelope needs a time): a dump gives it as `null`.
-const NEVER_MARGIN: f64 = 86_400.0;
+/// An entry that expires more than this far ahead (50 years, half the longest TTL kcache
+/// allows) is one that `load` stored as "never expires" (memcached's envelope needs a time): a
+/// dump gives it as `null`.
+const NEVER_AFTER: f64 = crate::ttl::MAX_TTL.as_secs_f64() / 2.0;
 
 /// `ms`: the envelope with flags 16 ([`FLAG_TEXT`]) and `exptime`, only over the entry `cas`
 /// was read with when given.
@@ -573,8 +574,9 @@ impl Backend for Memcached {
     /// The crawl's live entries with their values (see [`crawl`]): the expiry is the earlier of
     /// the envelope's and the server's, as `ttl` reads it.
     fn entries(&mut self, start: &str, each: &mut crate::backend::EachEntry<'_>) -> Result<()> {
-        // What `load` stored for "never expires" (the longest TTL) reads back as never.
-        let never = crate::backend::unix_now() + crate::ttl::MAX_TTL.as_secs_f64() - NEVER_MARGIN;
+        // What `load` stored for "never expires" (the longest TTL) reads back as never, however
+        // long ago it was stored.
+        let never = crate::backend::unix_now() + NEVER_AFTER;
         self.crawl(start, &mut |_, _, live| {
             for l in live {
                 if !each(&l.key, &l.value, (l.expires < never).then_some(l.expires))? {

@@ -141,13 +141,14 @@ impl Postgres {
         jobs.send(job).map_err(|_| thread_gone())?;
         let mut rest: Vec<u8> = Vec::new();
         loop {
-            let chunk = match chunks.recv_timeout(self.reply_timeout) {
+            // A sparse walk (a small prefix of a big table) may read a while before its first row.
+            let chunk = match chunks.recv_timeout(self.bulk_timeout()) {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => return Err(e),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.replies.jobs = None;
-                    return Err(stopped(self.reply_timeout));
+                    return Err(stopped(self.bulk_timeout()));
                 }
             };
             rest.extend_from_slice(&chunk);
@@ -186,15 +187,19 @@ impl Postgres {
                         .ok_or_else(|| bad("an expiry that is not a number"))?,
                 ),
             };
+            // A ttl of 'infinity' never expires ('-infinity' has: the query left it out).
+            let expires = expires.filter(|t| t.is_finite());
             each(key, value, expires)
         })
     }
 
-    /// Live entries that start with `start`, in one count.
+    /// Live entries that start with `start`, in one count; only for a progress bar, so given up
+    /// after 2 s (`statement_timeout`) rather than delaying the command.
     pub(super) fn count_live(&mut self, start: &str) -> Option<u64> {
         let pattern = literal(&format!("{}%", crate::pattern::like_escape(start)));
         let sql = format!(
-            "SELECT count(*) FROM cache WHERE key LIKE {pattern} ESCAPE E'\\\\' AND (ttl IS NULL OR ttl > now())"
+            "BEGIN; SET LOCAL statement_timeout = 2000; \
+             SELECT count(*) FROM cache WHERE key LIKE {pattern} ESCAPE E'\\\\' AND (ttl IS NULL OR ttl > now()); COMMIT;"
         );
         let rows = self.exchange(self.reply_timeout, move |conn| conn.simple_query(&sql).map_err(classify)).ok()?;
         rows.iter().find_map(|m| match m {
@@ -209,10 +214,13 @@ impl Postgres {
         let mut conn: Conn = self.pool.get()?;
         let (feed, fed) = mpsc::channel::<Feed>();
         let (answer, answers) = mpsc::channel::<Result<Answer>>();
+        // An entry whose time has passed since the input was read is skipped (`WHERE e ...`), as
+        // the other backends skip it when they write.
         let keep = if keep_live { " WHERE cache.ttl IS NOT NULL AND cache.ttl <= now()" } else { "" };
         let sql = format!(
             "INSERT INTO cache (key, value, ttl) \
              SELECT k, v, to_timestamp(e)::timestamp FROM unnest($1::text[], $2::text[], $3::float8[]) AS t(k, v, e) \
+             WHERE e IS NULL OR e > EXTRACT(EPOCH FROM clock_timestamp()) \
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, ttl = EXCLUDED.ttl{keep}"
         );
         let job: super::Job = Box::new(move || {
@@ -269,6 +277,18 @@ impl Postgres {
         }
     }
 
+    /// Why the load's thread ended before the caller was done: the first failure among its
+    /// answers (the groups it took before are answered first).
+    fn why_it_ended(&mut self, bound: Duration) -> Error {
+        loop {
+            match self.load_answer(bound) {
+                Ok(Answer::Took(_)) => continue,
+                Ok(Answer::Committed) => return thread_gone(),
+                Err(e) => return e,
+            }
+        }
+    }
+
     /// See [`crate::backend::Backend::load`]: one upsert of the group, in the load's
     /// transaction. A key repeated within the group is written once, as line by line: the
     /// last occurrence, or with `keep_live` the first (the later ones would find it live).
@@ -300,7 +320,7 @@ impl Postgres {
         let Some(loader) = &mut self.load else { return Err(thread_gone()) };
         if loader.feed.send(Feed::Rows(keys, values, expires)).is_err() {
             // The thread ended: its answer says why.
-            return self.load_answer(bound).and_then(|_| Err(thread_gone()));
+            return Err(self.why_it_ended(bound));
         }
         loader.in_flight += 1;
         Ok(())
@@ -314,7 +334,7 @@ impl Postgres {
             return Ok(0);
         }
         if loader.feed.send(Feed::Commit).is_err() {
-            return self.load_answer(self.reply_timeout).and_then(|_| Err(thread_gone()));
+            return Err(self.why_it_ended(self.reply_timeout));
         }
         let bound = self.bulk_timeout();
         loop {

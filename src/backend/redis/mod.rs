@@ -196,6 +196,8 @@ struct Missing {
     pexpiretime: AtomicBool,
     /// `SET ... PXAT` (Redis < 6.2): a load sends `PX` with the time left when it sends.
     pxat: AtomicBool,
+    /// Whether the server was asked about `PXAT` yet.
+    pxat_known: AtomicBool,
 }
 
 /// A handle on the pool; forks share the pool and what was learnt about the server.
@@ -910,7 +912,8 @@ impl Backend for Redis {
         packed.push(scan(0));
         let mut replies = conn.run(|c| packed.send(c)).map_err(classify)?;
         if probe && let Some(Err(e)) = (!replies.is_empty()).then(|| reply::<i64>(replies.remove(0))) {
-            if !is_unknown_command(&e) {
+            // Unknown to the server, or not allowed to this user (NOPERM): PTTL then.
+            if e.code().is_none() {
                 return Err(classify(e));
             }
             self.missing.pexpiretime.store(true, Ordering::Relaxed);
@@ -967,56 +970,59 @@ impl Backend for Redis {
     }
 
     /// Each group in one pipeline of `SET key value [PXAT ms] [NX]`: the absolute expiry, exact
-    /// whatever the network's delay (servers before Redis 6.2, which answer `PXAT` with a
-    /// syntax error, get the group again with `PX`, the time left counted just before it is
-    /// sent). `NX` keeps a live entry (Redis has removed expired ones). `OK` is a write, a null
-    /// reply a kept entry; a refused command fails the load after every reply is read.
+    /// whatever the network's delay. Whether the server knows `PXAT` (Redis 6.2) is asked once,
+    /// in the first group's pipeline, by a `SET` of a key name no one uses with `XX` (so it
+    /// writes nothing); a server that answers it with a syntax error gets `PX`, the time left
+    /// counted just before each group is sent. `NX` keeps a live entry (Redis has removed
+    /// expired ones). `OK` is a write, a null reply a kept entry; a refused command fails the
+    /// load after every reply is read.
     fn load(&mut self, entries: &[Entry], keep_live: bool, written: &mut u64) -> Result<()> {
         let mut conn = self.pool.get()?;
-        let max_ms = crate::ttl::MAX_TTL.as_millis() as f64;
-        loop {
-            let relative = self.missing.pxat.load(Ordering::Relaxed);
-            let mut packed = Packed::default();
-            let now = super::unix_now();
-            for e in entries {
-                let expiry = match e.expires {
-                    None => None,
-                    Some(at) if at <= now => continue,
-                    Some(at) if relative => Some(("PX", ((at - now) * 1000.0).ceil().clamp(1.0, max_ms) as u64)),
-                    Some(at) => Some(("PXAT", (at * 1000.0).ceil().min(now * 1000.0 + max_ms) as u64)),
-                };
-                let (k, v) = (e.key.as_str(), e.value.as_str());
-                match (expiry, keep_live) {
-                    (Some((unit, n)), false) => packed.push(("SET", k, v, unit, n)),
-                    (Some((unit, n)), true) => packed.push(("SET", k, v, unit, n, "NX")),
-                    (None, false) => packed.push(("SET", k, v)),
-                    (None, true) => packed.push(("SET", k, v, "NX")),
-                }
+        if !self.missing.pxat_known.load(Ordering::Relaxed) {
+            let probe = conn.query::<Option<String>>(
+                redis::cmd("SET").arg("kcache:\u{0}probe").arg("").arg("PXAT").arg(1).arg("XX"),
+            );
+            match probe {
+                Ok(_) => {}
+                Err(e) if is_syntax_error(&e) => self.missing.pxat.store(true, Ordering::Relaxed),
+                Err(e) => return Err(classify(e)),
             }
-            if packed.count == 0 {
-                return Ok(());
-            }
-            let replies = conn.run(|c| packed.send(c)).map_err(classify)?;
-            let mut failure = None;
-            for r in replies {
-                match reply::<Option<String>>(r) {
-                    Ok(Some(_)) => *written += 1,
-                    Ok(None) => {}
-                    Err(e) if !relative && *written == 0 && failure.is_none() && is_syntax_error(&e) => {
-                        // No PXAT on this server: nothing of the group was written.
-                        self.missing.pxat.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => {
-                        failure.get_or_insert(classify(e));
-                    }
-                }
-            }
-            if !relative && self.missing.pxat.load(Ordering::Relaxed) && failure.is_none() {
-                continue;
-            }
-            return failure.map_or(Ok(()), Err);
+            self.missing.pxat_known.store(true, Ordering::Relaxed);
         }
+        let relative = self.missing.pxat.load(Ordering::Relaxed);
+        let max_ms = crate::ttl::MAX_TTL.as_millis() as f64;
+        let mut packed = Packed::default();
+        let now = super::unix_now();
+        for e in entries {
+            let expiry = match e.expires {
+                None => None,
+                Some(at) if at <= now => continue,
+                Some(at) if relative => Some(("PX", ((at - now) * 1000.0).ceil().clamp(1.0, max_ms) as u64)),
+                Some(at) => Some(("PXAT", (at * 1000.0).ceil().min(now * 1000.0 + max_ms) as u64)),
+            };
+            let (k, v) = (e.key.as_str(), e.value.as_str());
+            match (expiry, keep_live) {
+                (Some((unit, n)), false) => packed.push(("SET", k, v, unit, n)),
+                (Some((unit, n)), true) => packed.push(("SET", k, v, unit, n, "NX")),
+                (None, false) => packed.push(("SET", k, v)),
+                (None, true) => packed.push(("SET", k, v, "NX")),
+            }
+        }
+        if packed.count == 0 {
+            return Ok(());
+        }
+        let replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+        let mut failure = None;
+        for r in replies {
+            match reply::<Option<String>>(r) {
+                Ok(Some(_)) => *written += 1,
+                Ok(None) => {}
+                Err(e) => {
+                    failure.get_or_insert(classify(e));
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     /// `DBSIZE` when the walk covers the whole database (no prefix): every key of it.
