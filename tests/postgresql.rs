@@ -1243,3 +1243,116 @@ fn keys_page_correctly_in_a_linguistic_collation() {
     assert_eq!(db.count("key LIKE 'k:A%'"), 0);
     assert_eq!(db.count("key LIKE 'k:a%'"), 1500);
 }
+
+/// The rig's streaming standby of its PostgreSQL (`KCACHE_TEST_PG_STANDBY_PORT`), on the same
+/// host, with the same superuser and password.
+fn standby_port() -> Option<u16> {
+    crate::util::rig::server("KCACHE_TEST_PG_STANDBY_PORT").map(|p| p.parse().expect("a port"))
+}
+
+/// Waits until the standby has replayed the creation of `db` and its schema (`migrate`).
+fn replicated(server: &RigPostgres, port: u16, db: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut config = postgres::Config::new();
+        config.host(&server.host).port(port).user(&server.user).password(&server.password).dbname(db);
+        let seen = config
+            .connect(postgres::NoTls)
+            .ok()
+            .and_then(|mut c| c.query_one("SELECT to_regclass('cache') IS NOT NULL", &[]).ok())
+            .is_some_and(|r| r.get::<_, bool>(0));
+        if seen {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the standby did not replay database {db} within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// libpq's six `target_session_attrs` against the rig's primary and its standby, in both host
+/// orders: a write (`set`) succeeds where the value lands on the primary, and is status 4 with
+/// the `target_session_attrs=read-write` hint where it lands on the standby; a value no host
+/// matches is status 3 naming the hosts tried.
+#[test]
+fn target_session_attrs_choose_the_primary_or_the_standby_in_either_order() {
+    let Some(db) = RigDb::create() else { return };
+    let Some(standby) = standby_port() else { return };
+    db.migrate();
+    let s = &db.server;
+    replicated(s, standby, &db.name);
+    let primary = format!("{}:{}", s.host, s.port);
+    let replica = format!("{}:{standby}", s.host);
+    let url = |hosts: &str, attrs: &str| {
+        format!("postgresql://{}@{hosts}/{}?target_session_attrs={attrs}", s.superuser(), db.name)
+    };
+    // (value, lands on the primary with primary first, ... with the standby first)
+    let cases = [
+        ("any", true, false),
+        ("read-write", true, true),
+        ("read-only", false, false),
+        ("primary", true, true),
+        ("standby", false, false),
+        ("prefer-standby", false, false),
+    ];
+    for (attrs, first_order, second_order) in cases {
+        for (hosts, on_primary) in
+            [(format!("{primary},{replica}"), first_order), (format!("{replica},{primary}"), second_order)]
+        {
+            let env = pg_env(&url(&hosts, attrs), "5");
+            let out = env.run(&["set", "k", "v", "60"]);
+            if on_primary {
+                out.code(0);
+            } else {
+                out.code(4).stderr_has("target_session_attrs=read-write");
+            }
+            // Reads work wherever it lands.
+            env.run(&["get", "nothing-here"]).code(1);
+        }
+    }
+    // Only the primary in the list.
+    let only_primary = |attrs| pg_env(&url(&primary, attrs), "5");
+    only_primary("standby").run(&["get", "k"]).code(3).stderr_has("no server matched target_session_attrs=standby");
+    only_primary("read-only").run(&["get", "k"]).code(3).stderr_has(&primary);
+    only_primary("prefer-standby").run(&["set", "k", "v", "60"]).code(0);
+    // Only the standby: no primary to be found.
+    let out = pg_env(&url(&replica, "primary"), "5").run(&["get", "k"]);
+    out.code(3).stderr_has("a standby");
+    // load_balance_hosts=random still picks a matching host, whatever the order drawn.
+    for _ in 0..6 {
+        let env =
+            pg_env(&format!("{}&load_balance_hosts=random", url(&format!("{replica},{primary}"), "primary")), "5");
+        env.run(&["set", "k", "v", "60"]).code(0);
+    }
+}
+
+/// A failover: with the primary stopped and its standby promoted, the same two-host URL with
+/// `target_session_attrs=read-write` writes again, on the new primary, and reads what was
+/// written before the switch (servers of the test's own: no other test sees the change).
+#[test]
+fn after_a_failover_the_same_url_finds_the_promoted_standby() {
+    let Some(mut primary) = crate::util::servers::OwnPostgres::start() else { return };
+    let standby = crate::util::servers::OwnPostgres::standby_of(&primary);
+    let url = format!(
+        "postgresql://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let env = pg_env(&url, "3");
+    env.run(&["migrate"]).ok();
+    env.run(&["set", "before", "written on the first primary", "1h"]).ok();
+    // The standby has replayed it before the primary goes.
+    let direct = pg_env(&format!("postgresql://postgres@127.0.0.1:{}/postgres", standby.port), "3");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while direct.run(&["get", "before"]).status != 0 {
+        assert!(Instant::now() < deadline, "the standby did not replay the write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Before the switch, the standby refuses writes with the hint.
+    direct.run(&["set", "x", "y", "60"]).code(4).stderr_has("target_session_attrs=read-write");
+    primary.crash();
+    // No primary yet: status 3, naming what was tried.
+    env.run(&["set", "during", "v", "60"]).code(3).stderr_has("no server matched target_session_attrs=read-write");
+    standby.promote();
+    env.run(&["set", "after", "written on the new primary", "1h"]).ok();
+    env.run(&["get", "before"]).ok().stdout_is("written on the first primary\n");
+    env.run(&["get", "after"]).ok().stdout_is("written on the new primary\n");
+}

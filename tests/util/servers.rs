@@ -569,6 +569,44 @@ impl OwnPostgres {
         panic!("postgresql did not start: {last}");
     }
 
+    /// A streaming standby of `primary`, of this test's own (`pg_basebackup -R`), started.
+    pub fn standby_of(primary: &OwnPostgres) -> OwnPostgres {
+        let dir = tempfile::Builder::new().prefix("kcache-pg.").tempdir_in("/tmp").expect("temp dir");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        if is_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+        }
+        let mut server = OwnPostgres { dir, bin: primary.bin.clone(), port: 0, running: false };
+        let out = server
+            .tool("pg_basebackup")
+            .arg("-h")
+            .arg(primary.dir.path())
+            .args(["-p", &primary.port.to_string(), "-U", "postgres", "-D", "data", "-R", "-X", "stream"])
+            .output()
+            .expect("pg_basebackup");
+        assert!(out.status.success(), "pg_basebackup failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let mut last = String::new();
+        for _ in 0..3 {
+            server.port = free_port();
+            match server.pg_ctl_start() {
+                Ok(()) => return server,
+                Err(e) => last = e,
+            }
+        }
+        panic!("the standby did not start: {last}");
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote`, waiting for it).
+    pub fn promote(&self) {
+        let out =
+            self.tool("pg_ctl").args(["-w", "-t", "30", "-D", "data", "promote"]).output().expect("pg_ctl promote");
+        assert!(out.status.success(), "pg_ctl promote failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// A PostgreSQL tool, as the postgres user when root, run in the cluster's folder.
     fn tool(&self, name: &str) -> Command {
         let program = self.bin.join(name);

@@ -14,10 +14,9 @@
 
 mod bulk;
 mod connect;
+mod session;
 
 use super::pool::{Pool, PoolSettings};
-use connect::Tls;
-use r2d2_postgres::PostgresConnectionManager;
 
 use super::{Backend, EachEntry, Entry, FlushScope, GroupOp, GroupResult, MATCH_BATCH, Migration};
 use crate::error::{Error, Result};
@@ -68,7 +67,7 @@ pub const REPLY_MARGIN: Duration = Duration::from_secs(5);
 /// of rows runs for a while before the server answers.
 pub const BULK_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
-type Conn = r2d2::PooledConnection<PostgresConnectionManager<Tls>>;
+type Conn = r2d2::PooledConnection<session::Manager>;
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Bounds every wait for a PostgreSQL reply. The `postgres` client has no read timeout (its
@@ -136,7 +135,7 @@ impl Replies {
 /// on one pool (forks, siblings with another prefix) never wait for each other when used in turn,
 /// and a one-shot command reuses its one connection.
 pub struct Postgres {
-    pool: Arc<Pool<PostgresConnectionManager<Tls>>>,
+    pool: Arc<Pool<session::Manager>>,
     lock_timeout: Duration,
     /// The longest wait for the reply to one statement or group: `pool_timeout` + [`REPLY_MARGIN`].
     reply_timeout: Duration,
@@ -150,25 +149,28 @@ pub struct Postgres {
 impl Postgres {
     /// Resolves the connection target and builds the pool; opens nothing.
     pub fn new(settings: &Settings, env: &dyn Fn(&str) -> Option<String>, workers: u32) -> Result<Postgres> {
-        let connect::Target { mut config, tls, location, warnings } = connect::resolve(settings.url.as_deref(), env)?;
+        let connect::Target { tls, location, warnings, mut hosts, attrs, random, .. } =
+            connect::resolve(settings.url.as_deref(), env)?;
         let timeout = settings.pool_timeout.unwrap_or(DEFAULT_POOL_TIMEOUT);
-        // The connect itself must not outlast the pool timeout (a blackholed host would
-        // otherwise hold a pool worker for the system's SYN timeout).
-        let connect_timeout = timeout.max(Duration::from_secs(1));
-        if config.get_connect_timeout().is_none_or(|t| *t > connect_timeout) {
-            config.connect_timeout(connect_timeout);
+        for (config, _) in &mut hosts {
+            // The connect itself must not outlast the pool timeout (a blackholed host would
+            // otherwise hold a pool worker for the system's SYN timeout).
+            let connect_timeout = timeout.max(Duration::from_secs(1));
+            if config.get_connect_timeout().is_none_or(|t| *t > connect_timeout) {
+                config.connect_timeout(connect_timeout);
+            }
+            // No statement waits for a lock longer than pool_timeout either (then status 3): sent
+            // as a startup option, so it costs no round trip; the user's own options come after
+            // it and win.
+            let lock_ms = timeout.as_millis().max(1);
+            let options = match config.get_options() {
+                Some(o) if !o.trim().is_empty() => format!("-c lock_timeout={lock_ms} {o}"),
+                _ => format!("-c lock_timeout={lock_ms}"),
+            };
+            config.options(&options);
         }
-        // No statement waits for a lock longer than pool_timeout either (then status 3): sent as
-        // a startup option, so it costs no round trip; the user's own options come after it and
-        // win.
-        let lock_ms = timeout.as_millis().max(1);
-        let options = match config.get_options() {
-            Some(o) if !o.trim().is_empty() => format!("-c lock_timeout={lock_ms} {o}"),
-            _ => format!("-c lock_timeout={lock_ms}"),
-        };
-        config.options(&options);
         let pool = Pool::new(
-            PostgresConnectionManager::new(config, tls),
+            session::Manager::new(hosts, tls, attrs, random),
             PoolSettings {
                 pool_size: settings.pool_size,
                 max_overflow: settings.max_overflow,
@@ -192,7 +194,7 @@ impl Postgres {
     }
 
     /// The pool this backend draws from (shared with its forks).
-    pub fn pool(&self) -> &Arc<Pool<PostgresConnectionManager<Tls>>> {
+    pub fn pool(&self) -> &Arc<Pool<session::Manager>> {
         &self.pool
     }
 
@@ -349,6 +351,11 @@ pub fn classify(e: postgres::Error) -> Error {
     let err = Error::backend(what, anyhow::anyhow!(text));
     if code == SqlState::UNDEFINED_TABLE || code == SqlState::UNDEFINED_FUNCTION {
         err.with_hint("run 'kcache migrate' first")
+    } else if code == SqlState::READ_ONLY_SQL_TRANSACTION {
+        err.with_hint(
+            "the server only reads (a standby?): add target_session_attrs=read-write to the URL, with every host, \
+             to write on the primary",
+        )
     } else if code == SqlState::INSUFFICIENT_PRIVILEGE {
         err.with_hint("grant the role the privilege named above, or have a DBA apply schema.sql")
     } else {
@@ -358,7 +365,11 @@ pub fn classify(e: postgres::Error) -> Error {
 
 /// A failure to connect: authentication and unknown databases are refusals (4), the rest is
 /// unavailability (3).
-fn classify_connect(e: postgres::Error, location: &str) -> Error {
+fn classify_connect(e: session::ConnectError, location: &str) -> Error {
+    let e = match e {
+        session::ConnectError::Pg(e) => e,
+        no_match => return Error::unavailable(format!("cannot connect to postgresql at {location}"), no_match),
+    };
     let what = format!("cannot connect to postgresql at {location}");
     match e.as_db_error().map(|d| d.code().clone()) {
         Some(c) if c == SqlState::TOO_MANY_CONNECTIONS || c == SqlState::CANNOT_CONNECT_NOW => {

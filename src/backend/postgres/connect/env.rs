@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(p.config.get_options(), Some("-c search_path=cache"));
         assert_eq!(p.config.get_application_name(), Some("envapp"));
         assert_eq!(p.config.get_connect_timeout(), Some(&Duration::from_secs(9)));
-        assert_eq!(p.config.get_target_session_attrs(), TargetSessionAttrs::ReadOnly);
+        assert_eq!(p.attrs, SessionAttrs::ReadOnly);
         assert_eq!(p.plan.mode, prefer());
         assert_eq!(p.location, "postgresql://envuser@env-host.example:6432/envdb");
         // The URL wins over every one of them.

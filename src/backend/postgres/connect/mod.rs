@@ -43,8 +43,6 @@ pub type Tls = postgres::NoTls;
 
 /// Everything needed to open connections to one server.
 pub struct Target {
-    /// host(s), port, user, dbname, password, options, application_name, connect_timeout, ssl_mode...
-    pub config: postgres::Config,
     /// The connector for `config.get_ssl_mode()`.
     pub tls: Tls,
     /// `postgresql://user@host:port/dbname` (never a password), for messages.
@@ -52,6 +50,71 @@ pub struct Target {
     /// What libpq would have printed as warnings (an insecure password file, `PGSERVICE`...),
     /// for the caller to print. They never contain a password.
     pub warnings: Vec<String>,
+    /// One config per host, in the order given (each `config` with that host alone), with the
+    /// host as messages show it: kcache tries them itself when `attrs` asks what the crate
+    /// cannot check, or when it must say which hosts it tried.
+    pub hosts: Vec<(postgres::Config, String)>,
+    /// `target_session_attrs`, all six of libpq's values.
+    pub attrs: SessionAttrs,
+    /// `load_balance_hosts=random`: the hosts are tried in a random order.
+    pub random: bool,
+}
+
+/// libpq's `target_session_attrs`: what a server must be for a session to be kept. The crate
+/// knows the first three; kcache checks them all itself, with one query after connecting
+/// (`pg_is_in_recovery()` and `transaction_read_only`), and none for `any`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionAttrs {
+    Any,
+    ReadWrite,
+    ReadOnly,
+    Primary,
+    Standby,
+    PreferStandby,
+}
+
+impl SessionAttrs {
+    fn parse(text: &str) -> Result<SessionAttrs> {
+        Ok(match text.trim() {
+            "any" => SessionAttrs::Any,
+            "read-write" => SessionAttrs::ReadWrite,
+            "read-only" => SessionAttrs::ReadOnly,
+            "primary" => SessionAttrs::Primary,
+            "standby" => SessionAttrs::Standby,
+            "prefer-standby" => SessionAttrs::PreferStandby,
+            other => {
+                return Err(invalid(
+                    "target_session_attrs",
+                    other,
+                    "any, read-write, read-only, primary, standby or prefer-standby",
+                ));
+            }
+        })
+    }
+
+    /// The value as libpq spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionAttrs::Any => "any",
+            SessionAttrs::ReadWrite => "read-write",
+            SessionAttrs::ReadOnly => "read-only",
+            SessionAttrs::Primary => "primary",
+            SessionAttrs::Standby => "standby",
+            SessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+
+    /// Whether a server in recovery (`standby`) whose sessions are read-only (`read_only`)
+    /// will do. `prefer-standby` takes a standby here; its second round takes any.
+    pub fn accepts(self, standby: bool, read_only: bool) -> bool {
+        match self {
+            SessionAttrs::Any => true,
+            SessionAttrs::ReadWrite => !read_only,
+            SessionAttrs::ReadOnly => read_only,
+            SessionAttrs::Primary => !standby,
+            SessionAttrs::Standby | SessionAttrs::PreferStandby => standby,
+        }
+    }
 }
 
 /// Resolves the `url` setting (None or empty: libpq defaults only) with libpq's rules.
@@ -62,19 +125,25 @@ pub fn resolve(url: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> Resul
     let tls = tls::build(&prepared.plan)?;
     #[cfg(not(feature = "tls"))]
     let tls = postgres::NoTls;
-    Ok(Target { config: prepared.config, tls, location: prepared.location, warnings: prepared.warnings })
+    Ok(Target {
+        tls,
+        location: prepared.location,
+        warnings: prepared.warnings,
+        hosts: prepared.hosts,
+        attrs: prepared.attrs,
+        random: prepared.random,
+    })
 }
 
 const DEFAULT_APPLICATION_NAME: &str = "kcache";
 
 /// The libpq keywords `postgres::Config` reads as libpq does, besides `user`, `dbname`, `options`
 /// and `application_name`, with what a valid value is (for messages).
-const BY_THE_CRATE: [(&str, &str); 8] = [
+const BY_THE_CRATE: [(&str, &str); 7] = [
     ("connect_timeout", "a whole number"),
     ("keepalives_idle", "a whole number"),
     ("keepalives_interval", "a whole number"),
     ("keepalives_count", "a count"),
-    ("target_session_attrs", "any, read-write or read-only"),
     ("channel_binding", "disable, prefer or require"),
     ("load_balance_hosts", "disable or random"),
     ("sslnegotiation", "postgres or direct"),
@@ -114,11 +183,16 @@ fn invalid(key: &str, value: &str, expected: &str) -> Error {
 
 /// Everything but the TLS connector, which [`resolve`] builds from the plan.
 struct Prepared {
+    /// Every host in one config (the per-host ones are in `hosts`); read by the tests.
+    #[cfg_attr(not(test), allow(dead_code))]
     config: postgres::Config,
     #[cfg_attr(not(feature = "tls"), allow(dead_code))] // read by the connector and the tests
     plan: tls_plan::TlsPlan,
     location: String,
     warnings: Vec<String>,
+    hosts: Vec<(postgres::Config, String)>,
+    attrs: SessionAttrs,
+    random: bool,
 }
 
 fn prepare(url: Option<&str>, env: env::Env<'_>) -> Result<Prepared> {
@@ -155,7 +229,6 @@ fn prepare(url: Option<&str>, env: env::Env<'_>) -> Result<Prepared> {
         secret(&String::from_utf8_lossy(password));
         config.password(password);
     }
-    hosts::configure(&mut config, &slots);
 
     // libpq turns keepalives on for any number but 0; the crate refuses negative ones.
     if let Some(v) = value("keepalives") {
@@ -186,8 +259,22 @@ fn prepare(url: Option<&str>, env: env::Env<'_>) -> Result<Prepared> {
     if plan.mode == SslMode::Disable {
         config.ssl_negotiation(SslNegotiation::Postgres); // TLS never applies
     }
+    let attrs = value("target_session_attrs").map_or(Ok(SessionAttrs::Any), |v| SessionAttrs::parse(&v))?;
+    let random = config.get_load_balance_hosts() == postgres::config::LoadBalanceHosts::Random;
+    // One config per host, then every host in the config itself (the hosts go in last: a
+    // config cannot take a host back).
+    let per_host = slots
+        .iter()
+        .map(|slot| {
+            let mut one = config.clone();
+            one.load_balance_hosts(postgres::config::LoadBalanceHosts::Disable);
+            hosts::configure(&mut one, std::slice::from_ref(slot));
+            (one, format!("{}:{}", slot.name(), slot.port))
+        })
+        .collect();
+    hosts::configure(&mut config, &slots);
     let location = hosts::location(&user, &dbname, &slots);
-    Ok(Prepared { config, plan, location, warnings })
+    Ok(Prepared { config, plan, location, warnings, hosts: per_host, attrs, random })
 }
 
 #[cfg(test)]
@@ -195,7 +282,7 @@ mod tests {
     //! The fixture every file's tests share, and the tests of the precedence rules.
     pub(super) use super::hosts::DEFAULT_SOCKET_DIRS;
     pub(super) use super::tls_plan::*;
-    pub(super) use super::{Prepared, Target, prepare, resolve};
+    pub(super) use super::{Prepared, SessionAttrs, Target, prepare, resolve};
     pub(super) use crate::error::{Error, ErrorKind, Result, redact};
     pub(super) use postgres::config::*;
     use std::cell::Cell;
@@ -400,6 +487,40 @@ ZxImMA==
     }
 
     #[test]
+    fn libpqs_six_session_attributes_and_one_config_per_host() {
+        let fx = Fx::new();
+        for (text, attrs) in [
+            ("any", SessionAttrs::Any),
+            ("read-write", SessionAttrs::ReadWrite),
+            ("read-only", SessionAttrs::ReadOnly),
+            ("primary", SessionAttrs::Primary),
+            ("standby", SessionAttrs::Standby),
+            ("prefer-standby", SessionAttrs::PreferStandby),
+        ] {
+            let p = fx.prepare(&format!("postgresql://u@h1:5433,h2/db?target_session_attrs={text}"));
+            assert_eq!(p.attrs, attrs, "{text}");
+            assert_eq!(p.attrs.name(), text);
+        }
+        let p = fx.prepare("postgresql://u@h1:5433,h2:5434/db");
+        assert_eq!(p.attrs, SessionAttrs::Any);
+        assert!(!p.random);
+        let names: Vec<&str> = p.hosts.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["h1:5433", "h2:5434"]);
+        for (config, name) in &p.hosts {
+            assert_eq!(config.get_hosts().len(), 1, "{name}");
+            assert_eq!(config.get_ports().len(), 1, "{name}");
+        }
+        assert_eq!(p.config.get_hosts().len(), 2);
+        // What each value accepts: (in recovery, read-only session).
+        assert!(SessionAttrs::Primary.accepts(false, false) && !SessionAttrs::Primary.accepts(true, true));
+        assert!(SessionAttrs::Standby.accepts(true, true) && !SessionAttrs::Standby.accepts(false, false));
+        assert!(SessionAttrs::ReadWrite.accepts(false, false) && !SessionAttrs::ReadWrite.accepts(false, true));
+        assert!(SessionAttrs::ReadOnly.accepts(false, true) && !SessionAttrs::ReadOnly.accepts(false, false));
+        assert!(SessionAttrs::PreferStandby.accepts(true, true) && !SessionAttrs::PreferStandby.accepts(false, false));
+        assert!(SessionAttrs::Any.accepts(true, false));
+    }
+
+    #[test]
     fn query_parameters_reach_the_config() {
         let fx = Fx::new();
         let p = fx.prepare(
@@ -417,7 +538,8 @@ ZxImMA==
         assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(5)));
         assert_eq!(c.get_keepalives_retries(), Some(4));
         assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_millis(2500)));
-        assert_eq!(c.get_target_session_attrs(), TargetSessionAttrs::ReadWrite);
+        assert_eq!(p.attrs, SessionAttrs::ReadWrite);
+        assert!(p.random);
         assert_eq!(c.get_channel_binding(), ChannelBinding::Require);
         assert_eq!(c.get_load_balance_hosts(), LoadBalanceHosts::Random);
         let p = fx.prepare("postgresql://u@h/db?keepalives=0&keepalives_retries=2&connect_timeout=0");
@@ -436,7 +558,10 @@ ZxImMA==
         assert_eq!(p.config.get_connect_timeout(), Some(&Duration::from_secs(4)));
         for (url, what) in [
             ("postgresql://u@h/db?connect_timeout=soon", "invalid connect_timeout 'soon'"),
-            ("postgresql://u@h/db?target_session_attrs=primary", "any, read-write or read-only"),
+            (
+                "postgresql://u@h/db?target_session_attrs=primaries",
+                "any, read-write, read-only, primary, standby or prefer-standby",
+            ),
             ("postgresql://u@h/db?channel_binding=maybe", "invalid channel_binding"),
             ("postgresql://u@h/db?load_balance_hosts=yes", "invalid load_balance_hosts"),
             ("postgresql://u@h/db?client_encoding=LATIN1", "invalid client_encoding 'LATIN1'"),

@@ -300,7 +300,7 @@ mod tests {
                 "allow" | "prefer" => SslMode::Prefer,
                 _ => SslMode::Require,
             };
-            assert_eq!(target.config.get_ssl_mode(), expected);
+            assert_eq!(target.hosts[0].0.get_ssl_mode(), expected);
         }
         assert!(fx.resolve("postgresql://u@db.example/db?sslrootcert=system").is_ok());
         let junk = fx.file("ca/junk.pem", "not a certificate\n", 0o644);
