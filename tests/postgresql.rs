@@ -1252,7 +1252,7 @@ fn standby_port() -> Option<u16> {
 
 /// Waits until the standby has replayed the creation of `db` and its schema (`migrate`).
 fn replicated(server: &RigPostgres, port: u16, db: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut config = postgres::Config::new();
         config.host(&server.host).port(port).user(&server.user).password(&server.password).dbname(db);
@@ -1264,7 +1264,14 @@ fn replicated(server: &RigPostgres, port: u16, db: &str) {
         if seen {
             return;
         }
-        assert!(Instant::now() < deadline, "the standby did not replay database {db} within 20 s");
+        if Instant::now() >= deadline {
+            let log = std::env::var("KCACHE_TEST_PG_STANDBY_LOG").ok().and_then(|p| std::fs::read_to_string(p).ok());
+            let tail: Vec<&str> = log.as_deref().unwrap_or("").lines().rev().take(30).collect();
+            panic!(
+                "the standby did not replay database {db} within 60 s; its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
