@@ -198,9 +198,14 @@ impl Counts {
 pub struct Progress(Option<indicatif::ProgressBar>);
 
 impl Progress {
-    pub fn new(log: &Log, what: &str, total: Option<u64>) -> Progress {
+    /// Whether progress is shown: standard error is a terminal and `-q` is not given.
+    pub fn shown(log: &Log) -> bool {
         use std::io::IsTerminal;
-        if log.quiet || !std::io::stderr().is_terminal() {
+        !log.quiet && std::io::stderr().is_terminal()
+    }
+
+    pub fn new(log: &Log, what: &str, total: Option<u64>) -> Progress {
+        if !Progress::shown(log) {
             return Progress(None);
         }
         let (bar, template) = match total {
@@ -281,6 +286,14 @@ impl Unreadable {
         }
     }
 
+    /// Adds what another walk left out.
+    fn merge(&mut self, other: Unreadable) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+
     /// Status 4 when any entry was left out.
     fn result(self, what: &str) -> Result<()> {
         match self.first {
@@ -336,8 +349,7 @@ pub fn dump(cache: &mut Cache, pattern: Option<&str>, log: &Log) -> Result<Outco
 
 /// The total for a progress bar, where the backend counts cheaply (only when it is shown).
 fn total(cache: &mut Cache, pattern: &Pattern, log: &Log) -> Option<u64> {
-    use std::io::IsTerminal;
-    if log.quiet || !std::io::stderr().is_terminal() { None } else { cache.count(pattern) }
+    if Progress::shown(log) { cache.count(pattern) } else { None }
 }
 
 /// What the reading side of a load or copy sends the writing side.
@@ -436,8 +448,7 @@ pub fn load(cache: &mut Cache, keep_live: bool, log: &Log) -> Result<Outcome> {
 /// limits, value), and sends them in groups; an entry already expired is counted, not sent. A
 /// bad line sends what came before it, then the failure naming the line.
 fn read_dump(mut input: impl BufRead, checker: &Cache, send: &mpsc::SyncSender<Batch>) {
-    let mut entries = Vec::with_capacity(GROUP);
-    let (mut read, mut expired, mut bytes) = (0u64, 0u64, 0usize);
+    let mut group = Grouper::default();
     let mut buf = Vec::new();
     let mut number = 0u64;
     let now = unix_now();
@@ -468,24 +479,52 @@ fn read_dump(mut input: impl BufRead, checker: &Cache, send: &mpsc::SyncSender<B
             Ok(k) => k,
             Err(e) => break Some(bad_key(number, e)),
         };
-        read += 1;
-        if line.expires.is_some_and(|e| e <= now) {
-            expired += 1;
-        } else {
-            bytes += line.value.len() + key.len();
-            entries.push(Entry { key, value: line.value, expires: line.expires });
-        }
-        if read >= GROUP as u64 || bytes >= GROUP_BYTES {
-            let batch = Batch::Entries { entries: std::mem::take(&mut entries), read, expired };
-            (read, expired, bytes) = (0, 0, 0);
-            if send.send(batch).is_err() {
-                return;
-            }
-            entries.reserve(GROUP);
+        let entry = Entry { key, value: line.value, expires: line.expires };
+        if entry.expires.is_some_and(|e| e <= now) {
+            group.expired();
+        } else if !group.push(entry, send) {
+            return;
         }
     };
-    let _ = send.send(Batch::Entries { entries, read, expired });
+    let _ = send.send(group.take());
     let _ = send.send(failure.map_or(Batch::End, Batch::Failed));
+}
+
+/// The group the reading side of a load or copy is filling: closed at [`GROUP`] entries read
+/// or [`GROUP_BYTES`] of keys and values.
+#[derive(Default)]
+struct Grouper {
+    entries: Vec<Entry>,
+    read: u64,
+    expired: u64,
+    bytes: usize,
+}
+
+impl Grouper {
+    /// An entry read and skipped, its time having passed.
+    fn expired(&mut self) {
+        self.read += 1;
+        self.expired += 1;
+    }
+
+    /// Adds an entry, and sends the group once it is full; `false` when the writing side has
+    /// gone (nothing more is wanted).
+    fn push(&mut self, entry: Entry, send: &mpsc::SyncSender<Batch>) -> bool {
+        self.read += 1;
+        self.bytes += entry.key.len() + entry.value.len();
+        self.entries.push(entry);
+        if self.read < GROUP as u64 && self.bytes < GROUP_BYTES {
+            return true;
+        }
+        send.send(self.take()).is_ok()
+    }
+
+    /// The group so far, as a batch; the grouper starts a new one.
+    fn take(&mut self) -> Batch {
+        let taken = std::mem::take(self);
+        self.entries.reserve(GROUP);
+        Batch::Entries { entries: taken.entries, read: taken.read, expired: taken.expired }
+    }
 }
 
 fn bad_line(number: u64, why: String) -> Error {
@@ -549,8 +588,7 @@ pub fn copy(
     let (counts, result) = std::thread::scope(|scope| {
         let unreadable = &mut unreadable;
         scope.spawn(move || {
-            let mut entries = Vec::with_capacity(GROUP);
-            let mut bytes = 0;
+            let mut group = Grouper::default();
             let mut refused = None;
             let walked = source.entries(&pattern, &mut |key, stored, expires| {
                 let value = match value::parse_stored(stored).and_then(|doc| value::encode(&doc)) {
@@ -567,21 +605,9 @@ pub fn copy(
                         return Ok(false);
                     }
                 };
-                bytes += key.len() + value.len();
-                entries.push(Entry { key, value, expires });
-                if entries.len() >= GROUP || bytes >= GROUP_BYTES {
-                    let read = entries.len() as u64;
-                    bytes = 0;
-                    let batch = Batch::Entries { entries: std::mem::take(&mut entries), read, expired: 0 };
-                    if send.send(batch).is_err() {
-                        return Ok(false);
-                    }
-                    entries.reserve(GROUP);
-                }
-                Ok(true)
+                Ok(group.push(Entry { key, value, expires }, &send))
             });
-            let read = entries.len() as u64;
-            let _ = send.send(Batch::Entries { entries, read, expired: 0 });
+            let _ = send.send(group.take());
             let _ = send.send(match (walked, refused) {
                 (_, Some(e)) => Batch::Refused(e),
                 (Ok(()), None) => Batch::End,
@@ -688,7 +714,6 @@ pub fn diff(
     tolerance: std::time::Duration,
     log: &Log,
 ) -> Result<Outcome> {
-    use std::collections::HashMap;
     let pattern = pattern.map(Pattern::parse).transpose()?.unwrap_or_default();
     let progress = Progress::new(log, "diff", None);
     let mut unreadable = Unreadable::default();
@@ -704,67 +729,16 @@ pub fn diff(
         let (right, other) = right.join().unwrap_or_else(|_| {
             (Err(Error::new(ErrorKind::Backend, anyhow::anyhow!("the target's walk stopped"))), Unreadable::default())
         });
-        unreadable.count += other.count;
-        if unreadable.first.is_none() {
-            unreadable.first = other.first;
-        }
+        unreadable.merge(other);
         (left, right)
     });
     let (left, right) = (left?.into_readers()?, right?.into_readers()?);
     progress.done();
-    let tol = tolerance.as_secs_f64();
     let mut lines = Lines::new(std::io::stdout().lock());
     let mut differences = 0u64;
-    let mut text = String::new();
     for (mut l, mut r) in left.into_iter().zip(right) {
-        let mut here: HashMap<String, (Box<serde_json::value::RawValue>, Option<f64>)> = HashMap::new();
-        // A key a walk gives twice (memcached's `metadump all` may) is compared once.
-        let mut matched: std::collections::HashSet<String> = std::collections::HashSet::new();
-        loop {
-            text.clear();
-            if l.read_line(&mut text).map_err(spool_error)? == 0 {
-                break;
-            }
-            let (key, value, expires) = read_spooled(text.trim_end())?;
-            here.insert(key, (value, expires));
-        }
-        loop {
-            text.clear();
-            if r.read_line(&mut text).map_err(spool_error)? == 0 {
-                break;
-            }
-            let (key, value, expires) = read_spooled(text.trim_end())?;
-            let line = match here.remove(&key) {
-                None if matched.contains(&key) => None,
-                None => Some(serde_json::json!({"key": key, "only_in": "target"})),
-                Some((v, _)) if !same_document(v.get(), value.get()) => {
-                    Some(serde_json::json!({"key": key, "differs": "value", "source": v, "target": value}))
-                }
-                Some((_, e)) if !same_expiry(e, expires, tol) => Some(serde_json::json!({
-                    "key": key, "differs": "expires",
-                    "source": e.map(|e| raw_number(&expiry_text(e))), "target": expires.map(|e| raw_number(&expiry_text(e)))
-                })),
-                Some(_) => None,
-            };
-            matched.insert(key);
-            if let Some(line) = line {
-                differences += 1;
-                let _ = serde_json::to_writer(&mut lines.buf, &line);
-                lines.buf.push(b'\n');
-                if let Err(e) = lines.maybe_flush() {
-                    return output_closed(e);
-                }
-            }
-        }
-        let mut only: Vec<String> = here.into_keys().collect();
-        only.sort_unstable();
-        for key in only {
-            differences += 1;
-            let _ = serde_json::to_writer(&mut lines.buf, &serde_json::json!({"key": key, "only_in": "source"}));
-            lines.buf.push(b'\n');
-            if let Err(e) = lines.maybe_flush() {
-                return output_closed(e);
-            }
+        if let Err(e) = compare_bucket(&mut l, &mut r, tolerance.as_secs_f64(), &mut lines, &mut differences) {
+            return output_closed(e);
         }
     }
     if let Err(e) = lines.flush() {
@@ -778,6 +752,69 @@ pub fn diff(
 /// A failed write of differences. A reader that went away (`diff | head -1`) was given one at
 /// least, so the caches differ: status 1, quietly (a quiet 0 would tell a script that they are
 /// the same).
+/// A spooled bucket: each line read back, given to `each`.
+fn each_spooled(
+    bucket: &mut std::io::BufReader<std::fs::File>,
+    each: &mut dyn FnMut(String, Box<serde_json::value::RawValue>, Option<f64>) -> Result<()>,
+) -> Result<()> {
+    let mut text = String::new();
+    loop {
+        text.clear();
+        if bucket.read_line(&mut text).map_err(spool_error)? == 0 {
+            return Ok(());
+        }
+        let (key, value, expires) = read_spooled(text.trim_end())?;
+        each(key, value, expires)?;
+    }
+}
+
+/// Compares one bucket of each side (the source's held in memory, the target's streamed),
+/// writing a line per difference and counting them.
+fn compare_bucket(
+    source: &mut std::io::BufReader<std::fs::File>,
+    target: &mut std::io::BufReader<std::fs::File>,
+    tol: f64,
+    lines: &mut Lines<impl Write>,
+    differences: &mut u64,
+) -> Result<()> {
+    use std::collections::{HashMap, HashSet};
+    let mut here: HashMap<String, (Box<serde_json::value::RawValue>, Option<f64>)> = HashMap::new();
+    each_spooled(source, &mut |key, value, expires| {
+        here.insert(key, (value, expires));
+        Ok(())
+    })?;
+    // A key a walk gives twice (memcached's `metadump all` may) is compared once.
+    let mut matched: HashSet<String> = HashSet::new();
+    let mut emit = |lines: &mut Lines<_>, line: Value| {
+        *differences += 1;
+        let _ = serde_json::to_writer(&mut lines.buf, &line);
+        lines.buf.push(b'\n');
+        lines.maybe_flush()
+    };
+    each_spooled(target, &mut |key, value, expires| {
+        let line = match here.remove(&key) {
+            None if matched.contains(&key) => None,
+            None => Some(serde_json::json!({"key": key, "only_in": "target"})),
+            Some((v, _)) if !same_document(v.get(), value.get()) => {
+                Some(serde_json::json!({"key": key, "differs": "value", "source": v, "target": value}))
+            }
+            Some((_, e)) if !same_expiry(e, expires, tol) => Some(serde_json::json!({
+                "key": key, "differs": "expires",
+                "source": e.map(|e| raw_number(&expiry_text(e))), "target": expires.map(|e| raw_number(&expiry_text(e)))
+            })),
+            Some(_) => None,
+        };
+        matched.insert(key);
+        line.map_or(Ok(()), |line| emit(lines, line))
+    })?;
+    let mut only: Vec<String> = here.into_keys().collect();
+    only.sort_unstable();
+    for key in only {
+        emit(lines, serde_json::json!({"key": key, "only_in": "source"}))?;
+    }
+    Ok(())
+}
+
 fn output_closed(e: Error) -> Result<Outcome> {
     if e.kind() == ErrorKind::BrokenPipe { Ok(Outcome::Missing) } else { Err(e) }
 }

@@ -256,9 +256,12 @@ fn no_table(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("no such table"))
 }
 
-/// The operations of a group, in order, in the transaction `tx` (see `run_group`).
-fn group_in(tx: &rusqlite::Transaction<'_>, ops: &[GroupOp<'_>]) -> rusqlite::Result<Vec<GroupResult>> {
-    // The clock is read once the lock is held, as for a single `set`.
+/// The operations of a group, in order, on `tx` (a transaction: see `run_group`; a single
+/// operation runs through here too, a write in its own `BEGIN IMMEDIATE`). Reads of a file
+/// without the table yet find nothing.
+fn group_in(tx: &Connection, ops: &[GroupOp<'_>]) -> rusqlite::Result<Vec<GroupResult>> {
+    // The clock is read once the write lock is held: waiting for it must not shorten an entry's
+    // life.
     let t = now();
     let mut purged = false;
     let mut out = Vec::with_capacity(ops.len());
@@ -281,6 +284,8 @@ fn group_in(tx: &rusqlite::Transaction<'_>, ops: &[GroupOp<'_>]) -> rusqlite::Re
                     Err(e) if no_table(&e) => None,
                     r => r?,
                 };
+                // Counted from after the read: a write committed just before it must not show more
+                // than was set.
                 GroupResult::Remaining(match row {
                     None => Remaining::Missing,
                     Some(None) => Remaining::NoExpiry,
@@ -360,54 +365,21 @@ impl Backend for Sqlite {
 
     fn get(&mut self, key: &str) -> Result<Option<String>> {
         let Some(conn) = self.reader()? else { return Ok(None) };
-        let r = conn
-            .prepare_cached("SELECT value FROM cache WHERE key = ?1 AND (ttl IS NULL OR ttl > ?2)")
-            .and_then(|mut s| s.query_row(params![key, now()], |r| r.get(0)).optional());
-        match r {
-            Err(e) if no_table(&e) => Ok(None),
-            r => r.map_err(classify),
-        }
+        Ok(match group_in(conn, &[GroupOp::Get(key)]).map_err(classify)?.pop() {
+            Some(GroupResult::Value(v)) => v,
+            _ => None,
+        })
     }
 
     fn set(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<()> {
-        let conn = self.writer()?;
-        immediate(conn, |tx| {
-            // The clock is read once the write lock is held: waiting for it must not shorten
-            // the entry's life.
-            let t = now();
-            tx.execute(
-                "DELETE FROM cache WHERE key IN (SELECT key FROM cache WHERE ttl <= ?1 LIMIT ?2)",
-                params![t, SET_PURGE_BATCH],
-            )?;
-            tx.execute(
-                "INSERT INTO cache (key, value, ttl) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, ttl = excluded.ttl",
-                params![key, value, t + ttl.as_secs_f64()],
-            )?;
-            Ok(())
-        })
+        immediate(self.writer()?, |tx| group_in(tx, &[GroupOp::Set(key, value, ttl)])).map(drop)
     }
 
     fn ttl(&mut self, key: &str) -> Result<Remaining> {
         let Some(conn) = self.reader()? else { return Ok(Remaining::Missing) };
-        let t = now();
-        let r = conn
-            .prepare_cached("SELECT ttl FROM cache WHERE key = ?1 AND (ttl IS NULL OR ttl > ?2)")
-            .and_then(|mut s| s.query_row(params![key, t], |r| r.get::<_, Option<f64>>(0)).optional());
-        let row = match r {
-            Err(e) if no_table(&e) => None,
-            r => r.map_err(classify)?,
-        };
-        // The remaining time is counted from after the read: a write committed just before it
-        // must not show more than was set.
-        let after = now();
-        Ok(match row {
-            None => Remaining::Missing,
-            Some(None) => Remaining::NoExpiry,
-            Some(Some(expiry)) => match Duration::try_from_secs_f64(expiry - after) {
-                Ok(d) if !d.is_zero() => Remaining::Left(d),
-                _ => Remaining::Missing,
-            },
+        Ok(match group_in(conn, &[GroupOp::Ttl(key)]).map_err(classify)?.pop() {
+            Some(GroupResult::Remaining(r)) => r,
+            _ => Remaining::Missing,
         })
     }
 
@@ -415,30 +387,18 @@ impl Backend for Sqlite {
         if !self.path.exists() {
             return Ok(false);
         }
-        let conn = self.writer()?;
-        immediate(conn, |tx| {
-            let t = now();
-            tx.execute(
-                "UPDATE cache SET ttl = ?1 WHERE key = ?2 AND (ttl IS NULL OR ttl > ?3)",
-                params![t + ttl.as_secs_f64(), key, t],
-            )
-        })
-        .map(|n| n > 0)
+        let done = immediate(self.writer()?, |tx| group_in(tx, &[GroupOp::Expire(key, ttl)]))?;
+        Ok(matches!(done.first(), Some(GroupResult::Existed(true))))
     }
 
     fn delete(&mut self, key: &str) -> Result<Option<String>> {
         if !self.path.exists() {
             return Ok(None);
         }
-        let conn = self.writer()?;
-        let t = now();
-        immediate(conn, |tx| {
-            tx.query_row("DELETE FROM cache WHERE key = ?1 RETURNING value, ttl", params![key], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<f64>>(1)?))
-            })
-            .optional()
+        Ok(match immediate(self.writer()?, |tx| group_in(tx, &[GroupOp::Delete(key)]))?.pop() {
+            Some(GroupResult::Value(v)) => v,
+            _ => None,
         })
-        .map(|row| row.and_then(|(v, exp)| exp.is_none_or(|e| e > t).then_some(v)))
     }
 
     fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {

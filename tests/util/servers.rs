@@ -541,36 +541,19 @@ impl OwnPostgres {
                 && Command::new("id").arg("postgres").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
             assert!(ok, "running as root: PostgreSQL needs the postgres user and runuser");
         }
-        // The postgres user must reach the folder: /tmp, not a root-only $TMPDIR.
-        let dir = tempfile::Builder::new().prefix("kcache-pg.").tempdir_in("/tmp").expect("temp dir");
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        }
-        if is_root() {
-            let (uid, gid) = postgres_ids();
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
-        }
-        let mut server = OwnPostgres { dir, bin, port: 0, running: false };
+        let server = OwnPostgres::unstarted(bin);
         let out = server
             .tool("initdb")
             .args(["-D", "data", "-U", "postgres", "--auth=trust", "-N", "-E", "UTF8", "--locale=C"])
             .output()
             .expect("initdb");
         assert!(out.status.success(), "initdb failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        let mut last = String::new();
-        for _ in 0..3 {
-            server.port = free_port();
-            match server.pg_ctl_start() {
-                Ok(()) => return Some(server),
-                Err(e) => last = e,
-            }
-        }
-        panic!("postgresql did not start: {last}");
+        Some(server.started("postgresql"))
     }
 
-    /// A streaming standby of `primary`, of this test's own (`pg_basebackup -R`), started.
-    pub fn standby_of(primary: &OwnPostgres) -> OwnPostgres {
+    /// A cluster folder of its own, nothing in it yet. The postgres user must reach it: /tmp,
+    /// not a root-only $TMPDIR.
+    fn unstarted(bin: PathBuf) -> OwnPostgres {
         let dir = tempfile::Builder::new().prefix("kcache-pg.").tempdir_in("/tmp").expect("temp dir");
         {
             use std::os::unix::fs::PermissionsExt;
@@ -580,7 +563,25 @@ impl OwnPostgres {
             let (uid, gid) = postgres_ids();
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
         }
-        let mut server = OwnPostgres { dir, bin: primary.bin.clone(), port: 0, running: false };
+        OwnPostgres { dir, bin, port: 0, running: false }
+    }
+
+    /// Starts the cluster on a free port (three tries: a port may be taken meanwhile).
+    fn started(mut self, what: &str) -> OwnPostgres {
+        let mut last = String::new();
+        for _ in 0..3 {
+            self.port = free_port();
+            match self.pg_ctl_start() {
+                Ok(()) => return self,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{what} did not start: {last}");
+    }
+
+    /// A streaming standby of `primary`, of this test's own (`pg_basebackup -R`), started.
+    pub fn standby_of(primary: &OwnPostgres) -> OwnPostgres {
+        let server = OwnPostgres::unstarted(primary.bin.clone());
         let out = server
             .tool("pg_basebackup")
             .arg("-h")
@@ -589,15 +590,7 @@ impl OwnPostgres {
             .output()
             .expect("pg_basebackup");
         assert!(out.status.success(), "pg_basebackup failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        let mut last = String::new();
-        for _ in 0..3 {
-            server.port = free_port();
-            match server.pg_ctl_start() {
-                Ok(()) => return server,
-                Err(e) => last = e,
-            }
-        }
-        panic!("the standby did not start: {last}");
+        server.started("the standby")
     }
 
     /// Promotes this standby to a primary (`pg_ctl promote`, waiting for it).

@@ -188,41 +188,71 @@ impl<'s> Dump<'s> {
 /// Reads `keys` (on `c`'s server) in pipelines of `mg <key> v f t c`, and adds the live
 /// entries to `out`. On a failure the connection is given up: replies may be left unread.
 fn lookup(c: &mut Conn, keys: &[String], out: &mut Vec<Live>) -> Result<(), Failure> {
-    let r = lookup_on(c, keys, out);
+    read_held(c, keys, &mut |i, held| {
+        if let Held::Entry { entry, left: Some(left), cas: Some(cas), at } = held {
+            let expires =
+                at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64() + left.as_secs_f64();
+            out.push(Live { key: keys[i].clone(), left, cas, value: entry.value, expires });
+        }
+    })
+}
+
+/// What `mg <key> v f t c` found under a key.
+pub enum Held {
+    Nothing,
+    /// An item that is not Kinto's envelope (another client's).
+    Foreign,
+    /// An entry, with its time left as `ttl` reads it (`None`: its time has passed), its CAS,
+    /// and when the reply was read.
+    Entry {
+        entry: envelope::Entry,
+        left: Option<Duration>,
+        cas: Option<u64>,
+        at: SystemTime,
+    },
+}
+
+/// Reads `keys` (on `c`'s server) in pipelines of `mg <key> v f t c`, giving `each` what each
+/// key holds, in order. Replies may be large: what a pipeline holds after its first command stays
+/// small (see `group.rs`). On a failure the connection is given up: replies may be left unread.
+pub fn read_held<K: AsRef<str>>(c: &mut Conn, keys: &[K], each: &mut dyn FnMut(usize, Held)) -> Result<(), Failure> {
+    let r = (|| {
+        let mut next = 0;
+        while next < keys.len() {
+            let from = next;
+            while next < keys.len() && next - from < MAX_PIPELINE && (next == from || c.queued() < AFTER_READ_BYTES) {
+                c.push(&mg(keys[next].as_ref(), &["t", "c"]));
+                next += 1;
+            }
+            c.send()?;
+            for i in from..next {
+                let reply = c.receive()?;
+                let at = SystemTime::now();
+                let held = match found(c, reply)? {
+                    None => Held::Nothing,
+                    Some(item) => match envelope::decode(
+                        item.value.as_deref().unwrap_or_default(),
+                        item.client_flags.unwrap_or_default(),
+                    ) {
+                        Err(_) => Held::Foreign,
+                        Ok(entry) => {
+                            let left = match item.ttl {
+                                Some(t) => entry.remaining_on(at, t),
+                                None => entry.remaining(at),
+                            };
+                            Held::Entry { entry, left, cas: item.cas, at }
+                        }
+                    },
+                };
+                each(i, held);
+            }
+        }
+        Ok(())
+    })();
     if r.is_err() {
         c.broken = true;
     }
     r
-}
-
-fn lookup_on(c: &mut Conn, keys: &[String], out: &mut Vec<Live>) -> Result<(), Failure> {
-    let mut next = 0;
-    while next < keys.len() {
-        let from = next;
-        // Replies may be large: what follows the first read stays small (see `group.rs`).
-        while next < keys.len() && next - from < MAX_PIPELINE && (next == from || c.queued() < AFTER_READ_BYTES) {
-            c.push(&mg(&keys[next], &["t", "c"]));
-            next += 1;
-        }
-        c.send()?;
-        for key in &keys[from..next] {
-            let reply = c.receive()?;
-            let now = SystemTime::now();
-            let Some(item) = found(c, reply)? else { continue };
-            let bytes = item.value.as_deref().unwrap_or_default();
-            let Ok(entry) = envelope::decode(bytes, item.client_flags.unwrap_or_default()) else { continue };
-            let left = match item.ttl {
-                Some(t) => entry.remaining_on(now, t),
-                None => entry.remaining(now),
-            };
-            if let (Some(left), Some(cas)) = (left, item.cas) {
-                let expires =
-                    now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64() + left.as_secs_f64();
-                out.push(Live { key: key.clone(), left, cas, value: entry.value, expires });
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Removes `chosen` (on `c`'s server) in one pipeline of `md <key> C<cas>`; returns whether

@@ -325,48 +325,18 @@ pub fn load(m: &Memcached, entries: &[crate::backend::Entry], keep_live: bool, w
     first_failure.map_or(Ok(()), Err)
 }
 
-/// Reads the keys of `lane` (on `c`'s server) in pipelines of `mg <key> v f t c`: what each
-/// holds (see [`Found`]). On a failure the connection is given up.
+/// What each key of `lane` holds (see [`Found`]), read by [`super::crawl::read_held`].
 fn look_up(c: &mut Connection<Manager>, lane: &[&crate::backend::Entry]) -> Result<Vec<Found>, Failure> {
+    use super::crawl::{Held, read_held};
+    let keys: Vec<&str> = lane.iter().map(|e| e.key.as_str()).collect();
     let mut out = Vec::with_capacity(lane.len());
-    let mut next = 0;
-    let r = (|| {
-        while next < lane.len() {
-            let from = next;
-            // Replies may be large: what follows the first read stays small (see the module doc).
-            while next < lane.len() && next - from < MAX_PIPELINE && (next == from || c.queued() < AFTER_READ_BYTES) {
-                c.push(&mg(&lane[next].key, &["t", "c"]));
-                next += 1;
-            }
-            c.send()?;
-            for _ in from..next {
-                let reply = c.receive()?;
-                let at = SystemTime::now();
-                out.push(match found(c, reply)? {
-                    None => Found::Nothing,
-                    Some(item) => {
-                        let bytes = item.value.as_deref().unwrap_or_default();
-                        match super::envelope::decode(bytes, item.client_flags.unwrap_or_default()) {
-                            Err(_) => Found::Live, // not Kinto's: left alone
-                            Ok(entry) => {
-                                let left = match item.ttl {
-                                    Some(t) => entry.remaining_on(at, t),
-                                    None => entry.remaining(at),
-                                };
-                                match (left, item.cas) {
-                                    (None, Some(cas)) => Found::Expired(cas),
-                                    _ => Found::Live,
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        }
-        Ok(out)
-    })();
-    if r.is_err() {
-        c.broken = true;
-    }
-    r
+    read_held(c, &keys, &mut |_, held| {
+        out.push(match held {
+            Held::Nothing => Found::Nothing,
+            Held::Entry { left: None, cas: Some(cas), .. } => Found::Expired(cas),
+            // Live, or not Kinto's: left alone.
+            Held::Entry { .. } | Held::Foreign => Found::Live,
+        })
+    })?;
+    Ok(out)
 }

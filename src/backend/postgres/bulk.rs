@@ -14,7 +14,7 @@
 //!   as `sec2ttl()` writes it: the transaction's `now()` (its start) does not stretch the
 //!   entries of a long load.
 
-use super::{Conn, Postgres, REPLY_MARGIN, classify, literal};
+use super::{Conn, Postgres, classify, starts_with, stopped};
 use crate::backend::EachEntry;
 use crate::backend::Entry;
 use crate::error::{Error, ErrorKind, Result};
@@ -54,17 +54,6 @@ pub(super) struct Loader {
     in_flight: usize,
     /// Rows written by the groups so far (for good once committed).
     written: u64,
-}
-
-fn stopped(bound: Duration) -> Error {
-    Error::new(
-        ErrorKind::Unavailable,
-        anyhow::anyhow!(
-            "the server stopped answering: no reply within {:.1} s (pool_timeout + {} s); the connection was abandoned",
-            bound.as_secs_f64(),
-            REPLY_MARGIN.as_secs()
-        ),
-    )
 }
 
 fn thread_gone() -> Error {
@@ -167,10 +156,10 @@ impl Postgres {
 
     /// See [`crate::backend::Backend::entries`] and the module doc.
     pub(super) fn dump_entries(&mut self, start: &str, each: &mut EachEntry<'_>) -> Result<()> {
-        let pattern = literal(&format!("{}%", crate::pattern::like_escape(start)));
+        let starts = starts_with(start);
         let sql = format!(
             "COPY (SELECT key, value, EXTRACT(EPOCH FROM ttl::timestamptz)::float8 FROM cache \
-             WHERE key LIKE {pattern} ESCAPE E'\\\\' AND (ttl IS NULL OR ttl > now())) TO STDOUT"
+             WHERE {starts} AND (ttl IS NULL OR ttl > now())) TO STDOUT"
         );
         let bad = |what: &str| Error::backend("read the dump", anyhow::anyhow!("{what}"));
         self.copy_out(sql, &mut |fields| {
@@ -196,10 +185,10 @@ impl Postgres {
     /// Live entries that start with `start`, in one count; only for a progress bar, so given up
     /// after 2 s (`statement_timeout`) rather than delaying the command.
     pub(super) fn count_live(&mut self, start: &str) -> Option<u64> {
-        let pattern = literal(&format!("{}%", crate::pattern::like_escape(start)));
+        let starts = starts_with(start);
         let sql = format!(
             "BEGIN; SET LOCAL statement_timeout = 2000; \
-             SELECT count(*) FROM cache WHERE key LIKE {pattern} ESCAPE E'\\\\' AND (ttl IS NULL OR ttl > now()); COMMIT;"
+             SELECT count(*) FROM cache WHERE {starts} AND (ttl IS NULL OR ttl > now()); COMMIT;"
         );
         let rows = self.exchange(self.reply_timeout, move |conn| conn.simple_query(&sql).map_err(classify)).ok()?;
         rows.iter().find_map(|m| match m {

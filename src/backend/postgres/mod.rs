@@ -212,18 +212,7 @@ impl Postgres {
     ) -> Result<T> {
         let _ = self.replies.thread(); // starts while the connection is made (see Replies::thread)
         let mut conn = self.pool.get()?;
-        self.replies.within(bound, move || exchange(&mut conn)).unwrap_or_else(|| {
-            Err(Error::new(
-                crate::error::ErrorKind::Unavailable,
-                anyhow::anyhow!(
-                    "the server stopped answering: no reply within {:.1} s (pool_timeout + {} s; {} s at least \
-                     for flush, purge and migrate); the connection was abandoned",
-                    bound.as_secs_f64(),
-                    REPLY_MARGIN.as_secs(),
-                    BULK_REPLY_TIMEOUT.as_secs()
-                ),
-            ))
-        })
+        self.replies.within(bound, move || exchange(&mut conn)).unwrap_or_else(|| Err(stopped(bound)))
     }
 
     /// Runs one statement with typed parameters; errors are classified. A connection that broke
@@ -396,6 +385,20 @@ fn cause_has(e: &postgres::Error, text: &str) -> bool {
     std::iter::successors(std::error::Error::source(e), |c| c.source()).any(|c| c.to_string().contains(text))
 }
 
+/// Status 3 for a reply that did not come within `bound` (see [`Replies`]).
+fn stopped(bound: Duration) -> Error {
+    Error::new(
+        crate::error::ErrorKind::Unavailable,
+        anyhow::anyhow!(
+            "the server stopped answering: no reply within {:.1} s (pool_timeout + {} s; {} s at least \
+             for flush, purge, migrate, dump and load); the connection was abandoned",
+            bound.as_secs_f64(),
+            REPLY_MARGIN.as_secs(),
+            BULK_REPLY_TIMEOUT.as_secs()
+        ),
+    )
+}
+
 /// A string literal safe whatever `standard_conforming_strings` says: `E'...'` with `\` and
 /// `'` escaped. Keys and values never hold NUL (keys refuse control characters; values are
 /// JSON text whose control characters are escaped).
@@ -411,6 +414,13 @@ fn literal(s: &str) -> String {
     }
     out.push('\'');
     out
+}
+
+/// The condition "the key starts with `start`", as SQL: `LIKE 'start%'` with `start` escaped,
+/// exact whatever the column's collation (where it is C, the planner turns it into an index
+/// range). Used by every walk of a prefix (pages, dump, count).
+fn starts_with(start: &str) -> String {
+    format!("key LIKE {} ESCAPE E'\\\\'", literal(&format!("{}%", crate::pattern::like_escape(start))))
 }
 
 /// The statements a batch group executes, prepared once per connection (named, so that the
@@ -504,12 +514,12 @@ impl Postgres {
     /// rows took 48.7 s instead of under one. One round trip: the statements go as one simple
     /// query, the values as escaped literals (as for batch groups).
     fn page(&mut self, start: &str, after: Option<&str>) -> Result<Page> {
-        let pattern = literal(&format!("{}%", crate::pattern::like_escape(start)));
+        let starts = starts_with(start);
         let after = after.map_or(String::new(), |last| format!("AND key > {} ", literal(last)));
         let sql = format!(
             "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; \
              SELECT key::text, EXTRACT(EPOCH FROM (ttl - now()))::float8 FROM cache \
-             WHERE key LIKE {pattern} ESCAPE E'\\\\' {after}AND (ttl IS NULL OR ttl > now()) \
+             WHERE {starts} {after}AND (ttl IS NULL OR ttl > now()) \
              ORDER BY key LIMIT {MATCH_BATCH}; COMMIT;"
         );
         let messages = self.exchange(self.reply_timeout, move |conn| conn.simple_query(&sql).map_err(classify))?;
