@@ -284,6 +284,41 @@ mod tests {
         Ttl::from_duration(std::time::Duration::from_secs(n))
     }
 
+    #[test]
+    fn dump_and_load_keep_values_expiry_and_live_entries() {
+        use crate::backend::Entry;
+        let mut m = Memory::new(None);
+        let now = crate::backend::unix_now();
+        let entries = [
+            Entry { key: "p:a".into(), value: "\"v\"".into(), expires: Some(now + 60.0) },
+            Entry { key: "p:never".into(), value: "1".into(), expires: None },
+            Entry { key: "p:gone".into(), value: "2".into(), expires: Some(now - 1.0) },
+            Entry { key: "q:other".into(), value: "3".into(), expires: None },
+        ];
+        let mut written = 0;
+        m.load(&entries, false, &mut written).unwrap();
+        assert_eq!(written, 3, "the expired entry is skipped");
+        let mut seen = Vec::new();
+        m.entries("p:", &mut |k, v, e| {
+            seen.push((k.to_string(), v.to_string(), e));
+            Ok(true)
+        })
+        .unwrap();
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!((seen[0].0.as_str(), seen[0].1.as_str()), ("p:a", "\"v\""));
+        assert!((seen[0].2.unwrap() - (now + 60.0)).abs() < 0.01, "{:?}", seen[0].2);
+        assert_eq!(seen[1], ("p:never".to_string(), "1".to_string(), None));
+        assert_eq!(m.count("p:"), Some(2));
+        // --no-overwrite keeps the live entry.
+        let again = [Entry { key: "p:a".into(), value: "\"new\"".into(), expires: None }];
+        let mut written = 0;
+        m.load(&again, true, &mut written).unwrap();
+        assert_eq!((written, m.get("p:a").unwrap().as_deref()), (0, Some("\"v\"")));
+        m.load(&again, false, &mut written).unwrap();
+        assert_eq!((written, m.get("p:a").unwrap().as_deref()), (1, Some("\"new\"")));
+    }
+
     // Kinto counts an overwritten key twice (reference §3.3, quirk 14).
     #[test]
     fn overwriting_replaces_the_size() {
