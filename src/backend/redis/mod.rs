@@ -37,6 +37,8 @@
 //! costs seconds (`pool_timeout` caps both); redis-py, as Kinto configures it, waits for the
 //! system's TCP timeouts (minutes).
 
+pub mod link;
+pub mod sentinel;
 pub mod url;
 
 use super::pool::{Pool, PoolSettings};
@@ -44,6 +46,7 @@ use super::{Backend, EachEntry, Entry, FlushScope, GroupOp, GroupResult};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
 use crate::ttl::{Remaining, Ttl};
+use link::Link;
 use redis::{ConnectionLike, ErrorKind, FromRedisValue, RedisError, Value};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,19 +86,32 @@ const SCAN_COUNT: u32 = 1000;
 
 /// A connection of the pool, and whether it must not be reused.
 pub struct Conn {
-    inner: redis::Connection,
+    inner: Link,
     /// Set after an I/O error or timeout: a late reply could otherwise answer the next command.
     broken: bool,
+    /// Reached through Sentinel: a `READONLY` refusal means this master was demoted by a
+    /// failover (status 3, and the next connection asks the sentinels again).
+    failover: bool,
+    /// Writes are reported done only once this many replicas have them (`WAIT`; Sentinel only).
+    wait_replicas: u32,
 }
 
 impl Conn {
-    /// Runs `f` on the connection; an I/O failure marks it broken (r2d2 then drops it).
-    fn run<T>(&mut self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> redis::RedisResult<T> {
+    fn new(inner: Link) -> Conn {
+        Conn { inner, broken: false, failover: false, wait_replicas: 0 }
+    }
+
+    /// Runs `f` on the connection; an I/O failure marks it broken (r2d2 then drops it), and so
+    /// does a demoted master's `READONLY` on a connection found through Sentinel.
+    fn run<T>(&mut self, f: impl FnOnce(&mut Link) -> redis::RedisResult<T>) -> redis::RedisResult<T> {
         let r = f(&mut self.inner);
-        if let Err(e) = &r
-            && (e.is_io_error() || e.is_unrecoverable_error())
-        {
-            self.broken = true;
+        match &r {
+            Err(e) if e.is_io_error() || e.is_unrecoverable_error() => self.broken = true,
+            Err(e) if self.failover && e.code() == Some("READONLY") => {
+                self.broken = true;
+                return Err(demoted(e));
+            }
+            _ => {}
         }
         r
     }
@@ -103,25 +119,100 @@ impl Conn {
     fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
         self.run(|c| cmd.query(c))
     }
+
+    /// Sends `packed` and reads one reply per command (see [`Packed::send`]). Through Sentinel,
+    /// a `READONLY` reply marks the connection broken and becomes a demoted master's refusal.
+    fn send(&mut self, packed: &Packed) -> redis::RedisResult<Vec<Value>> {
+        let mut replies = self.run(|c| packed.send(c))?;
+        if self.failover {
+            for r in &mut replies {
+                if let Value::ServerError(e) = r
+                    && e.code() == "READONLY"
+                {
+                    self.broken = true;
+                    let resp = format!("-READONLY {} {DEMOTED}\r\n", e.details().unwrap_or_default());
+                    *r = redis::parse_redis_value(resp.as_bytes()).unwrap_or(Value::Nil);
+                }
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Waits until the connection's `wait_replicas` replicas have the writes sent so far (at most
+    /// [`WAIT_MS`]): a write is reported done only then, so that a failover to that replica
+    /// keeps it. Nothing to wait for without Sentinel.
+    fn wait_for_replicas(&mut self) -> redis::RedisResult<()> {
+        let n = self.wait_replicas;
+        if n == 0 {
+            return Ok(());
+        }
+        let acked: u32 = self.query(redis::cmd("WAIT").arg(n).arg(WAIT_MS))?;
+        self.check_acked(acked)
+    }
+
+    /// What `WAIT` answered: fewer replicas than asked for is a failure (and the connection is
+    /// not reused: the next one asks the sentinels again, in case the master was demoted).
+    fn check_acked(&mut self, acked: u32) -> redis::RedisResult<()> {
+        let n = self.wait_replicas;
+        if acked >= n {
+            return Ok(());
+        }
+        self.broken = true;
+        let why = format!(
+            "the master has the write, but {acked} of the {n} replica(s) asked for confirmed it within {WAIT_MS} ms \
+             (wait_replicas in the URL), so it is not reported as done: a failover could lose it"
+        );
+        // As the server's own NOREPLICAS (what a master with min-replicas-to-write answers): status 3.
+        let refusal = redis::parse_redis_value(format!("-NOREPLICAS {why}\r\n").as_bytes());
+        Err(refusal.and_then(Value::extract_error).err().unwrap_or_else(wrong_reply_count))
+    }
 }
 
-/// Opens connections: the TCP (and TLS) connect through the redis crate, with a timeout (its
-/// own r2d2 manager has none), then kcache's own handshake, `AUTH` and `SELECT`, or a `PING`
-/// when there are neither, all within the connect timeout in total. A server that accepts the
-/// connection but does not answer, frozen or overloaded, thus fails the connect. Not the crate's
-/// handshake (user, password and db in `RedisConnectionInfo`), measured with redis 1.8.1,
-/// `get_connection_with_timeout(2 s)`, against a server stopped with SIGSTOP: with a password
-/// and a db it failed after 4.03 s (one timeout per reply); with neither it "connected" in
-/// 66 µs without a round trip, leaving the frozen server to the first command (10 s, and no
-/// longer a failure before sending); and a wrong password came back as "Password
-/// authentication failed", without the server's `WRONGPASS ...`.
+/// How long a write through Sentinel waits for its replicas (`WAIT`).
+const WAIT_MS: u64 = 1000;
+
+/// Said of a `READONLY` refusal on a connection found through Sentinel.
+const DEMOTED: &str = "(this master was demoted by a failover; the next connection asks the sentinels again)";
+
+/// A demoted master's refusal, from the server's `READONLY`.
+fn demoted(e: &RedisError) -> RedisError {
+    let detail = format!("{} {DEMOTED}", e.detail().unwrap_or_default());
+    RedisError::from((ErrorKind::Server(redis::ServerErrorKind::ReadOnly), "READONLY", detail))
+}
+
+/// Opens connections, each a [`Conn`]:
+/// - to one server: the TCP (and TLS) connect through the redis crate, with a timeout (its own
+///   r2d2 manager has none), then kcache's own handshake, `AUTH` and `SELECT`, or a `PING` when
+///   there are neither, all within the connect timeout in total. A server that accepts the
+///   connection but does not answer, frozen or overloaded, thus fails the connect. Not the
+///   crate's handshake (user, password and db in `RedisConnectionInfo`), measured with redis
+///   1.8.1, `get_connection_with_timeout(2 s)`, against a server stopped with SIGSTOP: with a
+///   password and a db it failed after 4.03 s (one timeout per reply); with neither it
+///   "connected" in 66 µs without a round trip, leaving the frozen server to the first command
+///   (10 s, and no longer a failure before sending); and a wrong password came back as "Password
+///   authentication failed", without the server's `WRONGPASS ...`;
+/// - through Sentinel: the master's address asked of the sentinels ([`sentinel::Lookup`]) at
+///   each connect, then the same;
+/// - to a Redis Cluster: the crate's cluster client (it connects to a seed node, reads the slot
+///   map, and connects to the other nodes as commands need them), with the connect timeout per
+///   node and [`COMMAND_TIMEOUT`] per reply.
 pub struct Manager {
-    /// A client without user, password or database: its connect does no round trip.
-    client: redis::Client,
+    source: Source,
     username: Option<String>,
     password: Option<String>,
     db: u32,
     connect_timeout: Duration,
+}
+
+enum Source {
+    /// One server; a client without user, password or database: its connect does no round trip.
+    Direct(redis::Client),
+    /// The master of a service, found through sentinels at each connect.
+    Sentinel {
+        lookup: sentinel::Lookup,
+        wait_replicas: u32,
+    },
+    Cluster(redis::cluster::ClusterClient),
 }
 
 impl Manager {
@@ -140,16 +231,12 @@ impl Manager {
         conn.inner.set_write_timeout(Some(left))?;
         conn.query::<()>(cmd).map_err(|e| if e.is_timeout() { timed_out() } else { e })
     }
-}
 
-impl r2d2::ManageConnection for Manager {
-    type Connection = Conn;
-    type Error = RedisError;
-
-    fn connect(&self) -> std::result::Result<Conn, RedisError> {
-        let started = Instant::now();
-        let inner = self.client.get_connection_with_timeout(self.connect_timeout)?;
-        let mut conn = Conn { inner, broken: false };
+    /// Connects to one server and runs kcache's handshake (see [`Manager`]).
+    fn connect_to(&self, client: &redis::Client, started: Instant) -> std::result::Result<Conn, RedisError> {
+        let left = self.connect_timeout.checked_sub(started.elapsed()).filter(|d| !d.is_zero());
+        let inner = client.get_connection_with_timeout(left.unwrap_or(Duration::from_millis(1)))?;
+        let mut conn = Conn::new(Link::One(inner));
         if let Some(password) = &self.password {
             let mut auth = redis::cmd("AUTH");
             auth.arg(self.username.as_deref()).arg(password);
@@ -173,6 +260,31 @@ impl r2d2::ManageConnection for Manager {
         conn.inner.set_read_timeout(Some(COMMAND_TIMEOUT))?;
         conn.inner.set_write_timeout(Some(COMMAND_TIMEOUT))?;
         Ok(conn)
+    }
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = RedisError;
+
+    fn connect(&self) -> std::result::Result<Conn, RedisError> {
+        let started = Instant::now();
+        match &self.source {
+            Source::Direct(client) => self.connect_to(client, started),
+            Source::Sentinel { lookup, wait_replicas } => {
+                let addr = lookup.master(self.connect_timeout)?;
+                let client = open_client(addr, lookup.ca_pem.as_deref())?;
+                let mut conn = self.connect_to(&client, started)?;
+                conn.failover = true;
+                conn.wait_replicas = *wait_replicas;
+                Ok(conn)
+            }
+            Source::Cluster(client) => {
+                let inner = client.get_connection()?;
+                inner.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+                Ok(Conn::new(Link::Cluster(Box::new(inner))))
+            }
+        }
     }
 
     fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), RedisError> {
@@ -206,6 +318,8 @@ struct Missing {
 pub struct Redis {
     pool: Arc<Pool<Manager>>,
     missing: Arc<Missing>,
+    /// A Redis Cluster (`redis+cluster://`).
+    cluster: bool,
 }
 
 /// Builds the redis backend (no I/O, except reading `ssl_ca_certs` when the URL names one).
@@ -216,14 +330,14 @@ pub fn open(settings: &Settings, _env: &dyn Fn(&str) -> Option<String>, workers:
 impl Redis {
     pub fn new(settings: &Settings, workers: u32) -> Result<Redis> {
         let target = url::parse(settings.url.as_deref())?;
-        let client = client(&target)?;
         let timeout = settings.pool_timeout.unwrap_or(DEFAULT_POOL_TIMEOUT);
+        let connect_timeout = timeout.min(CONNECT_TIMEOUT);
         let manager = Manager {
-            client,
+            source: source(&target, connect_timeout)?,
             username: target.username.clone(),
             password: target.password.clone(),
             db: target.db,
-            connect_timeout: timeout.min(CONNECT_TIMEOUT),
+            connect_timeout,
         };
         let pool = Pool::new(
             manager,
@@ -239,7 +353,8 @@ impl Redis {
             target.location,
             classify_connect,
         );
-        Ok(Redis { pool: Arc::new(pool), missing: Arc::default() })
+        let cluster = matches!(target.topology, url::Topology::Cluster { .. });
+        Ok(Redis { pool: Arc::new(pool), missing: Arc::default(), cluster })
     }
 
     /// The pool this backend draws from (shared with its forks).
@@ -276,6 +391,38 @@ impl Redis {
             if keys.is_empty() { Ok(true) } else { page(conn, keys) }
         })
     }
+
+    /// A cluster's dump: [`Redis::scan`] of each master, and for each page the `GET` and the
+    /// `PEXPIRETIME` (`PTTL` before Redis 7.0) of each key in one pipeline, split per node by
+    /// the crate (a cross-slot `MGET` cannot be pipelined). Entries as [`give_page`] reads them.
+    fn cluster_entries(&mut self, start: &str, each: &mut EachEntry<'_>) -> Result<()> {
+        if !self.missing.pexpiretime.load(Ordering::Relaxed) {
+            let probe = self.with(|c| Ok(c.query::<i64>(redis::cmd("PEXPIRETIME").arg("kcache:\u{0}probe"))));
+            if let Err(e) = probe? {
+                if e.code().is_none() {
+                    return Err(classify(e));
+                }
+                self.missing.pexpiretime.store(true, Ordering::Relaxed);
+            }
+        }
+        let absolute = !self.missing.pexpiretime.load(Ordering::Relaxed);
+        let expiry = if absolute { "PEXPIRETIME" } else { "PTTL" };
+        self.scan(start, &mut |conn, keys| {
+            let mut packed = Packed::on(conn);
+            for key in &keys {
+                packed.push(("GET", key.as_str()));
+            }
+            for key in &keys {
+                packed.push((expiry, key.as_str()));
+            }
+            let mut replies = conn.send(&packed).map_err(classify)?;
+            let times = replies.split_off(keys.len().min(replies.len()));
+            // As MGET answers: a key that is not a string has no value.
+            let values = replies.into_iter().map(|v| if matches!(v, Value::ServerError(_)) { Value::Nil } else { v });
+            let mut page: Vec<Value> = std::iter::once(Value::Array(values.collect())).chain(times).collect();
+            give_page(&keys, &mut page, absolute, each)
+        })
+    }
 }
 
 /// What [`scan_pages`] gives each reply's keys to: `false` stops the walk.
@@ -284,24 +431,27 @@ type ScanPage<'a> = dyn FnMut(&mut Conn, Vec<Vec<u8>>) -> Result<bool> + 'a;
 /// The `SCAN cursor MATCH <start escaped>* COUNT 1000` loop on `conn`: `page` gets each reply's
 /// keys that start with `start` (as bytes: every key, UTF-8 or not), until it returns `false`
 /// or the cursor comes back to 0. The one SCAN loop of the module (walk, flush of a prefix,
-/// stats).
+/// stats, a cluster's dump). On a cluster, each master in turn ([`Link::masters`]).
 fn scan_pages(conn: &mut Conn, start: &str, page: &mut ScanPage<'_>) -> Result<()> {
     let pattern = format!("{}*", glob_escape(start));
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, mut keys): (u64, Vec<Vec<u8>>) = conn
-            .query(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT))
-            .map_err(classify)?;
-        // The escaped pattern matches only these; checked again all the same.
-        keys.retain(|k| k.starts_with(start.as_bytes()));
-        if !keys.is_empty() && !page(conn, keys)? {
-            return Ok(());
+    for node in conn.run(Link::masters).map_err(classify)? {
+        let mut cursor: u64 = 0;
+        loop {
+            let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT).clone();
+            let (next, mut keys): (u64, Vec<Vec<u8>>) =
+                conn.run(|c| redis::from_redis_value(c.on(&node, &scan)?).map_err(Into::into)).map_err(classify)?;
+            // The escaped pattern matches only these; checked again all the same.
+            keys.retain(|k| k.starts_with(start.as_bytes()));
+            if !keys.is_empty() && !page(conn, keys)? {
+                return Ok(());
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
     }
+    Ok(())
 }
 
 /// How many replies of a walk [`Recent`] remembers the keys of.
@@ -344,45 +494,101 @@ impl Recent {
     }
 }
 
-/// The redis client for a parsed URL.
-fn client(target: &url::Target) -> Result<redis::Client> {
-    use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
-    // No user, password or database here, and no `CLIENT SETINFO`: see [`Manager`].
-    let redis_info = RedisConnectionInfo::default().set_skip_set_lib_name();
-    let (addr, ca_file) = match &target.addr {
-        url::Addr::Tcp { host, port, tls: None } => (ConnectionAddr::Tcp(host.clone(), *port), None),
-        url::Addr::Tcp { host, port, tls: Some(tls) } => {
-            if !cfg!(feature = "tls") {
-                return Err(Error::input(format!(
-                    "{} needs TLS, and this kcache was built without the tls feature (see kcache --version)",
-                    target.location
-                )));
-            }
-            let addr =
-                ConnectionAddr::TcpTls { host: host.clone(), port: *port, insecure: tls.insecure, tls_params: None };
-            (addr, tls.ca_file.as_ref())
-        }
-        url::Addr::Unix(path) => (ConnectionAddr::Unix(path.clone()), None),
+/// How connections reach the servers of a parsed URL (no I/O but reading `ssl_ca_certs`).
+fn source(target: &url::Target, connect_timeout: Duration) -> Result<Source> {
+    use redis::ConnectionAddr;
+    let (tls, ca_file) = match &target.addr {
+        url::Addr::Tcp { tls: Some(tls), .. } => (Some(tls.insecure), tls.ca_file.as_ref()),
+        _ => (None, None),
+    };
+    if tls.is_some() && !cfg!(feature = "tls") {
+        return Err(Error::input(format!(
+            "{} needs TLS, and this kcache was built without the tls feature (see kcache --version)",
+            target.location
+        )));
+    }
+    let ca_pem = match ca_file {
+        None => None,
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            Error::input(format!("cannot read ssl_ca_certs {} of {}: {e}", path.display(), target.location))
+        })?),
+    };
+    let tcp = |host: &str, port: u16| match tls {
+        None => ConnectionAddr::Tcp(host.to_string(), port),
+        Some(insecure) => ConnectionAddr::TcpTls { host: host.to_string(), port, insecure, tls_params: None },
     };
     let bad = |e: RedisError| Error::input(format!("bad redis URL {}: {e}", target.location));
-    let info = addr
-        .into_connection_info()
-        .map_err(bad)?
-        .set_redis_settings(redis_info)
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    match ca_file {
-        None => redis::Client::open(info).map_err(bad),
-        #[cfg(feature = "tls")]
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                Error::input(format!("cannot read ssl_ca_certs {} of {}: {e}", path.display(), target.location))
-            })?;
-            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
-            redis::Client::build_with_tls(info, certs)
-                .map_err(|e| Error::input(format!("bad ssl_ca_certs {} of {}: {e}", path.display(), target.location)))
+    Ok(match &target.topology {
+        url::Topology::Single => {
+            let addr = match &target.addr {
+                url::Addr::Tcp { host, port, .. } => tcp(host, *port),
+                url::Addr::Unix(path) => ConnectionAddr::Unix(path.clone()),
+            };
+            Source::Direct(open_client(addr, ca_pem.as_deref()).map_err(|e| match &ca_file {
+                Some(path) => Error::input(format!("bad ssl_ca_certs {} of {}: {e}", path.display(), target.location)),
+                None => bad(e),
+            })?)
         }
+        url::Topology::Sentinel { sentinels, service, username, password } => {
+            let wait_replicas = target.wait_replicas.unwrap_or(1);
+            let lookup = sentinel::Lookup {
+                sentinels: sentinels.iter().map(|(h, p)| tcp(h, *p)).collect(),
+                service: service.clone(),
+                username: target.username.clone(),
+                password: target.password.clone(),
+                db: target.db,
+                sentinel_username: username.clone(),
+                sentinel_password: password.clone(),
+                tls,
+                ca_pem,
+                client: std::sync::Mutex::new(None),
+            };
+            Source::Sentinel { lookup, wait_replicas }
+        }
+        url::Topology::Cluster { nodes } => {
+            let seeds = nodes.iter().map(|(h, p)| tcp(h, *p));
+            let mut b = redis::cluster::ClusterClient::builder(seeds)
+                .connection_timeout(connect_timeout)
+                .response_timeout(COMMAND_TIMEOUT)
+                .retries(CLUSTER_RETRIES)
+                .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+            if let Some(u) = &target.username {
+                b = b.username(u);
+            }
+            if let Some(p) = &target.password {
+                b = b.password(p);
+            }
+            #[cfg(feature = "tls")]
+            if let Some(pem) = ca_pem {
+                b = b.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem) });
+            }
+            Source::Cluster(b.build().map_err(bad)?)
+        }
+    })
+}
+
+/// How many times the cluster client sends a command again (after a redirection, a
+/// `TRYAGAIN`, a lost node): a resharding needs two (`ASK`, then `MOVED`); the crate's 16, each
+/// possibly a connect timeout, would keep a command on a dead node for over a minute.
+const CLUSTER_RETRIES: u32 = 4;
+
+/// A client for one server at `addr` (TLS checked against `ca_pem` when given), without user,
+/// password, database or `CLIENT SETINFO`: see [`Manager`].
+fn open_client(addr: redis::ConnectionAddr, ca_pem: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    use redis::{IntoConnectionInfo, RedisConnectionInfo};
+    let info = addr
+        .into_connection_info()?
+        .set_redis_settings(RedisConnectionInfo::default().set_skip_set_lib_name())
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    match ca_pem {
+        None => redis::Client::open(info),
+        #[cfg(feature = "tls")]
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates { client_tls: None, root_cert: Some(pem.to_vec()) },
+        ),
         #[cfg(not(feature = "tls"))]
-        Some(_) => unreachable!("refused above without the tls feature"),
+        Some(_) => redis::Client::open(info),
     }
 }
 
@@ -427,8 +633,10 @@ pub fn classify(e: RedisError) -> Error {
              (or set SSL_CERT_FILE), or #insecure to skip the check",
         );
     }
-    if e.is_io_error() || code.as_deref().is_some_and(|c| UNAVAILABLE_CODES.contains(&c)) || max_clients {
+    let demoted = code.as_deref() == Some("READONLY") && detail.ends_with(DEMOTED);
+    if e.is_io_error() || code.as_deref().is_some_and(|c| UNAVAILABLE_CODES.contains(&c)) || max_clients || demoted {
         let what = match &code {
+            _ if demoted => "the redis master was demoted by a failover".to_string(),
             Some(c) => format!("redis cannot do it now ({c})"),
             None => "lost the connection to redis".to_string(),
         };
@@ -586,19 +794,44 @@ fn wrong_reply_count() -> RedisError {
 /// `redis::pipe()`, which allocates a `Cmd` per command: kcache's CPU time for a 100,000-line
 /// set/get batch (`--jobs 1`, median of 21 runs) was 63.9 ms with it, 55.8 ms with this.
 #[derive(Default)]
+///
+/// For a cluster the commands go into a [`redis::cluster::ClusterPipeline`] instead, which the
+/// crate splits per node ([`Link::send_cluster`]).
 struct Packed {
     bytes: Vec<u8>,
     cmd: redis::Cmd,
     /// How many commands, so how many replies to read.
     count: usize,
+    cluster: Option<redis::cluster::ClusterPipeline>,
 }
 
 impl Packed {
+    /// An empty one for `conn`'s kind of connection.
+    fn on(conn: &Conn) -> Packed {
+        let cluster = conn.inner.is_cluster().then(redis::cluster::cluster_pipe);
+        Packed { cluster, ..Packed::default() }
+    }
+
     /// Appends one command: its name and arguments, as a tuple (`("GET", key)`).
     fn push(&mut self, args: impl redis::ToRedisArgs) {
+        self.count += 1;
+        if let Some(pipe) = &mut self.cluster {
+            let mut cmd = redis::Cmd::new();
+            cmd.arg(args);
+            pipe.add_command(cmd);
+            return;
+        }
         self.cmd.clear();
         self.cmd.arg(args).write_packed_command(&mut self.bytes);
-        self.count += 1;
+    }
+
+    /// Empties it, to be filled again.
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.count = 0;
+        if let Some(pipe) = &mut self.cluster {
+            pipe.clear();
+        }
     }
 
     /// Appends the commands of `op`, the same the single-operation method sends; `old`: the
@@ -624,9 +857,15 @@ impl Packed {
     /// after a timeout, to stay in step with the server: measured with redis 1.8.1 against a
     /// server stopped with SIGSTOP, 4 GETs with a 1 s read timeout failed after 4.08 s, so a
     /// group of 256 commands would wait 256 command timeouts (43 minutes); this waits one.
-    fn send(&self, c: &mut redis::Connection) -> redis::RedisResult<Vec<Value>> {
-        c.send_packed_command(&self.bytes)?;
-        (0..self.count).map(|_| c.recv_response()).collect()
+    fn send(&self, c: &mut Link) -> redis::RedisResult<Vec<Value>> {
+        match (c, &self.cluster) {
+            (Link::One(c), _) => {
+                c.send_packed_command(&self.bytes)?;
+                (0..self.count).map(|_| c.recv_response()).collect()
+            }
+            (link, Some(pipe)) => link.send_cluster(pipe),
+            (Link::Cluster(_), None) => Err(wrong_reply_count()),
+        }
     }
 }
 
@@ -683,7 +922,7 @@ fn delete_on(missing: &Missing, c: &mut Conn, key: &str) -> redis::RedisResult<O
     // Redis < 6.2: the same, atomic, in a transaction (sent and read as a group sends it).
     let mut packed = Packed::default();
     packed.add(&GroupOp::Delete(key), true);
-    let replies = c.run(|inner| packed.send(inner))?;
+    let replies = c.send(&packed)?;
     let [multi, get, del, exec]: [Value; 4] = replies.try_into().map_err(|_| wrong_reply_count())?;
     multi_del(multi, get, del, exec)
 }
@@ -691,13 +930,29 @@ fn delete_on(missing: &Missing, c: &mut Conn, key: &str) -> redis::RedisResult<O
 /// Sends `ops` as one pipeline on `conn` (one write, then every reply): one result per
 /// operation; `Err` when the exchange itself failed (connection lost, timeout), for all of them.
 fn pipeline(conn: &mut Conn, ops: &[GroupOp<'_>], old: bool) -> Result<Vec<Result<GroupResult>>> {
-    let mut packed = Packed { bytes: Vec::with_capacity(ops.len() * 48), ..Packed::default() };
+    let mut packed = Packed::on(conn);
+    packed.bytes.reserve(ops.len() * 48);
     for op in ops {
         packed.add(op, old);
     }
-    let mut replies = conn.run(|c| packed.send(c)).map_err(classify)?.into_iter();
+    let n = conn.wait_replicas;
+    let writes = n > 0 && ops.iter().any(|op| !matches!(op, GroupOp::Get(_) | GroupOp::Ttl(_)));
+    if writes {
+        packed.push(("WAIT", n, WAIT_MS));
+    }
+    let mut replies = conn.send(&packed).map_err(classify)?.into_iter();
     let mut next = || replies.next().unwrap_or(Value::Nil);
-    Ok(ops.iter().map(|op| read(op, old, &mut next)).collect())
+    let mut results: Vec<Result<GroupResult>> = ops.iter().map(|op| read(op, old, &mut next)).collect();
+    if writes && let Err(e) = reply::<u32>(next()).and_then(|acked| conn.check_acked(acked)) {
+        // The writes of the group are not confirmed; what it read stands.
+        let e = classify(e);
+        for (op, r) in ops.iter().zip(&mut results) {
+            if r.is_ok() && !matches!(op, GroupOp::Get(_) | GroupOp::Ttl(_)) {
+                *r = Err(e.clone());
+            }
+        }
+    }
+    Ok(results)
 }
 
 /// Fails the `n` operations left of a group with `e` (the last one gets `e` itself).
@@ -711,6 +966,31 @@ fn fail_rest(out: &mut Vec<Result<GroupResult>>, n: usize, e: Error) {
     out.push(Err(e));
 }
 
+/// One server's figures from its `INFO`: items are the keys of every database, `max_bytes` is
+/// `maxmemory` (absent when 0: no limit).
+fn server_stats(info: &str, address: String) -> crate::stats::ServerStats {
+    let field =
+        |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(|v| v.trim().to_string());
+    let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
+    let items = info
+        .lines()
+        .filter(|l| l.starts_with("db"))
+        .filter_map(|l| l.split_once(":keys=")?.1.split(',').next()?.parse::<u64>().ok())
+        .sum();
+    crate::stats::ServerStats {
+        version: field("redis_version"),
+        uptime_s: number("uptime_in_seconds"),
+        items: Some(items),
+        bytes: number("used_memory"),
+        max_bytes: number("maxmemory").filter(|n| *n > 0),
+        evictions: number("evicted_keys"),
+        hits: number("keyspace_hits"),
+        misses: number("keyspace_misses"),
+        connections: number("connected_clients"),
+        ..crate::stats::ServerStats::up(address)
+    }
+}
+
 impl Backend for Redis {
     fn name(&self) -> &'static str {
         "redis"
@@ -721,7 +1001,7 @@ impl Backend for Redis {
     }
 
     fn fork(&self) -> Result<Box<dyn Backend>> {
-        Ok(Box::new(Redis { pool: Arc::clone(&self.pool), missing: Arc::clone(&self.missing) }))
+        Ok(Box::new(Redis { pool: Arc::clone(&self.pool), missing: Arc::clone(&self.missing), cluster: self.cluster }))
     }
 
     /// `INFO` first (its hits and misses do not count the reads below), then the prefix's keys:
@@ -744,38 +1024,31 @@ impl Backend for Redis {
             Ok(c) => c,
             Err(e) => return down(e),
         };
-        let info: String = match conn.query(&redis::cmd("INFO")).map_err(classify) {
-            Ok(i) => i,
+        let nodes = match conn.run(Link::masters).map_err(classify) {
+            Ok(n) => n,
             Err(e) => return down(e),
         };
-        let field = |name: &str| {
-            info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(|v| v.trim().to_string())
-        };
-        let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
-        let items = info
-            .lines()
-            .filter(|l| l.starts_with("db"))
-            .filter_map(|l| l.split_once(":keys=")?.1.split(',').next()?.parse::<u64>().ok())
-            .sum();
-        let server = ServerStats {
-            version: field("redis_version"),
-            uptime_s: number("uptime_in_seconds"),
-            items: Some(items),
-            bytes: number("used_memory"),
-            max_bytes: number("maxmemory").filter(|n| *n > 0),
-            evictions: number("evicted_keys"),
-            hits: number("keyspace_hits"),
-            misses: number("keyspace_misses"),
-            connections: number("connected_clients"),
-            ..ServerStats::up(address.clone())
-        };
+        // One server's figures each (a cluster: each master, named by its address).
+        let mut servers = Vec::with_capacity(nodes.len());
+        for node in &nodes {
+            let named = node.address().unwrap_or_else(|| address.clone());
+            let info =
+                conn.run(|c| redis::from_redis_value::<String>(c.on(node, &redis::cmd("INFO"))?).map_err(Into::into));
+            match info.map_err(classify) {
+                Ok(info) => servers.push(server_stats(&info, named)),
+                Err(e) if nodes.len() > 1 && keep_going && e.kind() == crate::error::ErrorKind::Unavailable => {
+                    servers.push(ServerStats::down(named, &e))
+                }
+                Err(e) => return down(e),
+            }
+        }
         let (mut entries, mut bytes) = (0u64, 0u64);
         scan_pages(&mut conn, prefix, &mut |conn, keys| {
-            let mut packed = Packed::default();
+            let mut packed = Packed::on(conn);
             for key in &keys {
                 packed.push(("STRLEN", key.as_slice()));
             }
-            for len in conn.run(|c| packed.send(c)).map_err(classify)? {
+            for len in conn.send(&packed).map_err(classify)? {
                 if let Ok(n @ 1..) = reply::<u64>(len) {
                     entries += 1;
                     bytes += n;
@@ -783,7 +1056,7 @@ impl Backend for Redis {
             }
             Ok(true)
         })?;
-        Ok(Stats { entries: Some(entries), value_bytes: Some(bytes), servers: Some(vec![server]), ..Stats::default() })
+        Ok(Stats { entries: Some(entries), value_bytes: Some(bytes), servers: Some(servers), ..Stats::default() })
     }
 
     fn get(&mut self, key: &str) -> Result<Option<String>> {
@@ -791,7 +1064,10 @@ impl Backend for Redis {
     }
 
     fn set(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<()> {
-        self.with(|c| c.query(redis::cmd("PSETEX").arg(key).arg(millis(ttl)).arg(value)))
+        self.with(|c| {
+            c.query::<()>(redis::cmd("PSETEX").arg(key).arg(millis(ttl)).arg(value))?;
+            c.wait_for_replicas()
+        })
     }
 
     fn ttl(&mut self, key: &str) -> Result<Remaining> {
@@ -799,13 +1075,19 @@ impl Backend for Redis {
     }
 
     fn expire(&mut self, key: &str, ttl: Ttl) -> Result<bool> {
-        let set: i64 = self.with(|c| c.query(redis::cmd("PEXPIRE").arg(key).arg(millis(ttl))))?;
+        let set: i64 = self.with(|c| {
+            let set = c.query(redis::cmd("PEXPIRE").arg(key).arg(millis(ttl)))?;
+            c.wait_for_replicas().map(|()| set)
+        })?;
         Ok(set == 1)
     }
 
     fn delete(&mut self, key: &str) -> Result<Option<String>> {
         let missing = Arc::clone(&self.missing);
-        text(self.with(|c| delete_on(&missing, c, key))?)
+        text(self.with(|c| {
+            let value = delete_on(&missing, c, key)?;
+            c.wait_for_replicas().map(|()| value)
+        })?)
     }
 
     fn run_group(&mut self, ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
@@ -825,8 +1107,10 @@ impl Backend for Redis {
             let old = self.missing.getdel.load(Ordering::Relaxed);
             let known = old || self.missing.getdel_known.load(Ordering::Relaxed);
             // Until the server is known to have GETDEL or not, the first delete goes alone (it
-            // learns which form works); what comes before it and after it is pipelined.
-            let first_delete = if known { None } else { rest.iter().position(|op| matches!(op, GroupOp::Delete(_))) };
+            // learns which form works); what comes before it and after it is pipelined. On a
+            // cluster every delete goes alone (see [`link`]: its value could be lost).
+            let alone = self.cluster || !known;
+            let first_delete = if alone { rest.iter().position(|op| matches!(op, GroupOp::Delete(_))) } else { None };
             let now = &rest[..first_delete.unwrap_or(rest.len())];
             if !now.is_empty() {
                 match pipeline(&mut conn, now, old) {
@@ -839,7 +1123,7 @@ impl Backend for Redis {
             }
             rest = &rest[now.len()..];
             if let Some(GroupOp::Delete(key)) = first_delete.and(rest.first()) {
-                match delete_on(&self.missing, &mut conn, key) {
+                match delete_on(&self.missing, &mut conn, key).and_then(|v| conn.wait_for_replicas().map(|()| v)) {
                     Err(e) if conn.broken => {
                         fail_rest(&mut out, rest.len(), classify(e));
                         break;
@@ -872,14 +1156,12 @@ impl Backend for Redis {
     /// `SCAN` pages (see [`Redis::scan`]), then the `PTTL` of each page's keys in one pipeline:
     /// a key gone since (-2, or 0: expiring this millisecond) is left out.
     fn walk(&mut self, start: &str, each: &mut dyn FnMut(&str, Remaining) -> bool) -> Result<()> {
-        let mut packed = Packed::default();
         self.scan(start, &mut |conn, keys| {
-            packed.bytes.clear();
-            packed.count = 0;
+            let mut packed = Packed::on(conn);
             for key in &keys {
                 packed.push(("PTTL", key.as_str()));
             }
-            let replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+            let replies = conn.send(&packed).map_err(classify)?;
             for (key, ms) in keys.iter().zip(replies) {
                 match remaining(reply(ms).map_err(classify)?) {
                     Remaining::Missing => {}
@@ -901,6 +1183,9 @@ impl Backend for Redis {
     /// travel: 100 ms on a link with 100 ms each way); servers before Redis 7.0 get `PTTL`. A
     /// key gone since, empty (a miss for Kinto), not a string or not UTF-8 is no entry.
     fn entries(&mut self, start: &str, each: &mut EachEntry<'_>) -> Result<()> {
+        if self.cluster {
+            return self.cluster_entries(start, each);
+        }
         let mut conn = self.pool.get()?;
         let pattern = format!("{}*", glob_escape(start));
         let scan = |cursor: u64| ("SCAN", cursor, "MATCH", pattern.clone(), "COUNT", DUMP_SCAN_COUNT);
@@ -912,7 +1197,7 @@ impl Backend for Redis {
             packed.push(("PEXPIRETIME", "kcache:\u{0}probe"));
         }
         packed.push(scan(0));
-        let mut replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+        let mut replies = conn.send(&packed).map_err(classify)?;
         if probe && let Some(Err(e)) = (!replies.is_empty()).then(|| reply::<i64>(replies.remove(0))) {
             // Unknown to the server, or not allowed to this user (NOPERM): PTTL then.
             if e.code().is_none() {
@@ -941,8 +1226,7 @@ impl Backend for Redis {
                     .filter_map(|k| String::from_utf8(k).ok())
                     .collect(),
             );
-            packed.bytes.clear();
-            packed.count = 0;
+            packed.clear();
             if !coming.is_empty() {
                 packed.push(("MGET", &coming[..]));
             }
@@ -953,7 +1237,7 @@ impl Backend for Redis {
                 packed.push(scan(next));
             }
             if packed.count > 0 {
-                conn.run(|c| c.send_packed_command(&packed.bytes)).map_err(classify)?;
+                conn.run(|c| c.one()?.send_packed_command(&packed.bytes)).map_err(classify)?;
             }
             let given = give_page(&keys, &mut replies, absolute, each);
             if !matches!(given, Ok(true)) {
@@ -965,7 +1249,7 @@ impl Backend for Redis {
                 return Ok(());
             }
             let count = packed.count;
-            replies = conn.run(|c| (0..count).map(|_| c.recv_response()).collect()).map_err(classify)?;
+            replies = conn.run(|c| (0..count).map(|_| c.one()?.recv_response()).collect()).map_err(classify)?;
             keys = coming;
             scanned = scanned && next != 0;
         }
@@ -993,7 +1277,7 @@ impl Backend for Redis {
         }
         let relative = self.missing.pxat.load(Ordering::Relaxed);
         let max_ms = crate::ttl::MAX_TTL.as_millis() as f64;
-        let mut packed = Packed::default();
+        let mut packed = Packed::on(&conn);
         let now = super::unix_now();
         for e in entries {
             let expiry = match e.expires {
@@ -1013,7 +1297,7 @@ impl Backend for Redis {
         if packed.count == 0 {
             return Ok(());
         }
-        let replies = conn.run(|c| packed.send(c)).map_err(classify)?;
+        let replies = conn.send(&packed).map_err(classify)?;
         let mut failure = None;
         for r in replies {
             match reply::<Option<String>>(r) {
@@ -1024,7 +1308,8 @@ impl Backend for Redis {
                 }
             }
         }
-        failure.map_or(Ok(()), Err)
+        failure.map_or(Ok(()), Err)?;
+        conn.wait_for_replicas().map_err(classify)
     }
 
     /// `DBSIZE` when the walk covers the whole database (no prefix): every key of it.

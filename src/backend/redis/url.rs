@@ -10,7 +10,13 @@
 //!   (redis-py's name); `#insecure` (the redis crate's spelling) or `?ssl_cert_reqs=none`
 //!   (redis-py's) skips the check;
 //! - `redis+unix:///path/to/socket[?db=N]` and `unix:///path/to/socket[?db=N]`: a unix socket;
-//!   user and password may be given as `unix://[user]:password@/path` or as `?password=...`.
+//!   user and password may be given as `unix://[user]:password@/path` or as `?password=...`;
+//! - `redis+cluster://[[user]:password@]host[:port][,host[:port]...]` (`rediss+cluster://` for
+//!   TLS): the seed nodes of a Redis Cluster (database 0 only; a `/0` path is accepted);
+//! - `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/SERVICE[/db]`
+//!   (`rediss+sentinel://` for TLS, port 26379 by default): the sentinels watching SERVICE's
+//!   master; user and password are the master's, `?sentinel_username=` and
+//!   `?sentinel_password=` the sentinels' own when they have one.
 //!
 //! The user information ends at the LAST `@` before the host, so a password may hold unencoded
 //! `@`, `/`, `?` and `#` (`redis://:ab@cd/EF@127.0.0.1:6379/0` is the password `ab@cd/EF` on
@@ -28,6 +34,9 @@ use std::path::PathBuf;
 
 /// Redis's default port.
 pub const DEFAULT_PORT: u16 = 6379;
+
+/// Sentinel's default port.
+pub const SENTINEL_PORT: u16 = 26379;
 
 /// The URL used when none is configured (Kinto's `localhost`, 6379, db 0).
 pub const DEFAULT_URL: &str = "redis://localhost:6379/0";
@@ -48,11 +57,28 @@ pub enum Addr {
     Unix(PathBuf),
 }
 
+/// Which servers the URL names, past one.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One server, at [`Target::addr`].
+    Single,
+    /// A Redis Cluster, known by these seed nodes ([`Target::addr`] is the first, with the TLS
+    /// settings of all).
+    Cluster { nodes: Vec<(String, u16)> },
+    /// The master of `service`, asked of these sentinels ([`Target::addr`] is the first, with the
+    /// TLS settings of all); `username` and `password` are the sentinels' own.
+    Sentinel { sentinels: Vec<(String, u16)>, service: String, username: Option<String>, password: Option<String> },
+}
+
 /// A parsed URL. No `Debug`: it holds the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     pub addr: Addr,
+    pub topology: Topology,
     pub db: u32,
+    /// `?wait_replicas=N` of a Sentinel URL: how many replicas must have a write before it is
+    /// reported done (`None`: the default, 1).
+    pub wait_replicas: Option<u32>,
     pub username: Option<String>,
     pub password: Option<String>,
     /// The URL as messages show it: normalised, the password replaced by `***`.
@@ -80,15 +106,23 @@ pub fn parse(url: Option<&str>) -> Result<Target> {
         ));
     };
     let scheme = scheme.to_ascii_lowercase();
-    let (unix, tls) = match scheme.as_str() {
+    let (base, many) = match scheme.split_once('+') {
+        Some((base, "cluster")) => (base, Many::Cluster),
+        Some((base, "sentinel")) => (base, Many::Sentinel),
+        _ => (scheme.as_str(), Many::One),
+    };
+    let (unix, tls) = match base {
         "redis" | "valkey" => (false, false),
         "rediss" | "valkeys" => (false, true),
-        "redis+unix" | "valkey+unix" | "unix" => (true, false),
+        "redis+unix" | "valkey+unix" | "unix" if many == Many::One => (true, false),
         // Only a real scheme is quoted: the text before "://" might be anything.
         _ if scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-')) => {
             return Err(bad(
                 &shown,
-                format!("unknown scheme '{scheme}://'; expected redis://, rediss://, redis+unix:// or unix://"),
+                format!(
+                    "unknown scheme '{scheme}://'; expected redis://, rediss://, redis+unix://, unix://, \
+                     redis+cluster:// or redis+sentinel://"
+                ),
             ));
         }
         _ => return Err(bad(&shown, "unknown scheme; expected redis://, rediss://, redis+unix:// or unix://")),
@@ -123,10 +157,22 @@ pub fn parse(url: Option<&str>) -> Result<Target> {
 
     let (path, query, fragment) = split_tail(tail);
     let mut query_db = None;
+    let (mut sentinel_username, mut sentinel_password, mut wait_replicas) = (None, None, None);
     for (key, value) in query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))) {
         let value = percent_decode(value);
         match key {
             "db" => query_db = Some(parse_db(&shown, &value)?),
+            "sentinel_password" => {
+                secret(&value);
+                sentinel_password = Some(value);
+            }
+            "sentinel_username" => sentinel_username = Some(value).filter(|u| !u.is_empty()),
+            "wait_replicas" => match value.parse::<u32>() {
+                Ok(n) => wait_replicas = Some(n),
+                Err(_) => {
+                    return Err(bad(&shown, format!("wait_replicas must be a number (0, 1, ...), not '{value}'")));
+                }
+            },
             // Only redis-py's names: `settings` registers `password=` as a secret before any
             // `-v` line shows the URL (the redis crate's `pass=` would be printed).
             "password" => {
@@ -151,6 +197,7 @@ pub fn parse(url: Option<&str>) -> Result<Target> {
         Some(_) => return Err(bad(&shown, "the only fragment kcache knows is #insecure (with rediss://)")),
     };
 
+    let mut topology = Topology::Single;
     let (addr, path_db) = if unix {
         if !host_port.is_empty() && host_port != "localhost" {
             return Err(bad(&shown, "a unix-socket URL has no host: write unix:///path/to/redis.sock"));
@@ -161,7 +208,13 @@ pub fn parse(url: Option<&str>) -> Result<Target> {
         }
         (Addr::Unix(PathBuf::from(socket)), None)
     } else {
-        let (host, port) = parse_host_port(&shown, host_port)?;
+        let default_port = if many == Many::Sentinel { SENTINEL_PORT } else { DEFAULT_PORT };
+        let hosts: Vec<(String, u16)> = if many == Many::One {
+            vec![parse_host_port(&shown, host_port, default_port)?]
+        } else {
+            host_port.split(',').map(|h| parse_host_port(&shown, h.trim(), default_port)).collect::<Result<_>>()?
+        };
+        let (host, port) = hosts[0].clone();
         let tls = if tls {
             let reqs = query_value("ssl_cert_reqs").map(|v| v.to_ascii_lowercase());
             let insecure = match reqs.as_deref() {
@@ -176,9 +229,30 @@ pub fn parse(url: Option<&str>) -> Result<Target> {
         } else {
             None
         };
-        let db = match path.trim_matches('/') {
-            "" => None,
-            db => Some(parse_db(&shown, db)?),
+        let path = path.trim_matches('/');
+        let db = match many {
+            Many::Sentinel => {
+                let (service, db) = path.split_once('/').unwrap_or((path, ""));
+                let service = percent_decode(service);
+                if service.is_empty() {
+                    return Err(bad(
+                        &shown,
+                        "name the master's service after the sentinels: redis+sentinel://host:26379/SERVICE/0",
+                    ));
+                }
+                topology = Topology::Sentinel {
+                    sentinels: hosts,
+                    service,
+                    username: sentinel_username.take(),
+                    password: sentinel_password.take(),
+                };
+                (!db.is_empty()).then(|| parse_db(&shown, db)).transpose()?
+            }
+            Many::Cluster => {
+                topology = Topology::Cluster { nodes: hosts };
+                (!path.is_empty()).then(|| parse_db(&shown, path)).transpose()?
+            }
+            Many::One => (!path.is_empty()).then(|| parse_db(&shown, path)).transpose()?,
         };
         (Addr::Tcp { host, port, tls }, db)
     };
@@ -188,12 +262,31 @@ pub fn parse(url: Option<&str>) -> Result<Target> {
         }
         (a, b) => a.or(b).unwrap_or(0),
     };
-    let location = location(&scheme, &addr, db, username.as_deref(), password.is_some());
+    if db != 0 && matches!(topology, Topology::Cluster { .. }) {
+        return Err(bad(&shown, format!("a Redis Cluster has database 0 only, not {db}")));
+    }
+    if (sentinel_username.is_some() || sentinel_password.is_some() || wait_replicas.is_some())
+        && !matches!(topology, Topology::Sentinel { .. })
+    {
+        return Err(bad(
+            &shown,
+            "sentinel_username, sentinel_password and wait_replicas go with redis+sentinel:// URLs",
+        ));
+    }
+    let location = location(&scheme, &addr, &topology, db, username.as_deref(), password.is_some());
     if username.is_some() && password.is_none() {
         // redis-py sends `AUTH user ""` for a user without a password (an ACL `nopass` user).
         password = Some(String::new());
     }
-    Ok(Target { addr, db, username, password, location })
+    Ok(Target { addr, topology, db, wait_replicas, username, password, location })
+}
+
+/// What the scheme's `+cluster` or `+sentinel` asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Many {
+    One,
+    Cluster,
+    Sentinel,
 }
 
 /// The user information (before the `@` that ends it) and what follows that `@`.
@@ -239,7 +332,7 @@ fn parse_db(shown: &str, s: &str) -> Result<u32> {
     }
 }
 
-fn parse_host_port(shown: &str, s: &str) -> Result<(String, u16)> {
+fn parse_host_port(shown: &str, s: &str, default_port: u16) -> Result<(String, u16)> {
     let (host, port) = if let Some(v6) = s.strip_prefix('[') {
         let Some((host, after)) = v6.split_once(']') else {
             return Err(bad(shown, "an IPv6 address lacks its closing ']'"));
@@ -260,7 +353,7 @@ fn parse_host_port(shown: &str, s: &str) -> Result<(String, u16)> {
         return Err(bad(shown, "the host name contains a space or a control character"));
     }
     let port = match port {
-        None | Some("") => DEFAULT_PORT,
+        None | Some("") => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 => n,
             _ => return Err(bad(shown, format!("the port must be a number from 1 to 65535, not '{p}'"))),
@@ -270,19 +363,36 @@ fn parse_host_port(shown: &str, s: &str) -> Result<(String, u16)> {
     Ok((host, port))
 }
 
-/// The normalised URL for messages: scheme, user (password as `***`), host, port and db.
-fn location(scheme: &str, addr: &Addr, db: u32, username: Option<&str>, has_password: bool) -> String {
+/// The normalised URL for messages: scheme, user (password as `***`), host(s), port(s), the
+/// service of a sentinel URL, and db (none for a cluster, which has only 0).
+fn location(
+    scheme: &str,
+    addr: &Addr,
+    topology: &Topology,
+    db: u32,
+    username: Option<&str>,
+    has_password: bool,
+) -> String {
     let userinfo = match (username, has_password) {
         (Some(u), true) => format!("{u}:***@"),
         (Some(u), false) => format!("{u}@"),
         (None, true) => ":***@".to_string(),
         (None, false) => String::new(),
     };
+    let hosts = |list: &[(String, u16)]| {
+        let one = |(h, p): &(String, u16)| if h.contains(':') { format!("[{h}]:{p}") } else { format!("{h}:{p}") };
+        list.iter().map(one).collect::<Vec<_>>().join(",")
+    };
     match addr {
         Addr::Tcp { host, port, tls } => {
-            let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
             let insecure = if tls.as_ref().is_some_and(|t| t.insecure) { "#insecure" } else { "" };
-            format!("{scheme}://{userinfo}{host}:{port}/{db}{insecure}")
+            match topology {
+                Topology::Single => format!("{scheme}://{userinfo}{}/{db}{insecure}", hosts(&[(host.clone(), *port)])),
+                Topology::Cluster { nodes } => format!("{scheme}://{userinfo}{}{insecure}", hosts(nodes)),
+                Topology::Sentinel { sentinels, service, .. } => {
+                    format!("{scheme}://{userinfo}{}/{service}/{db}{insecure}", hosts(sentinels))
+                }
+            }
         }
         Addr::Unix(path) => format!("{scheme}://{userinfo}{}?db={db}", path.display()),
     }
@@ -445,5 +555,45 @@ mod tests {
         assert!(err("redis://[::1/0").contains("']'"));
         let msg = err("redis://:pw-secret-1@h:x/0");
         assert!(!msg.contains("pw-secret-1") && msg.contains(":***@"), "{msg}");
+    }
+
+    #[test]
+    fn cluster_and_sentinel_forms() {
+        let t = ok("redis+cluster://:pw-c@10.0.0.1:7000, 10.0.0.2 ,[::1]:7002");
+        let Topology::Cluster { nodes } = &t.topology else { panic!("not a cluster") };
+        let want = [("10.0.0.1", 7000), ("10.0.0.2", 6379), ("::1", 7002)].map(|(h, p)| (h.to_string(), p));
+        assert_eq!(nodes, &want);
+        assert_eq!((tcp(&t), t.db, t.password.as_deref()), (("10.0.0.1", 7000, None), 0, Some("pw-c")));
+        assert_eq!(t.location, "redis+cluster://:***@10.0.0.1:7000,10.0.0.2:6379,[::1]:7002");
+        assert_eq!(ok("redis+cluster://h/0").location, "redis+cluster://h:6379");
+        assert!(tcp(&ok("rediss+cluster://h:7000#insecure")).2.unwrap().insecure);
+        assert!(err("redis+cluster://h/3").contains("database 0 only"));
+        assert!(err("redis+cluster://h:1,h:x").contains("'x'"));
+
+        let t =
+            ok("redis+sentinel://u:pw-m@s1,s2:26380/my%20master/2?sentinel_username=su&sentinel_password=pw-sentinel");
+        let Topology::Sentinel { sentinels, service, username, password } = &t.topology else { panic!("not sentinel") };
+        assert_eq!(sentinels, &[("s1".to_string(), 26379), ("s2".to_string(), 26380)]);
+        assert_eq!(
+            (service.as_str(), username.as_deref(), password.as_deref()),
+            ("my master", Some("su"), Some("pw-sentinel"))
+        );
+        assert_eq!((t.username.as_deref(), t.password.as_deref(), t.db), (Some("u"), Some("pw-m"), 2));
+        assert_eq!(t.location, "redis+sentinel://u:***@s1:26379,s2:26380/my master/2");
+        assert!(
+            !crate::error::redact("x pw-sentinel").contains("pw-sentinel"),
+            "the sentinels' password is a secret too"
+        );
+        assert_eq!(ok("redis+sentinel://s/mymaster").db, 0);
+        assert_eq!(ok("redis+sentinel://s/m?wait_replicas=0").wait_replicas, Some(0));
+        assert_eq!(ok("redis+sentinel://s/m").wait_replicas, None);
+        assert!(err("redis+sentinel://s/m?wait_replicas=x").contains("not 'x'"));
+        assert!(err("redis://h/0?wait_replicas=1").contains("redis+sentinel://"));
+        assert!(tcp(&ok("rediss+sentinel://s/m/0")).2.is_some());
+        assert!(err("redis+sentinel://s1,s2").contains("SERVICE"));
+        assert!(err("redis+sentinel://s/m/x").contains("not 'x'"));
+        assert!(err("redis://h/0?sentinel_password=x").contains("redis+sentinel://"));
+        assert!(err("redis+unix+cluster:///tmp/s").contains("unknown scheme"));
+        assert!(matches!(ok("redis://h/0").topology, Topology::Single));
     }
 }
