@@ -65,8 +65,13 @@ pub fn open(kind: &str) -> Option<Fixture> {
             cache.migrate(false).expect("migrate");
             Some(Fixture { cache, isolated: true, _guard: Some(Box::new(db)) })
         }
-        "redis" => {
-            let url = crate::util::rig::server("KCACHE_TEST_REDIS_URL")?;
+        "redis" | "redis_cluster" | "redis_sentinel" => {
+            let var = match kind {
+                "redis_cluster" => "KCACHE_TEST_REDIS_CLUSTER_URL",
+                "redis_sentinel" => "KCACHE_TEST_REDIS_SENTINEL_URL",
+                _ => "KCACHE_TEST_REDIS_URL",
+            };
+            let url = crate::util::rig::server(var)?;
             let s = settings(&[
                 ("backend", Raw::Str("redis".into())),
                 ("url", Raw::Str(url)),
@@ -84,7 +89,7 @@ pub fn open(kind: &str) -> Option<Fixture> {
             ]);
             Some(Fixture { cache: kcache::backend::open(&s).expect("open"), isolated: false, _guard: None })
         }
-        other if !crate::util::rig::compiled(other) => None,
+        other if !crate::util::rig::compiled(other.split('_').next().unwrap_or(other)) => None,
         other => panic!("no fixture for backend {other}"),
     }
 }
@@ -533,4 +538,4 @@ macro_rules! for_backends {
     };
 }
 
-for_backends!(memory, sqlite, postgresql, redis, memcached);
+for_backends!(memory, sqlite, postgresql, redis, redis_cluster, redis_sentinel, memcached);

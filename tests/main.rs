@@ -17,6 +17,8 @@ mod hostile;
 mod load;
 #[cfg(feature = "memcached")]
 mod memcached;
+#[cfg(feature = "redis")]
+mod past_one_server;
 #[cfg(feature = "postgresql")]
 mod postgresql;
 #[cfg(feature = "redis")]

@@ -44,7 +44,8 @@ const REDIS_SLACK: f64 = 0.010;
 
 /// The storages round trips run between: memcached with one server, and with two (keys spread as
 /// python-memcached spreads them).
-const KINDS: [&str; 5] = ["sqlite", "postgresql", "memcached1", "memcached2", "redis"];
+const KINDS: [&str; 7] =
+    ["sqlite", "postgresql", "memcached1", "memcached2", "redis", "redis_cluster", "redis_sentinel"];
 
 /// One storage of a test: a SQLite file, a PostgreSQL database (on the rig's server), memcached
 /// servers and a Redis server of its own, each reached through a config file per prefix.
@@ -105,6 +106,16 @@ impl Store {
                 let own = OwnRedis::start(&[])?;
                 let url = own.url();
                 redis = Some(own);
+                format!("backend = \"redis\"\nurl = {}\n", toml_str(&url))
+            }
+            // The rig's cluster and sentinel group, shared: each test has its own prefixes.
+            "redis_cluster" | "redis_sentinel" => {
+                let var = if kind == "redis_cluster" {
+                    "KCACHE_TEST_REDIS_CLUSTER_URL"
+                } else {
+                    "KCACHE_TEST_REDIS_SENTINEL_URL"
+                };
+                let url = crate::util::rig::server(var)?;
                 format!("backend = \"redis\"\nurl = {}\n", toml_str(&url))
             }
             other => panic!("no storage {other}"),
@@ -320,7 +331,7 @@ fn round_trips_from(source_kind: &'static str) {
     let times = write_fixture(&senv);
     let dump = senv.run(&["dump"]);
     let src = parse_dump(&dump);
-    let slack = if source_kind == "redis" { REDIS_SLACK } else { 0.002 };
+    let slack = if source_kind.starts_with("redis") { REDIS_SLACK } else { 0.002 };
     assert_fixture(source_kind, &src, times, slack);
     let keys: Vec<String> = src.keys().cloned().collect();
     let src_gets = gets(&senv, &keys);
@@ -329,7 +340,7 @@ fn round_trips_from(source_kind: &'static str) {
         // Memcached's own clock counts whole seconds: there, a second.
         let tolerance = if source.is_memcached() || target.is_memcached() {
             1.0
-        } else if [source_kind, target_kind].contains(&"redis") {
+        } else if source_kind.starts_with("redis") || target_kind.starts_with("redis") {
             REDIS_SLACK
         } else {
             0.010
@@ -389,6 +400,16 @@ fn round_trips_from_two_memcached_to_every_backend_keep_values_and_expiry() {
 #[test]
 fn round_trips_from_redis_to_every_backend_keep_values_and_expiry() {
     round_trips_from("redis");
+}
+
+#[test]
+fn round_trips_from_a_redis_cluster_to_every_backend_keep_values_and_expiry() {
+    round_trips_from("redis_cluster");
+}
+
+#[test]
+fn round_trips_from_redis_through_sentinel_to_every_backend_keep_values_and_expiry() {
+    round_trips_from("redis_sentinel");
 }
 
 // ---- 2. dumps of entries Kinto wrote ---------------------------------------------------------
@@ -803,6 +824,11 @@ fn dump_and_copy_select_keys_by_pattern_on_redis() {
 }
 
 #[test]
+fn dump_and_copy_select_keys_by_pattern_on_a_redis_cluster() {
+    patterns_on("redis_cluster");
+}
+
+#[test]
 fn dump_and_copy_select_keys_by_pattern_on_memcached() {
     patterns_on("memcached2");
 }
@@ -837,6 +863,11 @@ fn copies_many(from: &'static str, to: &'static str) {
 #[test]
 fn twenty_thousand_entries_copy_from_sqlite_to_redis() {
     copies_many("sqlite", "redis");
+}
+
+#[test]
+fn twenty_thousand_entries_copy_from_a_redis_cluster_to_redis_through_sentinel() {
+    copies_many("redis_cluster", "redis_sentinel");
 }
 
 #[test]

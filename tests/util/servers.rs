@@ -389,6 +389,45 @@ impl OwnRedis {
         Self::start_with(extra, false, |_| Vec::new())
     }
 
+    /// Starts one on `port` (a cluster node's, whose bus port is also free), with `extra`.
+    pub fn start_on(port: u16, extra: &[&str]) -> Option<OwnRedis> {
+        if !crate::util::rig::compiled("redis") || !require(installed("redis-server", "--version"), "redis-server") {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if extra.contains(&"--cluster-enabled") {
+            args.extend(["--cluster-config-file".into(), dir.path().join("nodes.conf").display().to_string()]);
+        }
+        let mut server = OwnRedis { child: None, dir, port, socket: None, tls: false, args };
+        server.spawn().unwrap_or_else(|e| panic!("redis-server did not start on port {port}: {e}"));
+        Some(server)
+    }
+
+    /// A sentinel watching the master on `master_port` as the service `kcache` (quorum 2,
+    /// down after 1 s), from a config file of its own (sentinels rewrite theirs).
+    pub fn start_sentinel(master_port: u16) -> Option<OwnRedis> {
+        if !crate::util::rig::compiled("redis") || !require(installed("redis-server", "--version"), "redis-server") {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor kcache 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds kcache 1000\n\
+                 sentinel failover-timeout kcache 10000\n\
+                 sentinel parallel-syncs kcache 1\n"
+            ),
+        )
+        .expect("write sentinel.conf");
+        let args = vec![conf.display().to_string(), "--sentinel".to_string()];
+        let mut server = OwnRedis { child: None, dir, port: free_port(), socket: None, tls: false, args };
+        server.spawn().unwrap_or_else(|e| panic!("redis-server --sentinel did not start: {e}"));
+        Some(server)
+    }
+
     /// `tls`: the port is a TLS port (the plain one is off, and readiness is asked over the
     /// unix socket). `more` adds arguments that need the server's folder (certificates).
     pub fn start_with(extra: &[&str], tls: bool, more: impl Fn(&Path) -> Vec<String>) -> Option<OwnRedis> {
@@ -420,13 +459,19 @@ impl OwnRedis {
     fn spawn(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let mut cmd = Command::new("redis-server");
+        // A config file comes first (a sentinel's).
+        let (conf, args) = match self.args.split_first() {
+            Some((first, rest)) if first.ends_with(".conf") => (Some(first), rest),
+            _ => (None, &self.args[..]),
+        };
+        cmd.args(conf);
         cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]);
         if self.tls {
             cmd.args(["--port", "0", "--tls-port", &port]);
         } else {
             cmd.args(["--port", &port]);
         }
-        cmd.arg("--dir").arg(self.dir.path()).arg("--logfile").arg(self.dir.path().join("redis.log")).args(&self.args);
+        cmd.arg("--dir").arg(self.dir.path()).arg("--logfile").arg(self.dir.path().join("redis.log")).args(args);
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
         let address = match (&self.socket, self.tls) {
@@ -488,6 +533,201 @@ pub fn redis_client(url: &str) -> redis::Connection {
     let conn = client.get_connection_with_timeout(TIMEOUT).unwrap_or_else(|e| panic!("cannot connect: {e}"));
     conn.set_read_timeout(Some(TIMEOUT)).unwrap();
     conn
+}
+
+// ---- redis cluster and sentinel --------------------------------------------------------------
+
+/// A port for a cluster node, and its bus port (+10000), both free: from 42000-45535 (buses
+/// 52000-55535), apart from [`free_port`]'s range so that no bus port is another test's server.
+fn cluster_port() -> u16 {
+    const FIRST: u32 = 42_000;
+    const COUNT: u32 = 3_536;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % COUNT;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(n < COUNT, "no free cluster port left in {FIRST}-{}", FIRST + COUNT - 1);
+        let port = (FIRST + (start + n) % COUNT) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+/// Runs `redis-cli` with `args`; its standard output (panics when it fails).
+pub fn redis_cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(args).stdin(Stdio::null()).output().expect("run redis-cli");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "redis-cli {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// One `redis-cli -p PORT ARGS...` answer, trimmed.
+fn ask(port: u16, args: &[&str]) -> String {
+    let port = port.to_string();
+    let mut all = vec!["-h", "127.0.0.1", "-p", port.as_str()];
+    all.extend_from_slice(args);
+    redis_cli(&all).trim().to_string()
+}
+
+/// Polls `ready` every 50 ms for up to `limit`; panics with `what` when it never holds.
+#[track_caller]
+fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Redis Cluster of one test's own: N masters, no replicas, made by `redis-cli --cluster
+/// create`; every node killed on drop.
+pub struct OwnRedisCluster {
+    nodes: Vec<OwnRedis>,
+}
+
+impl OwnRedisCluster {
+    /// `None`: redis-server is not installed (skipped, or failed under CI).
+    pub fn start(masters: usize) -> Option<OwnRedisCluster> {
+        if !require(installed("redis-cli", "--version"), "redis-cli") {
+            return None;
+        }
+        let mut nodes = Vec::with_capacity(masters);
+        for _ in 0..masters {
+            let port = cluster_port();
+            nodes.push(OwnRedis::start_on(port, &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])?);
+        }
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addresses.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        redis_cli(&args);
+        let cluster = OwnRedisCluster { nodes };
+        wait_until(Duration::from_secs(30), "the cluster is not ok", || {
+            cluster.nodes.iter().all(|n| ask(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                && (0..masters).map(|i| cluster.slots_of(i)).sum::<usize>() == 16_384
+        });
+        Some(cluster)
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// How many hash slots node `i` serves, as it sees the cluster.
+    pub fn slots_of(&self, i: usize) -> usize {
+        let port = self.nodes[i].port;
+        let nodes = ask(port, &["CLUSTER", "NODES"]);
+        let Some(line) = nodes.lines().find(|l| l.contains("myself")) else { return 0 };
+        line.split_whitespace()
+            .skip(8)
+            .filter(|r| !r.starts_with('['))
+            .map(|r| match r.split_once('-') {
+                Some((a, b)) => b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0),
+                None => 1,
+            })
+            .sum()
+    }
+
+    /// How many keys node `i` holds.
+    pub fn dbsize(&self, i: usize) -> u64 {
+        ask(self.nodes[i].port, &["DBSIZE"]).parse().expect("DBSIZE")
+    }
+
+    /// Moves `slots` slots from node `from` to node `to` (`redis-cli --cluster reshard`) on a
+    /// thread: the handle ends when the resharding has.
+    pub fn reshard_in_background(&self, from: usize, to: usize, slots: u32) -> std::thread::JoinHandle<()> {
+        let id = |i: usize| ask(self.nodes[i].port, &["CLUSTER", "MYID"]);
+        let (from_id, to_id) = (id(from), id(to));
+        let seed = format!("127.0.0.1:{}", self.nodes[from].port);
+        std::thread::spawn(move || {
+            let n = slots.to_string();
+            redis_cli(&[
+                "--cluster",
+                "reshard",
+                &seed,
+                "--cluster-from",
+                &from_id,
+                "--cluster-to",
+                &to_id,
+                "--cluster-slots",
+                &n,
+                "--cluster-yes",
+                "--cluster-pipeline",
+                "100",
+            ]);
+        })
+    }
+}
+
+/// A master, one replica and three sentinels (quorum 2, `down-after-milliseconds 1000`) of one
+/// test's own, watching the service `kcache`; all killed on drop.
+pub struct OwnSentinels {
+    servers: Vec<OwnRedis>,
+    sentinels: Vec<OwnRedis>,
+}
+
+impl OwnSentinels {
+    pub fn start() -> Option<OwnSentinels> {
+        if !require(installed("redis-cli", "--version"), "redis-cli") {
+            return None;
+        }
+        let master = OwnRedis::start(&[])?;
+        let of = master.port.to_string();
+        let replica = OwnRedis::start(&["--replicaof", "127.0.0.1", &of])?;
+        wait_until(Duration::from_secs(20), "the replica is not in sync", || {
+            ask(replica.port, &["INFO", "replication"]).contains("master_link_status:up")
+        });
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            sentinels.push(OwnRedis::start_sentinel(master.port)?);
+        }
+        let group = OwnSentinels { servers: vec![master, replica], sentinels };
+        wait_until(Duration::from_secs(30), "the sentinels do not know each other and the replica", || {
+            group.sentinels.iter().all(|s| {
+                ask(s.port, &["SENTINEL", "CKQUORUM", "kcache"]).starts_with("OK")
+                    && ask(s.port, &["SENTINEL", "REPLICAS", "kcache"]).contains("ip")
+                    && ask(s.port, &["SENTINEL", "SENTINELS", "kcache"]).matches("runid").count() >= 2
+            })
+        });
+        Some(group)
+    }
+
+    /// `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/kcache/0`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        format!("redis+sentinel://{}/kcache/0", hosts.join(","))
+    }
+
+    /// The master's port, as the first sentinel names it.
+    pub fn master_port(&self) -> u16 {
+        let addr = ask(self.sentinels[0].port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "kcache"]);
+        addr.lines().nth(1).and_then(|p| p.trim().parse().ok()).expect("a master port")
+    }
+
+    /// `SENTINEL FAILOVER kcache` on a thread; the handle ends when every sentinel names the other
+    /// server as master and that server says it is one.
+    pub fn failover_in_background(&self) -> std::thread::JoinHandle<()> {
+        let old = self.master_port();
+        let sentinels: Vec<u16> = self.sentinels.iter().map(|s| s.port).collect();
+        std::thread::spawn(move || {
+            assert_eq!(ask(sentinels[0], &["SENTINEL", "FAILOVER", "kcache"]), "OK");
+            wait_until(Duration::from_secs(30), "no new master", || {
+                sentinels.iter().all(|s| {
+                    let addr = ask(*s, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "kcache"]);
+                    let port: u16 = addr.lines().nth(1).and_then(|p| p.trim().parse().ok()).unwrap_or(old);
+                    port != old && ask(port, &["ROLE"]).starts_with("master")
+                })
+            });
+        })
+    }
 }
 
 // ---- postgresql ------------------------------------------------------------------------------
