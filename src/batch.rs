@@ -514,7 +514,8 @@ fn run_serial(mut cache: Cache, input: impl Read, out: &mut impl Write, keep_goi
     let mut lines = Lines::new(input);
     let mut tally = Tally::default();
     // Commands read but not run yet: keyed ones wait here to go out together.
-    let mut group: Vec<(u64, Op)> = Vec::with_capacity(GROUP);
+    let group_len = cache.group_len(GROUP);
+    let mut group: Vec<(u64, Op)> = Vec::with_capacity(group_len);
     let mut stopped = false;
     // The last line whose command ran (or was refused), for a failure of standard output.
     let mut ran: u64 = 0;
@@ -531,7 +532,7 @@ fn run_serial(mut cache: Cache, input: impl Read, out: &mut impl Write, keep_goi
         Ok::<bool, Error>(stop)
     };
     loop {
-        if lines.would_wait() || group.len() >= GROUP {
+        if lines.would_wait() || group.len() >= group_len {
             if !group.is_empty() && run_group(&mut group, out, &mut tally, &mut ran)? {
                 stopped = true;
                 break;
@@ -643,11 +644,12 @@ fn run_parallel<W: Write + Send>(
             let stop = Arc::clone(&stop);
             let worker = std::thread::Builder::new().stack_size(WORKER_STACK);
             let worker = worker.spawn_scoped(scope, move || {
-                let mut group: Vec<(u64, Op)> = Vec::with_capacity(GROUP);
+                let group_len = sibling.group_len(GROUP);
+                let mut group: Vec<(u64, Op)> = Vec::with_capacity(group_len);
                 while let Ok(first) = rx.recv() {
                     // Whatever else is already queued goes out in the same group.
                     group.push(first);
-                    while group.len() < GROUP {
+                    while group.len() < group_len {
                         match rx.try_recv() {
                             Ok(item) => group.push(item),
                             Err(_) => break,

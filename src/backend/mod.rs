@@ -218,6 +218,13 @@ pub trait Backend: Send {
     fn run_group(&mut self, _ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
         None
     }
+
+    /// How many operations `kcache batch` puts in a group at most, when more than the usual
+    /// (`None`): a backend that splits each group over several servers asks for larger groups.
+    fn group_len(&self) -> Option<usize> {
+        None
+    }
+
     /// `dump`: walks the live entries whose full key starts with `start`, giving `each` the
     /// full key, the stored value (JSON text; on memcached the envelope's value) and when it
     /// expires (Unix time in seconds; `None`: never), until it returns `false`. PostgreSQL and
@@ -413,6 +420,12 @@ impl Cache {
     /// runs when the operations go one by one (then the result list ends with that failure).
     /// A backend that sends the group at once (a pipeline) has run them all: every result is
     /// returned.
+    /// How many operations a batch group holds at most on this backend (see
+    /// [`Backend::group_len`]).
+    pub fn group_len(&self, usual: usize) -> usize {
+        self.inner.group_len().unwrap_or(usual)
+    }
+
     pub fn run_group_with(&mut self, ops: &[GroupOp<'_>], stop_at_error: bool) -> Vec<Result<GroupResult>> {
         let mut results: Vec<Option<Result<GroupResult>>> = Vec::with_capacity(ops.len());
         let mut full_keys: Vec<String> = Vec::with_capacity(ops.len());
