@@ -567,12 +567,13 @@ fn source(target: &url::Target, connect_timeout: Duration) -> Result<Source> {
     })
 }
 
-/// The longest batch group on a cluster: four times the usual 256 (`batch::GROUP`), so that each
-/// of three masters gets a pipeline about as long as one server would. Measured (100,000 mixed
-/// set/get, three masters, --jobs 1, 2 cores): 680,000-690,000 ops/s with groups of 256, where a
-/// quarter of kcache's time went to the three `send`s per group (loopback TCP does the
-/// receiver's work on the sender's core); 780,000-920,000 with 1,024.
-const CLUSTER_GROUP: usize = 1024;
+/// The longest batch group on a cluster: eight times the usual 256 (`batch::GROUP`), so that
+/// each of three masters gets a pipeline longer than one server would. Measured (100,000 mixed
+/// set/get, three masters, --jobs 1, 2 cores, five runs each): 680,000-690,000 ops/s with groups
+/// of 256, where a quarter of kcache's time went to the three `send`s per group (loopback TCP
+/// does the receiver's work on the sender's core); 780,000-920,000 with 1,024; 970,000-1,030,000
+/// with 2,048 (one server, groups of 256: 925,000-945,000).
+const CLUSTER_GROUP: usize = 2048;
 
 /// How many times the cluster client sends a command again (after a redirection, a
 /// `TRYAGAIN`, a lost node): a resharding needs two (`ASK`, then `MOVED`); the crate's 16, each
