@@ -187,6 +187,29 @@ fn a_sentinel_failover_under_a_keep_going_batch_loses_no_line_reported_done() {
 }
 
 #[test]
+fn sentinels_and_a_master_with_passwords_of_their_own() {
+    let Some(group) = OwnSentinels::start_with_passwords(Some("master-pw-1"), Some("sentinel-pw-2")) else { return };
+    let sentinels = group.url();
+    let (hosts, rest) = sentinels.split_once("://").expect("a URL").1.split_once('/').expect("a path");
+    let url = |auth: &str, query: &str| format!("redis+sentinel://{auth}{hosts}/{rest}{query}");
+    let good = env(&url(":master-pw-1@", "?sentinel_password=sentinel-pw-2"), "pw:");
+    good.run(&["set", "k", "1", "1h"]).ok();
+    assert_eq!(good.run(&["get", "k"]).ok().stdout, "1\n");
+    // Without the sentinels' password no master is found: status 3 or 4, never a password shown.
+    let no_sentinel_pw = env(&url(":master-pw-1@", ""), "pw:").run(&["get", "k"]);
+    assert!([3, 4].contains(&no_sentinel_pw.status), "{no_sentinel_pw:?}");
+    no_sentinel_pw.one_error_line();
+    // A wrong master password: refused by the master, status 4.
+    let wrong = env(&url(":wrong-pw-3@", "?sentinel_password=sentinel-pw-2"), "pw:").run(&["get", "k"]);
+    wrong.code(4).one_error_line();
+    for o in [&no_sentinel_pw, &wrong] {
+        for secret in ["master-pw-1", "sentinel-pw-2", "wrong-pw-3"] {
+            assert!(!o.stderr.contains(secret), "{}", o.stderr);
+        }
+    }
+}
+
+#[test]
 fn an_unknown_sentinel_service_is_status_4_naming_it() {
     let Some(url) = crate::util::rig::server("KCACHE_TEST_REDIS_SENTINEL_URL") else { return };
     let (sentinels, _) = url.rsplit_once("/kcache/").expect("the rig's service is kcache");

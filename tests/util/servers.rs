@@ -406,7 +406,8 @@ impl OwnRedis {
 
     /// A sentinel watching the master on `master_port` as the service `kcache` (quorum 2,
     /// down after 1 s), from a config file of its own (sentinels rewrite theirs).
-    pub fn start_sentinel(master_port: u16) -> Option<OwnRedis> {
+    /// `passwords`: the master's (`sentinel auth-pass`) and the sentinel's own (`requirepass`).
+    pub fn start_sentinel(master_port: u16, passwords: (Option<&str>, Option<&str>)) -> Option<OwnRedis> {
         if !crate::util::rig::compiled("redis") || !require(installed("redis-server", "--version"), "redis-server") {
             return None;
         }
@@ -418,7 +419,9 @@ impl OwnRedis {
                 "sentinel monitor kcache 127.0.0.1 {master_port} 2\n\
                  sentinel down-after-milliseconds kcache 1000\n\
                  sentinel failover-timeout kcache 10000\n\
-                 sentinel parallel-syncs kcache 1\n"
+                 sentinel parallel-syncs kcache 1\n{}{}",
+                passwords.0.map(|p| format!("sentinel auth-pass kcache {p}\n")).unwrap_or_default(),
+                passwords.1.map(|p| format!("requirepass {p}\n")).unwrap_or_default(),
             ),
         )
         .expect("write sentinel.conf");
@@ -565,8 +568,16 @@ pub fn redis_cli(args: &[&str]) -> String {
 
 /// One `redis-cli -p PORT ARGS...` answer, trimmed.
 fn ask(port: u16, args: &[&str]) -> String {
+    ask_as(port, None, args)
+}
+
+/// The same, with `password`.
+fn ask_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
     let port = port.to_string();
-    let mut all = vec!["-h", "127.0.0.1", "-p", port.as_str()];
+    let mut all = vec!["-h", "127.0.0.1", "-p", port.as_str(), "--no-auth-warning"];
+    if let Some(p) = password {
+        all.extend(["-a", p]);
+    }
     all.extend_from_slice(args);
     redis_cli(&all).trim().to_string()
 }
@@ -672,29 +683,45 @@ impl OwnRedisCluster {
 pub struct OwnSentinels {
     servers: Vec<OwnRedis>,
     sentinels: Vec<OwnRedis>,
+    /// The sentinels' own password.
+    sentinel_password: Option<String>,
 }
 
 impl OwnSentinels {
     pub fn start() -> Option<OwnSentinels> {
+        Self::start_with_passwords(None, None)
+    }
+
+    /// With `master` as the master's and replica's `requirepass` (and the replica's
+    /// `masterauth`), and `sentinel` as the sentinels' own.
+    pub fn start_with_passwords(master: Option<&str>, sentinel: Option<&str>) -> Option<OwnSentinels> {
         if !require(installed("redis-cli", "--version"), "redis-cli") {
             return None;
         }
-        let master = OwnRedis::start(&[])?;
-        let of = master.port.to_string();
-        let replica = OwnRedis::start(&["--replicaof", "127.0.0.1", &of])?;
+        let auth: Vec<&str> = master.map(|p| vec!["--requirepass", p, "--masterauth", p]).unwrap_or_default();
+        let master_server = OwnRedis::start(&auth)?;
+        let of = master_server.port.to_string();
+        let mut args = vec!["--replicaof", "127.0.0.1", &of];
+        args.extend(&auth);
+        let replica = OwnRedis::start(&args)?;
         wait_until(Duration::from_secs(20), "the replica is not in sync", || {
-            ask(replica.port, &["INFO", "replication"]).contains("master_link_status:up")
+            ask_as(replica.port, master, &["INFO", "replication"]).contains("master_link_status:up")
         });
         let mut sentinels = Vec::new();
         for _ in 0..3 {
-            sentinels.push(OwnRedis::start_sentinel(master.port)?);
+            sentinels.push(OwnRedis::start_sentinel(master_server.port, (master, sentinel))?);
         }
-        let group = OwnSentinels { servers: vec![master, replica], sentinels };
+        let group = OwnSentinels {
+            servers: vec![master_server, replica],
+            sentinels,
+            sentinel_password: sentinel.map(Into::into),
+        };
         wait_until(Duration::from_secs(30), "the sentinels do not know each other and the replica", || {
             group.sentinels.iter().all(|s| {
-                ask(s.port, &["SENTINEL", "CKQUORUM", "kcache"]).starts_with("OK")
-                    && ask(s.port, &["SENTINEL", "REPLICAS", "kcache"]).contains("ip")
-                    && ask(s.port, &["SENTINEL", "SENTINELS", "kcache"]).matches("runid").count() >= 2
+                let ask = |args: &[&str]| ask_as(s.port, sentinel, args);
+                ask(&["SENTINEL", "CKQUORUM", "kcache"]).starts_with("OK")
+                    && ask(&["SENTINEL", "REPLICAS", "kcache"]).contains("ip")
+                    && ask(&["SENTINEL", "SENTINELS", "kcache"]).matches("runid").count() >= 2
             })
         });
         Some(group)
@@ -708,7 +735,8 @@ impl OwnSentinels {
 
     /// The master's port, as the first sentinel names it.
     pub fn master_port(&self) -> u16 {
-        let addr = ask(self.sentinels[0].port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "kcache"]);
+        let pw = self.sentinel_password.as_deref();
+        let addr = ask_as(self.sentinels[0].port, pw, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "kcache"]);
         addr.lines().nth(1).and_then(|p| p.trim().parse().ok()).expect("a master port")
     }
 
