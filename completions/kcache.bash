@@ -49,6 +49,9 @@ _kcache() {
             kcache,load)
                 cmd="kcache__subcmd__load"
                 ;;
+            kcache,memo)
+                cmd="kcache__subcmd__memo"
+                ;;
             kcache,migrate)
                 cmd="kcache__subcmd__migrate"
                 ;;
@@ -74,7 +77,7 @@ _kcache() {
 
     case "${cmd}" in
         kcache)
-            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --help --version migrate get set ttl expire delete flush keys ping purge stats batch dump load copy diff completions"
+            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --help --version migrate get set ttl expire delete flush keys ping purge stats batch dump load copy diff memo completions"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -570,6 +573,68 @@ _kcache() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backend)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -b)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hosts)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kcache__subcmd__memo)
+            opts="-c -b -v -q -h -V --key --cwd --env --stale --discard-failures --force --wait --lease --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stale)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lease)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

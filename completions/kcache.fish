@@ -49,6 +49,7 @@ complete -c kcache -n "__fish_kcache_needs_command" -f -a "dump" -d 'Write every
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "load" -d 'Write the entries of a dump read from standard input'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "copy" -d 'Copy the live entries into the cache that CONFIG describes'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "diff" -d 'Compare the live entries with the cache that CONFIG describes'
+complete -c kcache -n "__fish_kcache_needs_command" -f -a "memo" -d 'Run COMMAND, or replay its cached output and exit status'
 complete -c kcache -n "__fish_kcache_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
@@ -218,6 +219,23 @@ complete -c kcache -n "__fish_kcache_using_subcommand diff" -s v -l verbose -d '
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -s V -l version -d 'Print version'
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l key -d 'Store the result under KEY (the prefix is prepended) instead of a hash of COMMAND' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l env -d 'Make the value of environment variable NAME part of the key (repeatable)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l stale -d 'Print a result older than DUR at once and refresh it in the background' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l wait -d 'Wait at most DUR for another caller\'s run, then run COMMAND [default: TTL, at most 10m]' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l lease -d 'How long the runner\'s lock lasts if it dies (renewed while COMMAND runs)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l cwd -d 'Make the working directory part of the key'
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l discard-failures -d 'Do not store a result whose exit status is not 0'
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l force -d 'Run COMMAND and store its result whatever the cache holds'
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -s V -l version -d 'Print version'
 complete -c kcache -n "__fish_kcache_using_subcommand completions" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand completions" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
 complete -c kcache -n "__fish_kcache_using_subcommand completions" -l url -d 'Backend URL (postgresql://..., redis://...)' -r

@@ -188,6 +188,17 @@ pub enum Command {
     /// same entries, 1 when they differ. Example:
     ///   kcache -c memcached.ini diff --to redis.toml && echo same
     Diff(DiffArgs),
+    /// Run COMMAND, or replay its cached output and exit status
+    ///
+    /// The result (standard output, standard error, exit status) is stored for TTL under a key
+    /// made from COMMAND and its arguments (or --key). One run at a time on the backend: other
+    /// callers for the same key, on any host, wait for the runner's result instead of running
+    /// COMMAND too. COMMAND runs directly, not through a shell. If the cache fails, COMMAND
+    /// still runs (one warning). Examples:
+    ///   kcache memo 10m -- curl -fsS https://example.com/feed.json
+    ///   kcache memo --stale 1m 1h -- ./slow-report --daily
+    #[command(allow_negative_numbers = true)]
+    Memo(MemoArgs),
     /// Print a shell completion script
     ///
     /// Example:
@@ -342,6 +353,40 @@ pub struct DiffArgs {
     pub ttl_tolerance: Ttl,
     /// Glob matched against the whole key, prefix stripped [default: *]
     pub pattern: Option<String>,
+}
+
+/// Arguments of `memo`.
+#[derive(Debug, Clone, Args)]
+pub struct MemoArgs {
+    /// Store the result under KEY (the prefix is prepended) instead of a hash of COMMAND
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Make the working directory part of the key
+    #[arg(long)]
+    pub cwd: bool,
+    /// Make the value of environment variable NAME part of the key (repeatable)
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: Vec<String>,
+    /// Print a result older than DUR at once and refresh it in the background
+    #[arg(long, value_name = "DUR")]
+    pub stale: Option<Ttl>,
+    /// Do not store a result whose exit status is not 0
+    #[arg(long)]
+    pub discard_failures: bool,
+    /// Run COMMAND and store its result whatever the cache holds
+    #[arg(long)]
+    pub force: bool,
+    /// Wait at most DUR for another caller's run, then run COMMAND [default: TTL, at most 10m]
+    #[arg(long, value_name = "DUR")]
+    pub wait: Option<Ttl>,
+    /// How long the runner's lock lasts if it dies (renewed while COMMAND runs)
+    #[arg(long, value_name = "DUR", default_value = "10s")]
+    pub lease: Ttl,
+    /// How long the result is kept: 60, 500ms, 15m, 2h, 30d
+    pub ttl: Ttl,
+    /// The command and its arguments (after --)
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// Arguments of the commands that print a value (`get`, `delete`).

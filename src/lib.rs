@@ -8,6 +8,7 @@ pub mod batch;
 pub mod cli;
 mod commands;
 pub mod error;
+pub mod memo;
 pub mod output;
 pub mod pattern;
 pub mod settings;
@@ -112,6 +113,10 @@ fn app(cli: Cli) -> Result<Outcome> {
     }
     let log = Log { verbose: cli.global.verbose, quiet: cli.global.quiet };
     let env = |k: &str| std::env::var(k).ok();
+    if let Command::Memo(args) = cli.command {
+        // memo reads the settings itself: a cache that cannot be set up must not stop COMMAND.
+        return memo::run(args, &cli.global, &env, &log);
+    }
     let settings = settings::resolve(&cli.global, &env, &log)?;
     commands::dispatch(cli.command, settings, &env, &log)
 }

@@ -17,6 +17,7 @@ mod hostile;
 mod load;
 #[cfg(feature = "memcached")]
 mod memcached;
+mod memo;
 #[cfg(feature = "redis")]
 mod past_one_server;
 #[cfg(feature = "postgresql")]

@@ -592,6 +592,34 @@ impl Cache {
         self.inner.load(entries, keep_live, written).map_err(|e| e.context(ctx))
     }
 
+    /// Stores `value` under `key` for `ttl` only if the key holds no live entry: `true` when it
+    /// was stored. Atomic on every backend: it is a one-entry `load` that keeps live entries
+    /// (`SET NX`, memcached's `add` or a CAS replace of an expired item, an upsert that updates
+    /// only an expired row, in one transaction). `memo`'s lock.
+    pub fn add(&mut self, key: &str, value: &str, ttl: Ttl) -> Result<bool> {
+        let entry = Entry {
+            key: self.full_key(key)?,
+            value: value.to_string(),
+            expires: Some(unix_now() + ttl.duration().as_secs_f64()),
+        };
+        let ctx = self.ctx("add", key);
+        let mut written = 0;
+        let loaded = self.inner.load(std::slice::from_ref(&entry), true, &mut written);
+        let ended = self.inner.load_end(loaded.is_ok());
+        loaded.map_err(|e| e.context(ctx.clone()))?;
+        Ok(written + ended.map_err(|e| e.context(ctx))? > 0)
+    }
+
+    /// Removes `key` if it holds `value` (`memo`'s unlock): `true` when it did. A read, then a
+    /// delete: another caller's write between the two would be removed (`memo` renews its lock
+    /// well before it lapses, so that only a runner frozen for a whole lease meets this).
+    pub fn delete_if(&mut self, key: &str, value: &str) -> Result<bool> {
+        if self.get(key)?.as_deref() != Some(value) {
+            return Ok(false);
+        }
+        Ok(self.delete(key)?.is_some())
+    }
+
     /// Ends a load (see [`Backend::load_end`]).
     pub fn load_end(&mut self, commit: bool) -> Result<u64> {
         let ctx = format!("load into {} at {}", self.inner.name(), self.inner.location());

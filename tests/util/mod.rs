@@ -16,7 +16,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_kcache");
 
 /// A fresh home for one test.
 pub struct Env {
-    pub dir: tempfile::TempDir,
+    /// Shared by the environments made with [`Env::clone_with`].
+    pub dir: std::sync::Arc<tempfile::TempDir>,
     pub vars: Vec<(String, String)>,
 }
 
@@ -78,7 +79,7 @@ pub fn unique(stem: &str) -> String {
 impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
-        Env { dir, vars: Vec::new() }
+        Env { dir: std::sync::Arc::new(dir), vars: Vec::new() }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -94,6 +95,14 @@ impl Env {
     pub fn var(mut self, k: &str, v: &str) -> Env {
         self.vars.push((k.to_string(), v.to_string()));
         self
+    }
+
+    /// This environment with one more variable (a later one wins), sharing its folder: the same
+    /// home, config and default cache.
+    pub fn clone_with(&self, k: &str, v: &str) -> Env {
+        let mut vars = self.vars.clone();
+        vars.push((k.to_string(), v.to_string()));
+        Env { dir: std::sync::Arc::clone(&self.dir), vars }
     }
 
     /// Writes a file in this environment's folder and returns its path.
