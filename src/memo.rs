@@ -181,11 +181,11 @@ pub fn run(args: MemoArgs, global: &Global, env: &dyn Fn(&str) -> Option<String>
         Err(e) => store.fail("opening the cache", &e),
     }
     let lock_key = format!("{key}:lock");
-    let token = value::encode_string(&format!("{}:{}:{}", host(), std::process::id(), backend::unix_now()));
     let ttl = args.ttl;
 
     if refresher {
         // A background refresh: run only if no one else is running it, print nothing.
+        let token = lock_token();
         if store.try_op("taking the lock", |c| c.add(&lock_key, &token, args.lease)) == Some(true)
             && let Ok(run) = run_command(&args, &mut store, &lock_key, &token, false)
         {
@@ -208,6 +208,7 @@ pub fn run(args: MemoArgs, global: &Global, env: &dyn Fn(&str) -> Option<String>
         return run.replay();
     }
 
+    let token = lock_token();
     let deadline = Instant::now() + args.wait.map_or(ttl.duration().min(MAX_DEFAULT_WAIT), Ttl::duration);
     let mut pause = Duration::from_millis(20);
     loop {
@@ -272,9 +273,11 @@ fn release(store: &mut Store<'_>, lock_key: &str, token: &str) {
     store.try_op("releasing the lock", |c| c.delete_if(lock_key, token));
 }
 
-/// This host's name, for the lock's token (what a person reading the lock would want).
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+/// What the lock holds: this host's name, this process and the time (what a person reading
+/// the lock would want; unique to this run). Made only when a lock is needed (not on a hit).
+fn lock_token() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    value::encode_string(&format!("{host}:{}:{}", std::process::id(), backend::unix_now()))
 }
 
 /// Starts this same command line again, detached (its own process group, no terminal input

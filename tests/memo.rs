@@ -190,6 +190,22 @@ fn a_killed_runner_is_taken_over_after_its_lease(backend: &str) {
     assert_eq!(runs(&runs_file), 2);
 }
 
+fn a_waiter_runs_command_itself_after_wait(backend: &str) {
+    let Some((env, _db)) = backend_env(backend) else { return };
+    let runs_file = env.path("runs");
+    // The first run takes 3 s; later ones answer at once.
+    let body =
+        format!("if [ $(wc -l < '{}') -eq 1 ]; then sleep 3; echo slow; else echo quick; fi", runs_file.display());
+    let cmd = counting(&runs_file, &body);
+    let runner = spawn_memo(&env, &[], "1h", &cmd);
+    wait_for("the runner's command", Duration::from_secs(10), || runs(&runs_file) == 1);
+    let started = Instant::now();
+    memo(&env, &["--wait", "300ms"], "1h", &cmd).ok().stdout_is("quick\n");
+    assert!(started.elapsed() < Duration::from_millis(2500), "ran after {:?}", started.elapsed());
+    assert_eq!(runs(&runs_file), 2);
+    assert_eq!(runner.wait_with_output().unwrap().stdout, b"slow\n");
+}
+
 fn ctrl_c_stops_command_stores_nothing_and_releases_the_lock(backend: &str) {
     let Some((env, _db)) = backend_env(backend) else { return };
     let runs_file = env.path("runs");
@@ -233,6 +249,7 @@ macro_rules! on_every_backend {
             #[test] fn each_key_part_gives_its_own_entry() { super::each_key_part_gives_its_own_entry(stringify!($name)) }
             #[test] fn stale_results_are_served_at_once_and_refreshed_once() { super::stale_results_are_served_at_once_and_refreshed_once(stringify!($name)) }
             #[test] fn a_killed_runner_is_taken_over_after_its_lease() { super::a_killed_runner_is_taken_over_after_its_lease(stringify!($name)) }
+            #[test] fn a_waiter_runs_command_itself_after_wait() { super::a_waiter_runs_command_itself_after_wait(stringify!($name)) }
             #[test] fn ctrl_c_stops_command_stores_nothing_and_releases_the_lock() { super::ctrl_c_stops_command_stores_nothing_and_releases_the_lock(stringify!($name)) }
         } )*
     };
