@@ -103,6 +103,23 @@ fn run(module: &str, test: fn(&mut Fixture)) {
 
 // ---- the contract -------------------------------------------------------------------------
 
+fn add_and_delete_if_are_memos_lock(fx: &mut Fixture) {
+    let (a, b) = (string("a"), string("b"));
+    assert!(fx.cache.add("l", &a, secs("60")).unwrap(), "add on a missing key stores it");
+    assert!(!fx.cache.add("l", &b, secs("60")).unwrap(), "add on a live key stores nothing");
+    assert_eq!(fx.cache.get("l").unwrap(), Some(a.clone()));
+    assert!(!fx.cache.delete_if("l", &b).unwrap(), "another value: kept");
+    assert_eq!(fx.cache.get("l").unwrap(), Some(a.clone()));
+    assert!(fx.cache.delete_if("l", &a).unwrap());
+    assert_eq!(fx.cache.get("l").unwrap(), None);
+    assert!(!fx.cache.delete_if("l", &a).unwrap(), "a missing key: nothing to remove");
+    // An expired entry counts as absent.
+    assert!(fx.cache.add("e", &a, secs("0.05")).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(fx.cache.add("e", &b, secs("60")).unwrap(), "add over an expired entry stores it");
+    assert_eq!(fx.cache.get("e").unwrap(), Some(b));
+}
+
 fn set_then_get(fx: &mut Fixture) {
     fx.cache.set("k", &string("v"), secs("60")).unwrap();
     assert_eq!(fx.cache.get("k").unwrap(), Some(string("v")));
@@ -533,6 +550,7 @@ macro_rules! for_backends {
                 migrate_is_idempotent,
                 bad_keys_are_refused_before_anything_is_sent,
                 group_matches_one_by_one,
+                add_and_delete_if_are_memos_lock,
             );
         } )*
     };

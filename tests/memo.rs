@@ -255,7 +255,7 @@ macro_rules! on_every_backend {
     };
 }
 
-on_every_backend!(sqlite, postgresql, memcached, redis);
+on_every_backend!(sqlite, postgresql, memcached, redis, redis_cluster, redis_sentinel);
 
 #[test]
 fn two_backends_at_once_do_not_see_each_other() {

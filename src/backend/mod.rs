@@ -219,6 +219,13 @@ pub trait Backend: Send {
         None
     }
 
+    /// Removes the full key `key` if it holds `value`, in one atomic step: `Some(true)` when it
+    /// did. `None` (the default): the backend has no such step, [`Cache::delete_if`] reads then
+    /// deletes.
+    fn delete_if(&mut self, _key: &str, _value: &str) -> Option<Result<bool>> {
+        None
+    }
+
     /// How many operations `kcache batch` puts in a group at most, when more than the usual
     /// (`None`): a backend that splits each group over several servers asks for larger groups.
     fn group_len(&self) -> Option<usize> {
@@ -610,10 +617,17 @@ impl Cache {
         Ok(written + ended.map_err(|e| e.context(ctx))? > 0)
     }
 
-    /// Removes `key` if it holds `value` (`memo`'s unlock): `true` when it did. A read, then a
-    /// delete: another caller's write between the two would be removed (`memo` renews its lock
-    /// well before it lapses, so that only a runner frozen for a whole lease meets this).
+    /// Removes `key` if it holds `value` (`memo`'s unlock): `true` when it did. In one atomic
+    /// step on SQLite, PostgreSQL and one Redis server ([`Backend::delete_if`]); elsewhere
+    /// (memcached, a Redis Cluster) a read, then a delete: another caller's write between the two
+    /// would be removed (`memo` renews its lock well before it lapses, so that only a runner
+    /// frozen for a whole lease meets this).
     pub fn delete_if(&mut self, key: &str, value: &str) -> Result<bool> {
+        let full = self.full_key(key)?;
+        let ctx = self.ctx("delete", key);
+        if let Some(done) = self.inner.delete_if(&full, value) {
+            return done.map_err(|e| e.context(ctx));
+        }
         if self.get(key)?.as_deref() != Some(value) {
             return Ok(false);
         }

@@ -401,6 +401,18 @@ impl Backend for Sqlite {
         })
     }
 
+    fn delete_if(&mut self, key: &str, value: &str) -> Option<Result<bool>> {
+        if !self.path.exists() {
+            return Some(Ok(false));
+        }
+        let conn = match self.writer() {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let sql = "DELETE FROM cache WHERE key = ?1 AND value = ?2";
+        Some(immediate(conn, |tx| tx.execute(sql, params![key, value])).map(|n| n > 0))
+    }
+
     fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
         if !self.path.exists() {
             return Ok(());

@@ -78,8 +78,13 @@ pub fn backend_env(backend: &str) -> Option<(Env, Option<RigDb>)> {
             let hosts = server("KCACHE_TEST_MEMCACHED")?;
             (env.var("KINTO_CACHE_BACKEND", "memcached").var("KINTO_CACHE_HOSTS", &hosts), None)
         }
-        "redis" => {
-            let url = server("KCACHE_TEST_REDIS_URL")?;
+        "redis" | "redis_cluster" | "redis_sentinel" => {
+            let var = match backend {
+                "redis_cluster" => "KCACHE_TEST_REDIS_CLUSTER_URL",
+                "redis_sentinel" => "KCACHE_TEST_REDIS_SENTINEL_URL",
+                _ => "KCACHE_TEST_REDIS_URL",
+            };
+            let url = server(var)?;
             (env.var("KINTO_CACHE_BACKEND", "redis").var("KINTO_CACHE_URL", &url), None)
         }
         other if !compiled(other) => return None,

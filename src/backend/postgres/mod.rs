@@ -720,6 +720,14 @@ impl Backend for Postgres {
         Ok(rows.first().and_then(|r| r.get::<_, bool>(1).then(|| r.get(0))))
     }
 
+    fn delete_if(&mut self, key: &str, value: &str) -> Option<Result<bool>> {
+        let rows = self.query(
+            "DELETE FROM cache WHERE key = $1 AND value = $2 RETURNING 1",
+            vec![param(key.to_string(), Type::TEXT), param(value.to_string(), Type::TEXT)],
+        );
+        Some(rows.map(|r| !r.is_empty()))
+    }
+
     fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
         let bound = self.bulk_timeout();
         match scope {

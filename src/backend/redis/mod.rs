@@ -1150,6 +1150,33 @@ impl Backend for Redis {
         Some(out)
     }
 
+    /// `WATCH key`, `GET key`, then `MULTI DEL EXEC` if it holds `value`: `EXEC` does nothing
+    /// when the key changed since `WATCH`. One server only (a cluster cannot route `MULTI`).
+    fn delete_if(&mut self, key: &str, value: &str) -> Option<Result<bool>> {
+        if self.cluster {
+            return None;
+        }
+        Some(self.with(|c| {
+            c.query::<()>(redis::cmd("WATCH").arg(key))?;
+            let held: Option<Vec<u8>> = c.query(redis::cmd("GET").arg(key))?;
+            if held.as_deref() != Some(value.as_bytes()) {
+                c.query::<()>(&redis::cmd("UNWATCH"))?;
+                return Ok(false);
+            }
+            let mut packed = Packed::default();
+            packed.push("MULTI");
+            packed.push(("DEL", key));
+            packed.push("EXEC");
+            let mut replies = c.send(&packed)?.into_iter();
+            let (multi, del, exec) = (replies.next(), replies.next(), replies.next());
+            reply::<()>(multi.unwrap_or(Value::Nil))?;
+            reply::<()>(del.unwrap_or(Value::Nil))?;
+            // A null EXEC: the key changed since WATCH, and nothing was deleted.
+            let removed: Option<Vec<i64>> = reply(exec.unwrap_or(Value::Nil))?;
+            Ok(removed.is_some_and(|r| r.first() == Some(&1)))
+        }))
+    }
+
     fn flush(&mut self, scope: FlushScope<'_>) -> Result<()> {
         match scope {
             FlushScope::All => self.with(|c| {
