@@ -618,9 +618,9 @@ impl Cache {
     }
 
     /// Removes `key` if it holds `value` (`memo`'s unlock): `true` when it did. In one atomic
-    /// step on SQLite, PostgreSQL and one Redis server ([`Backend::delete_if`]); elsewhere
-    /// (memcached, a Redis Cluster) a read, then a delete: another caller's write between the two
-    /// would be removed (`memo` renews its lock well before it lapses, so that only a runner
+    /// step on SQLite, PostgreSQL, memcached (CAS) and one Redis server ([`Backend::delete_if`]);
+    /// elsewhere (a Redis Cluster, memory) a read, then a delete: another caller's write between
+    /// the two would be removed (`memo` renews its lock well before it lapses, so that only a runner
     /// frozen for a whole lease meets this).
     pub fn delete_if(&mut self, key: &str, value: &str) -> Result<bool> {
         let full = self.full_key(key)?;

@@ -367,6 +367,26 @@ fn delete_on(c: &mut Conn, server: &Server, key: &str, patience: Duration) -> Re
     }
 }
 
+/// Removes `key` if its live entry holds `value`: the entry read with its CAS, then a tombstone
+/// written over that CAS only (another write between the two makes it fail, and the entry is
+/// read again).
+fn delete_if_on(c: &mut Conn, server: &Server, key: &str, value: &str, patience: Duration) -> Result<bool> {
+    let mut attempts = Attempts::new(patience);
+    loop {
+        let Some((Ok(entry), cas)) = gets_on(c, server, key)? else { return Ok(false) };
+        if entry.value != value || entry.remaining(SystemTime::now()).is_none() {
+            return Ok(false);
+        }
+        let tombstone = ms(key, envelope::TOMBSTONE.into(), envelope::EXPIRED_EXPTIME, Some(cas));
+        if write_on(c, server, &tombstone)? {
+            return Ok(true);
+        }
+        if !attempts.again() {
+            return Err(contended(key, server, &attempts));
+        }
+    }
+}
+
 /// Decodes an envelope, or says which entry is not one.
 fn decode(item: &MetaCommandResult, key: &str, server: &Server) -> Result<Entry> {
     envelope::decode(item.value.as_deref().unwrap_or_default(), item.client_flags.unwrap_or_default()).map_err(|why| {
@@ -560,6 +580,12 @@ impl Backend for Memcached {
     fn delete(&mut self, key: &str) -> Result<Option<String>> {
         let server = self.server(key);
         delete_on(&mut *self.connection(server)?, server, key, self.shared.pool.timeout)
+    }
+
+    fn delete_if(&mut self, key: &str, value: &str) -> Option<Result<bool>> {
+        let server = self.server(key);
+        let patience = self.shared.pool.timeout;
+        Some(self.connection(server).and_then(|mut c| delete_if_on(&mut c, server, key, value, patience)))
     }
 
     fn run_group(&mut self, ops: &[GroupOp<'_>]) -> Option<Vec<Result<GroupResult>>> {
