@@ -195,14 +195,17 @@ pub fn run(args: MemoArgs, global: &Global, env: &dyn Fn(&str) -> Option<String>
         return Ok(Outcome::Done);
     }
 
+    log.note(&format!("memo: key {key}"));
     if !args.force
         && let Some((run, created)) = store.result(&key)
     {
         let age = (backend::unix_now() - created).max(0.0);
+        log.note(&format!("memo: a stored result, {age:.1} s old, status {}", run.status));
         if let Some(stale) = args.stale
             && age > stale.duration().as_secs_f64()
             && store.try_op("reading the lock", |c| c.get(&lock_key)) == Some(None)
         {
+            log.note("memo: older than --stale: a refresh starts in the background");
             refresh_in_background();
         }
         return run.replay();
@@ -244,7 +247,7 @@ pub fn run(args: MemoArgs, global: &Global, env: &dyn Fn(&str) -> Option<String>
                 keep(&mut store, &args, &key, &run, ttl);
                 return Ok(status(run.status));
             }
-            Some(false) => {}
+            Some(false) => log.note("memo: another caller runs COMMAND: waiting for its result"),
         }
         // Someone else runs COMMAND: wait for their result (or for their lock to go).
         let until = Instant::now() + Duration::from_millis(250);
@@ -264,9 +267,14 @@ pub fn run(args: MemoArgs, global: &Global, env: &dyn Fn(&str) -> Option<String>
 /// Stores `run` unless told not to (`--discard-failures` and a failure, TTL 0).
 fn keep(store: &mut Store<'_>, args: &MemoArgs, key: &str, run: &Run, ttl: Ttl) {
     if (args.discard_failures && run.status != 0) || ttl.duration().is_zero() {
+        store.log.note(&format!("memo: COMMAND ended with status {}; not stored", run.status));
         return;
     }
     store.store(key, run, ttl);
+    if store.cache.is_some() {
+        let bytes = run.stdout.len() + run.stderr.len();
+        store.log.note(&format!("memo: COMMAND ended with status {}; {bytes} bytes stored", run.status));
+    }
 }
 
 fn release(store: &mut Store<'_>, lock_key: &str, token: &str) {

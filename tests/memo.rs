@@ -307,6 +307,17 @@ fn a_result_too_large_to_store_still_passes_through() {
 }
 
 #[test]
+fn verbose_says_what_memo_did() {
+    let env = Env::new();
+    let first = env.run(&["-v", "memo", "--discard-failures", "1h", "--", "sh", "-c", "echo x; exit 2"]);
+    first.code(2).stderr_has("kcache: memo: key memo:").stderr_has("status 2; not stored");
+    let ok = env.run(&["-v", "memo", "1h", "--", "echo", "y"]);
+    ok.ok().stderr_has("status 0; 2 bytes stored");
+    env.run(&["-v", "memo", "1h", "--", "echo", "y"]).ok().stdout_is("y\n").stderr_has("a stored result");
+    assert!(env.run(&["memo", "1h", "--", "echo", "y"]).stderr.is_empty(), "nothing without -v");
+}
+
+#[test]
 fn commands_that_cannot_run_get_a_shells_statuses() {
     let env = Env::new();
     let out = env.run(&["memo", "1h", "--", "kcache-no-such-command"]);

@@ -231,5 +231,5 @@ fn sentinels_that_never_answer_fail_within_the_connect_timeout() {
 fn no_sentinel_reachable_is_status_3() {
     let port = crate::util::servers::free_port();
     let out = env(&format!("redis+sentinel://127.0.0.1:{port}/kcache/0"), "p:").run(&["set", "k", "1", "1m"]);
-    out.code(3).one_error_line();
+    out.code(3).one_error_line().stderr_has(&format!("no sentinel answered (tried 127.0.0.1:{port})"));
 }

@@ -96,6 +96,21 @@ impl Lookup {
         match found {
             Ok(master) => Ok(master.get_connection_info().addr().clone()),
             Err(e) if e.kind() == ErrorKind::MasterNameNotFoundBySentinel => Err(self.why_no_master(timeout)),
+            // The crate gives the last sentinel's failure alone: say that every one was tried.
+            Err(e) if e.is_io_error() => {
+                let tried: Vec<String> = self.sentinels.iter().map(ToString::to_string).collect();
+                let kind = if e.is_connection_refusal() {
+                    std::io::ErrorKind::ConnectionRefused
+                } else if e.is_timeout() {
+                    std::io::ErrorKind::TimedOut
+                } else {
+                    std::io::ErrorKind::Other
+                };
+                Err(RedisError::from(std::io::Error::new(
+                    kind,
+                    format!("no sentinel answered (tried {}): {e}", tried.join(", ")),
+                )))
+            }
             Err(e) => Err(e),
         }
     }
