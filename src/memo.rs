@@ -25,7 +25,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Set (to anything) in the environment of the background refresher that `--stale` starts.
@@ -173,24 +173,20 @@ pub fn run(args: MemoArgs, global: &Global, env: &dyn Fn(&str) -> Option<String>
     let env_os = |name: &str| std::env::var_os(name);
     let key = key_of(&args, &env_os)?;
     let refresher = env(REFRESH_VAR).is_some();
+    let lock_key = format!("{key}:lock");
     let opened = crate::settings::resolve(global, env, log).and_then(|s| backend::open_with(&s, env, 1));
     let mut store = Store { cache: None, log };
-    match opened.and_then(|c| c.full_key(&format!("{key}:lock")).map(|_| c)) {
+    match opened.and_then(|c| c.full_key(&lock_key).map(|_| c)) {
         Ok(cache) => store.cache = Some(cache),
         Err(e) if e.kind() == crate::error::ErrorKind::Input && args.key.is_some() => return Err(e),
         Err(e) => store.fail("opening the cache", &e),
     }
-    let lock_key = format!("{key}:lock");
-    let ttl = args.ttl;
 
     if refresher {
         // A background refresh: run only if no one else is running it, print nothing.
-        let token = lock_token();
-        if store.try_op("taking the lock", |c| c.add(&lock_key, &token, args.lease)) == Some(true)
-            && let Ok(run) = run_command(&args, &mut store, &lock_key, &token, false)
-        {
-            keep(&mut store, &args, &key, &run, ttl);
-            release(&mut store, &lock_key, &token);
+        let lock = Lock { key: &lock_key, token: lock_token() };
+        if store.try_op("taking the lock", |c| c.add(lock.key, &lock.token, args.lease)) == Some(true) {
+            run_and_keep(&args, &mut store, &key, Some(&lock), false);
         }
         return Ok(Outcome::Done);
     }
@@ -211,41 +207,26 @@ pub fn run(args: MemoArgs, global: &Global, env: &dyn Fn(&str) -> Option<String>
         return run.replay();
     }
 
-    let token = lock_token();
-    let deadline = Instant::now() + args.wait.map_or(ttl.duration().min(MAX_DEFAULT_WAIT), Ttl::duration);
+    let lock = Lock { key: &lock_key, token: lock_token() };
+    let deadline = Instant::now() + args.wait.map_or(args.ttl.duration().min(MAX_DEFAULT_WAIT), Ttl::duration);
     let mut pause = Duration::from_millis(20);
     loop {
-        match store.try_op("taking the lock", |c| c.add(&lock_key, &token, args.lease)) {
+        match store.try_op("taking the lock", |c| c.add(lock.key, &lock.token, args.lease)) {
             Some(true) => {
                 // Another runner may have stored its result between our read and our lock.
                 if !args.force
                     && let Some((run, _)) = store.result(&key)
                 {
-                    release(&mut store, &lock_key, &token);
+                    release(&mut store, &lock);
                     return run.replay();
                 }
-                let run = match run_command(&args, &mut store, &lock_key, &token, true) {
-                    Ok(run) => run,
-                    Err(n) => return Ok(status(n)),
-                };
-                keep(&mut store, &args, &key, &run, ttl);
-                release(&mut store, &lock_key, &token);
-                return Ok(status(run.status));
+                return Ok(status(run_and_keep(&args, &mut store, &key, Some(&lock), true)));
             }
-            // The cache failed: run without it.
-            None => {
-                return Ok(status(
-                    run_command(&args, &mut store, &lock_key, &token, true).map_or_else(|n| n, |r| r.status),
-                ));
-            }
+            // The cache failed (nothing is stored then), or we waited long enough (or were told
+            // not to wait): run, and store what it gives.
+            None => return Ok(status(run_and_keep(&args, &mut store, &key, None, true))),
             Some(false) if args.force || Instant::now() >= deadline => {
-                // Waited long enough (or told not to wait): run, and store what it gives.
-                let run = match run_command(&args, &mut store, &lock_key, &token, true) {
-                    Ok(run) => run,
-                    Err(n) => return Ok(status(n)),
-                };
-                keep(&mut store, &args, &key, &run, ttl);
-                return Ok(status(run.status));
+                return Ok(status(run_and_keep(&args, &mut store, &key, None, true)));
             }
             Some(false) => log.note("memo: another caller runs COMMAND: waiting for its result"),
         }
@@ -257,28 +238,47 @@ pub fn run(args: MemoArgs, global: &Global, env: &dyn Fn(&str) -> Option<String>
             if let Some((run, _)) = store.result(&key) {
                 return run.replay();
             }
-            if store.cache.is_none() || store.try_op("reading the lock", |c| c.get(&lock_key)) == Some(None) {
+            if store.cache.is_none() || store.try_op("reading the lock", |c| c.get(lock.key)) == Some(None) {
                 break;
             }
         }
     }
 }
 
+/// The runner's lock: its key, and the token it holds while this caller has it.
+struct Lock<'a> {
+    key: &'a str,
+    token: String,
+}
+
+/// Runs COMMAND (see [`run_command`]), stores its result (see [`keep`]) unless it did not run or
+/// was stopped, and releases `held` whatever happened: the exit status.
+fn run_and_keep(args: &MemoArgs, store: &mut Store<'_>, key: &str, held: Option<&Lock<'_>>, show: bool) -> u8 {
+    let ran = run_command(args, store, held.map(|l| l.key), show);
+    if let Ok(run) = &ran {
+        keep(store, args, key, run);
+    }
+    if let Some(lock) = held {
+        release(store, lock);
+    }
+    ran.map_or_else(|n| n, |run| run.status)
+}
+
 /// Stores `run` unless told not to (`--discard-failures` and a failure, TTL 0).
-fn keep(store: &mut Store<'_>, args: &MemoArgs, key: &str, run: &Run, ttl: Ttl) {
-    if (args.discard_failures && run.status != 0) || ttl.duration().is_zero() {
+fn keep(store: &mut Store<'_>, args: &MemoArgs, key: &str, run: &Run) {
+    if (args.discard_failures && run.status != 0) || args.ttl.duration().is_zero() {
         store.log.note(&format!("memo: COMMAND ended with status {}; not stored", run.status));
         return;
     }
-    store.store(key, run, ttl);
+    store.store(key, run, args.ttl);
     if store.cache.is_some() {
         let bytes = run.stdout.len() + run.stderr.len();
         store.log.note(&format!("memo: COMMAND ended with status {}; {bytes} bytes stored", run.status));
     }
 }
 
-fn release(store: &mut Store<'_>, lock_key: &str, token: &str) {
-    store.try_op("releasing the lock", |c| c.delete_if(lock_key, token));
+fn release(store: &mut Store<'_>, lock: &Lock<'_>) {
+    store.try_op("releasing the lock", |c| c.delete_if(lock.key, &lock.token));
 }
 
 /// What the lock holds: this host's name, this process and the time (what a person reading
@@ -306,15 +306,14 @@ fn refresh_in_background() {
 }
 
 /// Runs COMMAND (directly, no shell), its output passed through as it comes when `show`, and
-/// kept; the lock renewed meanwhile. Ctrl-C, SIGTERM or SIGHUP are passed on to COMMAND: then
+/// kept; the lock at `lock_key` (when this caller holds one) renewed meanwhile. Ctrl-C, SIGTERM or SIGHUP are passed on to COMMAND: then
 /// nothing is stored, the lock is released, and kcache ends as the signal would have ended it.
 /// `Err(status)`: COMMAND did not run (127, 126) or was stopped by a signal (128 + it): kcache
 /// ends with that status and stores nothing.
 fn run_command(
     args: &MemoArgs,
     store: &mut Store<'_>,
-    lock_key: &str,
-    token: &str,
+    lock_key: Option<&str>,
     show: bool,
 ) -> std::result::Result<Run, u8> {
     let program = &args.command[0];
@@ -337,7 +336,6 @@ fn run_command(
             if show {
                 eprintln!("kcache: memo: {name}: {why}");
             }
-            release(store, lock_key, token);
             return Err(status);
         }
     };
@@ -384,16 +382,15 @@ fn run_command(
 
     // The lock renewed every third of the lease while COMMAND runs.
     let done = Arc::new(AtomicBool::new(false));
-    let renewer = store.cache.as_ref().and_then(|c| c.sibling_same_prefix().ok()).map(|mut sibling| {
-        let (done, lock_key, lease) = (Arc::clone(&done), lock_key.to_string(), args.lease);
+    let sibling = lock_key.and_then(|k| Some((k.to_string(), store.cache.as_ref()?.sibling_same_prefix().ok()?)));
+    let renewer = sibling.map(|(lock_key, mut sibling)| {
+        let (done, lease) = (Arc::clone(&done), args.lease);
         std::thread::spawn(move || {
-            let step = lease.duration() / 3;
-            let ticks = AtomicUsize::new(0);
+            let mut renewed = Instant::now();
             while !done.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(20));
-                let n = ticks.fetch_add(1, Ordering::Relaxed) + 1;
-                if Duration::from_millis(20) * n as u32 >= step {
-                    ticks.store(0, Ordering::Relaxed);
+                if renewed.elapsed() >= lease.duration() / 3 {
+                    renewed = Instant::now();
                     let _ = sibling.expire(&lock_key, lease);
                 }
             }
@@ -438,7 +435,6 @@ fn run_command(
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     if let Some((sig, _)) = caught {
-        release(store, lock_key, token);
         return Err(128 + sig as u8);
     }
     use std::os::unix::process::ExitStatusExt;

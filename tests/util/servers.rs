@@ -57,16 +57,21 @@ pub fn is_root() -> bool {
 /// can hand the same port to two tests: a test's "dead" server address then reached another
 /// test's live server.
 pub fn free_port() -> u16 {
-    const FIRST: u32 = 20_000;
-    const COUNT: u32 = 12_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    port_in(20_000, 12_000, &NEXT, &[0])
+}
+
+/// The next port of `first`..`first + count` (taken in turn through `next`) that is free, with
+/// each `port + offset` of `offsets` free too.
+fn port_in(first: u32, count: u32, next: &AtomicU32, offsets: &[u16]) -> u16 {
     // Another test binary running at the same time starts elsewhere in the range.
-    let start = std::process::id().wrapping_mul(7_919) % COUNT;
+    let start = std::process::id().wrapping_mul(7_919) % count;
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     loop {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(n < COUNT, "no free loopback port left in {FIRST}-{}", FIRST + COUNT - 1);
-        let port = (FIRST + (start + n) % COUNT) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let n = next.fetch_add(1, Ordering::SeqCst);
+        assert!(n < count, "no free loopback port left in {first}-{}", first + count - 1);
+        let port = (first + (start + n) % count) as u16;
+        if offsets.iter().all(|o| free(port + o)) {
             return port;
         }
     }
@@ -543,19 +548,8 @@ pub fn redis_client(url: &str) -> redis::Connection {
 /// A port for a cluster node, and its bus port (+10000), both free: from 42000-45535 (buses
 /// 52000-55535), apart from [`free_port`]'s range so that no bus port is another test's server.
 fn cluster_port() -> u16 {
-    const FIRST: u32 = 42_000;
-    const COUNT: u32 = 3_536;
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7_919) % COUNT;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(n < COUNT, "no free cluster port left in {FIRST}-{}", FIRST + COUNT - 1);
-        let port = (FIRST + (start + n) % COUNT) as u16;
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10_000) {
-            return port;
-        }
-    }
+    port_in(42_000, 3_536, &NEXT, &[0, 10_000])
 }
 
 /// Runs `redis-cli` with `args`; its standard output (panics when it fails).

@@ -161,12 +161,17 @@ impl Link {
 /// A server's refusal as the reply value it came in (to be read with the others), or `None`
 /// when `e` is not a server's reply (a connection failure).
 fn server_error(e: &redis::RedisError) -> Option<Value> {
-    let code = e.code()?;
-    let resp = match e.detail() {
+    Some(refusal(e.code()?, e.detail()))
+}
+
+/// The reply a server sends to refuse a command: `-CODE detail` (the redis crate has no other
+/// way to make one), read as every reply is.
+pub fn refusal(code: &str, detail: Option<&str>) -> Value {
+    let resp = match detail {
         Some(detail) => format!("-{code} {}\r\n", detail.replace(['\r', '\n'], " ")),
         None => format!("-{code}\r\n"),
     };
-    redis::parse_redis_value(resp.as_bytes()).ok()
+    redis::parse_redis_value(resp.as_bytes()).unwrap_or(Value::Nil)
 }
 
 fn odd(what: &str) -> redis::RedisError {

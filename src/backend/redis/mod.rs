@@ -109,7 +109,7 @@ impl Conn {
             Err(e) if e.is_io_error() || e.is_unrecoverable_error() => self.broken = true,
             Err(e) if self.failover && e.code() == Some("READONLY") => {
                 self.broken = true;
-                return Err(demoted(e));
+                return Err(demoted(e.detail()).extract_error().err().unwrap_or_else(wrong_reply_count));
             }
             _ => {}
         }
@@ -130,8 +130,7 @@ impl Conn {
                     && e.code() == "READONLY"
                 {
                     self.broken = true;
-                    let resp = format!("-READONLY {} {DEMOTED}\r\n", e.details().unwrap_or_default());
-                    *r = redis::parse_redis_value(resp.as_bytes()).unwrap_or(Value::Nil);
+                    *r = demoted(e.details());
                 }
             }
         }
@@ -163,8 +162,7 @@ impl Conn {
              (wait_replicas in the URL), so it is not reported as done: a failover could lose it"
         );
         // As the server's own NOREPLICAS (what a master with min-replicas-to-write answers): status 3.
-        let refusal = redis::parse_redis_value(format!("-NOREPLICAS {why}\r\n").as_bytes());
-        Err(refusal.and_then(Value::extract_error).err().unwrap_or_else(wrong_reply_count))
+        Err(link::refusal("NOREPLICAS", Some(&why)).extract_error().err().unwrap_or_else(wrong_reply_count))
     }
 }
 
@@ -174,10 +172,9 @@ const WAIT_MS: u64 = 1000;
 /// Said of a `READONLY` refusal on a connection found through Sentinel.
 const DEMOTED: &str = "(this master was demoted by a failover; the next connection asks the sentinels again)";
 
-/// A demoted master's refusal, from the server's `READONLY`.
-fn demoted(e: &RedisError) -> RedisError {
-    let detail = format!("{} {DEMOTED}", e.detail().unwrap_or_default());
-    RedisError::from((ErrorKind::Server(redis::ServerErrorKind::ReadOnly), "READONLY", detail))
+/// A demoted master's refusal, from the detail of the server's `READONLY`.
+fn demoted(detail: Option<&str>) -> Value {
+    link::refusal("READONLY", Some(&format!("{} {DEMOTED}", detail.unwrap_or_default())))
 }
 
 /// Opens connections, each a [`Conn`]:
