@@ -51,14 +51,14 @@ pub fn is_root() -> bool {
 /// A loopback port nobody listens on, and that no other test of this run is handed: for a
 /// server of a test's own, or as a closed port (connecting to it is refused).
 ///
-/// Ports come in turn from 20000-31999, below Linux's ephemeral range (32768-60999, where
+/// Ports come in turn from 23000-31999, below Linux's ephemeral range (32768-60999, where
 /// `bind(0)` and outgoing connections take theirs), skipping any that something already holds
 /// (the rig's servers). Asking the kernel for a free port instead (`bind(0)`, then release)
 /// can hand the same port to two tests: a test's "dead" server address then reached another
 /// test's live server.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    port_in(20_000, 12_000, &NEXT, &[0])
+    port_in(23_000, 9_000, &NEXT, &[0])
 }
 
 /// The next port of `first`..`first + count` (taken in turn through `next`) that is free, with
@@ -394,19 +394,25 @@ impl OwnRedis {
         Self::start_with(extra, false, |_| Vec::new())
     }
 
-    /// Starts one on `port` (a cluster node's, whose bus port is also free), with `extra`.
-    pub fn start_on(port: u16, extra: &[&str]) -> Option<OwnRedis> {
+    /// Starts a cluster node, with `extra`, on a port of [`cluster_port`]'s: another one when
+    /// something took the port or its bus port before redis-server bound them (three tries).
+    pub fn start_cluster_node(extra: &[&str]) -> Option<OwnRedis> {
         if !crate::util::rig::compiled("redis") || !require(installed("redis-server", "--version"), "redis-server") {
             return None;
         }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        if extra.contains(&"--cluster-enabled") {
+        let mut tries = Vec::new();
+        for _ in 0..3 {
+            let port = cluster_port();
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
             args.extend(["--cluster-config-file".into(), dir.path().join("nodes.conf").display().to_string()]);
+            let mut server = OwnRedis { child: None, dir, port, socket: None, tls: false, args };
+            match server.spawn() {
+                Ok(()) => return Some(server),
+                Err(e) => tries.push(format!("port {port}: {e}")),
+            }
         }
-        let mut server = OwnRedis { child: None, dir, port, socket: None, tls: false, args };
-        server.spawn().unwrap_or_else(|e| panic!("redis-server did not start on port {port}: {e}"));
-        Some(server)
+        panic!("redis-server did not start as a cluster node: {}", tries.join("; "))
     }
 
     /// A sentinel watching the master on `master_port` as the service `kcache` (quorum 2,
@@ -545,11 +551,13 @@ pub fn redis_client(url: &str) -> redis::Connection {
 
 // ---- redis cluster and sentinel --------------------------------------------------------------
 
-/// A port for a cluster node, and its bus port (+10000), both free: from 42000-45535 (buses
-/// 52000-55535), apart from [`free_port`]'s range so that no bus port is another test's server.
+/// A port for a cluster node, and its bus port (+10000), both free: from 11000-12999 (buses
+/// 21000-22999). Both ranges are apart from [`free_port`]'s, so that no bus port is another
+/// test's server, and below the ephemeral range, where an outgoing connection could take a bus
+/// port between the check and redis-server's bind (a CI run failed that way).
 fn cluster_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    port_in(42_000, 3_536, &NEXT, &[0, 10_000])
+    port_in(11_000, 2_000, &NEXT, &[0, 10_000])
 }
 
 /// Runs `redis-cli` with `args`; its standard output (panics when it fails).
@@ -600,8 +608,7 @@ impl OwnRedisCluster {
         }
         let mut nodes = Vec::with_capacity(masters);
         for _ in 0..masters {
-            let port = cluster_port();
-            nodes.push(OwnRedis::start_on(port, &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])?);
+            nodes.push(OwnRedis::start_cluster_node(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])?);
         }
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let mut args = vec!["--cluster", "create"];
