@@ -345,7 +345,11 @@ fn run_command(
         .collect();
     let mut registered = Vec::new();
     for (sig, flag) in &signals {
-        if let Ok(id) = signal_hook::flag::register(*sig, Arc::clone(flag)) {
+        // A signal ignored when kcache started (`nohup`, a background job of a script) stays
+        // ignored, by kcache and by COMMAND, which inherits that.
+        if !ignored_at_start(*sig)
+            && let Ok(id) = signal_hook::flag::register(*sig, Arc::clone(flag))
+        {
             registered.push(id);
         }
     }
@@ -432,14 +436,25 @@ fn run_command(
     for id in registered {
         signal_hook::low_level::unregister(id);
     }
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
+    // Stopped: its output is not wanted, and a process COMMAND started may still hold the pipes
+    // open (a shell's `sleep` outlives the shell killed after the grace).
     if let Some((sig, _)) = caught {
         return Err(128 + sig as u8);
     }
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
     use std::os::unix::process::ExitStatusExt;
     let status = exit.code().map_or_else(|| 128 + exit.signal().unwrap_or(0) as u8, |c| c as u8);
     Ok(Run { status, stdout, stderr })
+}
+
+/// Whether `sig`'s disposition is "ignore" (as inherited through exec).
+fn ignored_at_start(sig: i32) -> bool {
+    // SAFETY: sigaction(2) with a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use crate::util::rig::backend_env;
 use crate::util::{Env, Out, unique};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A shell command that counts its runs in `runs` (one line each) and prints `out`/`err`.
@@ -215,10 +215,9 @@ fn ctrl_c_stops_command_stores_nothing_and_releases_the_lock(backend: &str) {
     // In a process group of its own, as a terminal's foreground job: Ctrl-C reaches every
     // process of the group (kcache, the shell, its sleep).
     let mut runner = {
-        use std::os::unix::process::CommandExt;
         let mut cmd = env.command();
         cmd.args(["memo", "--key", &key, "1h", "--"]).args(counting(&runs_file, &body));
-        cmd.process_group(0).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+        as_foreground_job(&mut cmd, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
     };
     wait_for("the command", Duration::from_secs(10), || pid_file.exists());
     let group = runner.id() as i32;
@@ -238,6 +237,42 @@ fn ctrl_c_stops_command_stores_nothing_and_releases_the_lock(backend: &str) {
     assert!(!std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(), "COMMAND was stopped");
     env.run(&["get", &key]).code(1);
     env.run(&["get", &format!("{key}:lock")]).code(1);
+}
+
+/// `cmd` in a process group of its own with the default action for SIGINT, SIGTERM and SIGHUP
+/// (as a terminal's foreground job has them, whatever the test runner inherited: a background
+/// job of a script ignores SIGINT), except `ignored` (as `nohup` leaves SIGHUP).
+fn as_foreground_job<'a>(cmd: &'a mut Command, ignored: &'static [i32]) -> &'a mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.process_group(0).pre_exec(move || {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                let action = if ignored.contains(&sig) { libc::SIG_IGN } else { libc::SIG_DFL };
+                libc::signal(sig, action);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `nohup kcache memo ...`: a hangup stops neither kcache nor COMMAND, whose result is kept.
+#[test]
+fn a_hangup_ignored_at_start_stays_ignored() {
+    let env = Env::new();
+    let pid_file = env.path("pid");
+    let key = unique("hup");
+    let body = format!("echo $$ > '{}'; sleep 1; echo done", pid_file.display());
+    let mut cmd = env.command();
+    cmd.args(["memo", "--key", &key, "1h", "--", "sh", "-c", &body]);
+    let runner = as_foreground_job(&mut cmd, &[libc::SIGHUP]).stdout(Stdio::piped()).spawn().unwrap();
+    wait_for("the command", Duration::from_secs(10), || pid_file.exists());
+    // SAFETY: kill(2) of the process group just made, with a valid signal.
+    assert_eq!(unsafe { libc::kill(-(runner.id() as i32), libc::SIGHUP) }, 0);
+    let out = runner.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "not stopped by the hangup");
+    assert_eq!(out.stdout, b"done\n");
+    memo(&env, &["--key", &key], "1h", &["false".to_string()]).ok().stdout_is("done\n");
 }
 
 macro_rules! on_every_backend {
