@@ -119,20 +119,12 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__batch)
-            opts="-j -k -c -b -v -q -h -V --jobs --keep-going --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -j -k -h -V --config --backend --url --hosts --prefix --verbose --quiet --jobs --keep-going --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --jobs)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                -j)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -158,6 +150,14 @@ _kcache() {
                     return 0
                     ;;
                 --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -j)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -211,16 +211,12 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__copy)
-            opts="-c -b -v -q -h -V --to --no-overwrite --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --to --no-overwrite --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --to)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -249,6 +245,10 @@ _kcache() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -257,7 +257,7 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__delete)
-            opts="-n -c -b -v -q -h -V --json --no-newline --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -n -h -V --config --backend --url --hosts --prefix --verbose --quiet --json --no-newline --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -299,20 +299,12 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__diff)
-            opts="-c -b -v -q -h -V --to --ttl-tolerance --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --to --ttl-tolerance --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --to)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --ttl-tolerance)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -338,6 +330,14 @@ _kcache() {
                     return 0
                     ;;
                 --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ttl-tolerance)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -433,16 +433,12 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__flush)
-            opts="-c -b -v -q -h -V --all --match --dry-run --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --all --match --dry-run --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --match)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -471,6 +467,10 @@ _kcache() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --match)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -479,7 +479,7 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__get)
-            opts="-n -c -b -v -q -h -V --json --no-newline --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -n -h -V --config --backend --url --hosts --prefix --verbose --quiet --json --no-newline --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -521,16 +521,12 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__keys)
-            opts="-0 -c -b -v -q -h -V --ttl --null --json --limit --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -0 -h -V --config --backend --url --hosts --prefix --verbose --quiet --ttl --null --json --limit --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --limit)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -559,6 +555,10 @@ _kcache() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -567,7 +567,7 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__load)
-            opts="-c -b -v -q -h -V --no-overwrite --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --no-overwrite --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -609,32 +609,12 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__memo)
-            opts="-c -b -v -q -h -V --key --cwd --env --stale --discard-failures --force --wait --lease --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --key --cwd --env --stale --discard-failures --force --wait --lease --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --key)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --env)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --stale)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --wait)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --lease)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -663,6 +643,26 @@ _kcache() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stale)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lease)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -671,7 +671,7 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__migrate)
-            opts="-c -b -v -q -h -V --dry-run --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --dry-run --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -797,7 +797,7 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__set)
-            opts="-c -b -v -q -h -V --json --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -839,7 +839,7 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__stats)
-            opts="-k -c -b -v -q -h -V --json --prometheus --keep-going --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -k -h -V --config --backend --url --hosts --prefix --verbose --quiet --json --prometheus --keep-going --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -881,7 +881,7 @@ _kcache() {
             return 0
             ;;
         kcache__subcmd__ttl)
-            opts="-c -b -v -q -h -V --ms --config --backend --url --hosts --prefix --verbose --quiet --help --version"
+            opts="-c -b -v -q -h -V --config --backend --url --hosts --prefix --verbose --quiet --ms --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

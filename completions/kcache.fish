@@ -56,9 +56,9 @@ complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s b -l backend -
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
-complete -c kcache -n "__fish_kcache_using_subcommand migrate" -l dry-run -d 'Print what would be done (the SQL, or that the schema is up to date); change nothing'
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand migrate" -l dry-run -d 'Print what would be done (the SQL, or that the schema is up to date); change nothing'
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand migrate" -s V -l version -d 'Print version'
 complete -c kcache -n "__fish_kcache_using_subcommand get" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
@@ -66,10 +66,10 @@ complete -c kcache -n "__fish_kcache_using_subcommand get" -s b -l backend -d 'B
 complete -c kcache -n "__fish_kcache_using_subcommand get" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand get" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand get" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
-complete -c kcache -n "__fish_kcache_using_subcommand get" -l json -d 'Print the value as a JSON document, even when it is a string'
-complete -c kcache -n "__fish_kcache_using_subcommand get" -s n -l no-newline -d 'Do not print the trailing newline'
 complete -c kcache -n "__fish_kcache_using_subcommand get" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
 complete -c kcache -n "__fish_kcache_using_subcommand get" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand get" -l json -d 'Print the value as a JSON document, even when it is a string'
+complete -c kcache -n "__fish_kcache_using_subcommand get" -s n -l no-newline -d 'Do not print the trailing newline'
 complete -c kcache -n "__fish_kcache_using_subcommand get" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand get" -s V -l version -d 'Print version'
 complete -c kcache -n "__fish_kcache_using_subcommand set" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
@@ -77,9 +77,9 @@ complete -c kcache -n "__fish_kcache_using_subcommand set" -s b -l backend -d 'B
 complete -c kcache -n "__fish_kcache_using_subcommand set" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand set" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand set" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
-complete -c kcache -n "__fish_kcache_using_subcommand set" -l json -d 'Parse VALUE as JSON instead of storing it as a string'
 complete -c kcache -n "__fish_kcache_using_subcommand set" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
 complete -c kcache -n "__fish_kcache_using_subcommand set" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand set" -l json -d 'Parse VALUE as JSON instead of storing it as a string'
 complete -c kcache -n "__fish_kcache_using_subcommand set" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand set" -s V -l version -d 'Print version'
 complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
@@ -87,9 +87,9 @@ complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s b -l backend -d 'B
 complete -c kcache -n "__fish_kcache_using_subcommand ttl" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand ttl" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand ttl" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
-complete -c kcache -n "__fish_kcache_using_subcommand ttl" -l ms -d 'Print milliseconds instead of seconds'
 complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
 complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand ttl" -l ms -d 'Print milliseconds instead of seconds'
 complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand ttl" -s V -l version -d 'Print version'
 complete -c kcache -n "__fish_kcache_using_subcommand expire" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
@@ -106,35 +106,35 @@ complete -c kcache -n "__fish_kcache_using_subcommand delete" -s b -l backend -d
 complete -c kcache -n "__fish_kcache_using_subcommand delete" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand delete" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand delete" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
-complete -c kcache -n "__fish_kcache_using_subcommand delete" -l json -d 'Print the value as a JSON document, even when it is a string'
-complete -c kcache -n "__fish_kcache_using_subcommand delete" -s n -l no-newline -d 'Do not print the trailing newline'
 complete -c kcache -n "__fish_kcache_using_subcommand delete" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
 complete -c kcache -n "__fish_kcache_using_subcommand delete" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -l json -d 'Print the value as a JSON document, even when it is a string'
+complete -c kcache -n "__fish_kcache_using_subcommand delete" -s n -l no-newline -d 'Do not print the trailing newline'
 complete -c kcache -n "__fish_kcache_using_subcommand delete" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand delete" -s V -l version -d 'Print version'
-complete -c kcache -n "__fish_kcache_using_subcommand flush" -l match -d 'Remove only the entries whose key (prefix stripped) matches this glob' -r
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
-complete -c kcache -n "__fish_kcache_using_subcommand flush" -l all -d 'Remove everything, whatever the prefix'
-complete -c kcache -n "__fish_kcache_using_subcommand flush" -l dry-run -d 'With --match: print the keys that would be removed, remove nothing'
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -l match -d 'Remove only the entries whose key (prefix stripped) matches this glob' -r
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -l all -d 'Remove everything, whatever the prefix'
+complete -c kcache -n "__fish_kcache_using_subcommand flush" -l dry-run -d 'With --match: print the keys that would be removed, remove nothing'
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand flush" -s V -l version -d 'Print version'
-complete -c kcache -n "__fish_kcache_using_subcommand keys" -l limit -d 'Stop after N keys' -r
 complete -c kcache -n "__fish_kcache_using_subcommand keys" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand keys" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
 complete -c kcache -n "__fish_kcache_using_subcommand keys" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand keys" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand keys" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -l limit -d 'Stop after N keys' -r
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand keys" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand keys" -l ttl -d 'Append a tab and the seconds left, as `ttl` prints them (-1: no expiry)'
 complete -c kcache -n "__fish_kcache_using_subcommand keys" -s 0 -l null -d 'End each key with a NUL byte instead of a newline (for xargs -0)'
 complete -c kcache -n "__fish_kcache_using_subcommand keys" -l json -d 'One JSON object per line: {"key": K, "ttl": T}, T in seconds or null'
-complete -c kcache -n "__fish_kcache_using_subcommand keys" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
-complete -c kcache -n "__fish_kcache_using_subcommand keys" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand keys" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand keys" -s V -l version -d 'Print version'
 complete -c kcache -n "__fish_kcache_using_subcommand ping" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
@@ -160,22 +160,22 @@ complete -c kcache -n "__fish_kcache_using_subcommand stats" -s b -l backend -d 
 complete -c kcache -n "__fish_kcache_using_subcommand stats" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand stats" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand stats" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand stats" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand stats" -l json -d 'Print one JSON object instead of a table'
 complete -c kcache -n "__fish_kcache_using_subcommand stats" -l prometheus -d 'Print the Prometheus text exposition format (for node_exporter\'s textfile collector)'
 complete -c kcache -n "__fish_kcache_using_subcommand stats" -s k -l keep-going -d 'Report a server that cannot be reached as down (up: false) instead of failing'
-complete -c kcache -n "__fish_kcache_using_subcommand stats" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
-complete -c kcache -n "__fish_kcache_using_subcommand stats" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand stats" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand stats" -s V -l version -d 'Print version'
-complete -c kcache -n "__fish_kcache_using_subcommand batch" -s j -l jobs -d 'Run on up to N connections at once (commands on one key keep their order)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
-complete -c kcache -n "__fish_kcache_using_subcommand batch" -s k -l keep-going -d 'Go on after a command whose status is 2 or more'
+complete -c kcache -n "__fish_kcache_using_subcommand batch" -s j -l jobs -d 'Run on up to N connections at once (commands on one key keep their order)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand batch" -s k -l keep-going -d 'Go on after a command whose status is 2 or more'
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand batch" -s V -l version -d 'Print version'
 complete -c kcache -n "__fish_kcache_using_subcommand dump" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
@@ -192,48 +192,48 @@ complete -c kcache -n "__fish_kcache_using_subcommand load" -s b -l backend -d '
 complete -c kcache -n "__fish_kcache_using_subcommand load" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand load" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand load" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
-complete -c kcache -n "__fish_kcache_using_subcommand load" -l no-overwrite -d 'Keep a live existing entry instead of overwriting it'
 complete -c kcache -n "__fish_kcache_using_subcommand load" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
 complete -c kcache -n "__fish_kcache_using_subcommand load" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand load" -l no-overwrite -d 'Keep a live existing entry instead of overwriting it'
 complete -c kcache -n "__fish_kcache_using_subcommand load" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand load" -s V -l version -d 'Print version'
-complete -c kcache -n "__fish_kcache_using_subcommand copy" -l to -d 'The target cache\'s config file (TOML or Kinto INI), read alone' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand copy" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand copy" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
 complete -c kcache -n "__fish_kcache_using_subcommand copy" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand copy" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand copy" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
-complete -c kcache -n "__fish_kcache_using_subcommand copy" -l no-overwrite -d 'Keep a live existing entry of the target instead of overwriting it'
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -l to -d 'The target cache\'s config file (TOML or Kinto INI), read alone' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand copy" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
 complete -c kcache -n "__fish_kcache_using_subcommand copy" -s q -l quiet -d 'Say less: no warnings'
+complete -c kcache -n "__fish_kcache_using_subcommand copy" -l no-overwrite -d 'Keep a live existing entry of the target instead of overwriting it'
 complete -c kcache -n "__fish_kcache_using_subcommand copy" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand copy" -s V -l version -d 'Print version'
-complete -c kcache -n "__fish_kcache_using_subcommand diff" -l to -d 'The other cache\'s config file (TOML or Kinto INI), read alone' -r -F
-complete -c kcache -n "__fish_kcache_using_subcommand diff" -l ttl-tolerance -d 'Expiry times this close are equal: 2s, 500ms, 1m' -r
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -l to -d 'The other cache\'s config file (TOML or Kinto INI), read alone' -r -F
+complete -c kcache -n "__fish_kcache_using_subcommand diff" -l ttl-tolerance -d 'Expiry times this close are equal: 2s, 500ms, 1m' -r
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand diff" -s V -l version -d 'Print version'
-complete -c kcache -n "__fish_kcache_using_subcommand memo" -l key -d 'Store the result under KEY (the prefix is prepended) instead of a hash of COMMAND' -r
-complete -c kcache -n "__fish_kcache_using_subcommand memo" -l env -d 'Make the value of environment variable NAME part of the key (repeatable)' -r
-complete -c kcache -n "__fish_kcache_using_subcommand memo" -l stale -d 'Print a result older than DUR at once and refresh it in the background' -r
-complete -c kcache -n "__fish_kcache_using_subcommand memo" -l wait -d 'Wait at most DUR for another caller\'s run, then run COMMAND [default: TTL, at most 10m]' -r
-complete -c kcache -n "__fish_kcache_using_subcommand memo" -l lease -d 'How long the runner\'s lock lasts if it dies (renewed while COMMAND runs)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand memo" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F
 complete -c kcache -n "__fish_kcache_using_subcommand memo" -s b -l backend -d 'Backend: sqlite, memory, postgresql, memcached, redis, or a Kinto module path' -r
 complete -c kcache -n "__fish_kcache_using_subcommand memo" -l url -d 'Backend URL (postgresql://..., redis://...)' -r
 complete -c kcache -n "__fish_kcache_using_subcommand memo" -l hosts -d 'Memcached servers, separated by commas or spaces' -r
 complete -c kcache -n "__fish_kcache_using_subcommand memo" -l prefix -d 'Prefix prepended to every key, exactly as Kinto does' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l key -d 'Store the result under KEY (the prefix is prepended) instead of a hash of COMMAND' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l env -d 'Make the value of environment variable NAME part of the key (repeatable)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l stale -d 'Print a result older than DUR at once and refresh it in the background' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l wait -d 'Wait at most DUR for another caller\'s run, then run COMMAND [default: TTL, at most 10m]' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -l lease -d 'How long the runner\'s lock lasts if it dies (renewed while COMMAND runs)' -r
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
+complete -c kcache -n "__fish_kcache_using_subcommand memo" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand memo" -l cwd -d 'Make the working directory part of the key'
 complete -c kcache -n "__fish_kcache_using_subcommand memo" -l discard-failures -d 'Do not store a result whose exit status is not 0'
 complete -c kcache -n "__fish_kcache_using_subcommand memo" -l force -d 'Run COMMAND and store its result whatever the cache holds'
-complete -c kcache -n "__fish_kcache_using_subcommand memo" -s v -l verbose -d 'Say more: where each setting came from, and the whole cause of an error'
-complete -c kcache -n "__fish_kcache_using_subcommand memo" -s q -l quiet -d 'Say less: no warnings'
 complete -c kcache -n "__fish_kcache_using_subcommand memo" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kcache -n "__fish_kcache_using_subcommand memo" -s V -l version -d 'Print version'
 complete -c kcache -n "__fish_kcache_using_subcommand completions" -s c -l config -d 'Config file: TOML with a [cache] table, or a Kinto INI with [app:main] [default: $KCACHE_CONFIG]' -r -F

@@ -21,7 +21,6 @@ use cli::{Cli, Command};
 use error::{Error, ErrorKind, Result};
 use std::io::Write;
 use std::path::Path;
-use std::process::ExitCode;
 use std::sync::LazyLock;
 
 /// `kcache --version`: the version and the backends compiled in.
@@ -43,27 +42,28 @@ pub enum Outcome {
 }
 
 /// Runs a parsed command line and returns its exit status.
-pub fn run(cli: Cli) -> ExitCode {
+pub fn run(cli: Cli) -> u8 {
     let verbose = cli.global.verbose;
     match app(cli) {
-        Ok(Outcome::Done) => ExitCode::SUCCESS,
-        Ok(Outcome::Missing) => ExitCode::from(1),
-        Ok(Outcome::Status(n)) => ExitCode::from(n),
-        Err(e) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Ok(Outcome::Done) => 0,
+        Ok(Outcome::Missing) => 1,
+        Ok(Outcome::Status(n)) => n,
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => 0,
         Err(e) => {
             let mut err = std::io::stderr().lock();
             for line in e.render(verbose) {
                 let _ = writeln!(err, "{line}");
             }
-            ExitCode::from(e.kind().status())
+            e.kind().status()
         }
     }
 }
 
-/// Parses the process's arguments and runs them: the whole of `main`.
-pub fn main() -> ExitCode {
-    use clap::{CommandFactory, Parser};
-    match Cli::try_parse() {
+/// Parses the process's arguments and runs them: the whole of `main`; the exit status.
+pub fn main() -> u8 {
+    use clap::CommandFactory;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match cli::parse(&args) {
         // clap checks `conflicts_with` only among options given on the same side of the
         // subcommand; `kcache -q get k -v` must be refused too.
         Ok(cli) if cli.global.verbose && cli.global.quiet => {
@@ -79,9 +79,9 @@ pub fn main() -> ExitCode {
 
 /// Prints clap's own message (help and version on stdout, usage errors on stderr) and returns
 /// its status: 0 for help and version, 2 for usage errors.
-pub fn report_clap(e: &clap::Error) -> ExitCode {
+pub fn report_clap(e: &clap::Error) -> u8 {
     let _ = e.print();
-    ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+    if e.use_stderr() { 2 } else { 0 }
 }
 
 /// Messages for the user on standard error: warnings unless `-q`, notes only with `-v`.

@@ -366,6 +366,41 @@ proptest! {
         }
     }
 
+    /// A command line parsed on its command alone (the fast path of `kcache::cli::parse`) gives
+    /// what the whole tree gives: the same command and options, or clap's same error.
+    #[test]
+    fn one_command_parses_as_the_whole_tree_parses(
+        command in "(get|set|ttl|expire|delete|flush|keys|stats|batch|dump|load|copy|diff|memo|migrate|ping|purge|completions|gett|help)",
+        words in proptest::collection::vec(prop_oneof![
+            word(),
+            "[0-9]{1,4}(\\.[0-9]{1,3})?(ms|s|m|h|d|x)?",
+            "-{1,2}[a-z]{0,5}",
+            prop_oneof![
+                Just("-q"), Just("-v"), Just("-c"), Just("--prefix"), Just("--prefix=p:"), Just("--url"),
+                Just("-b"), Just("--json"), Just("-n"), Just("--ms"), Just("--key"), Just("--stale"),
+                Just("--force"), Just("--env"), Just("--wait"), Just("--lease"), Just("--cwd"),
+                Just("--discard-failures"), Just("--match"), Just("--dry-run"), Just("-j"), Just("-k"),
+                Just("--to"), Just("--help"), Just("-V"), Just("--version"), Just("bash"),
+            ].prop_map(str::to_string),
+            Just("-".to_string()),
+            Just("--".to_string()),
+        ], 0..7),
+    ) {
+        use clap::CommandFactory;
+        let mut args = vec![std::ffi::OsString::from("kcache"), command.into()];
+        args.extend(words.into_iter().map(std::ffi::OsString::from));
+        let fast = kcache::cli::parse(&args);
+        let whole = kcache::cli::parse_whole(&mut kcache::cli::Cli::command(), &args);
+        match (fast, whole) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(format!("{a:?}"), format!("{b:?}"), "{:?}", args),
+            (Err(a), Err(b)) => {
+                prop_assert_eq!(a.kind(), b.kind(), "{:?}", args);
+                prop_assert_eq!(a.to_string(), b.to_string(), "{:?}", args);
+            }
+            (a, b) => prop_assert!(false, "{:?}: {:?} against {:?}", args, a.map(|_| ()), b.map(|_| ())),
+        }
+    }
+
     #[test]
     fn batch_comments_and_blank_lines_are_skipped(indent in "[ \t]{0,4}", rest in "[ -~]{0,30}") {
         prop_assert_eq!(parse_line(&format!("{indent}#{rest}")), Ok(None));
