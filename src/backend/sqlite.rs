@@ -248,7 +248,6 @@ impl Drop for Sqlite {
     }
 }
 
-/// Runs `f` in a `BEGIN IMMEDIATE` transaction.
 /// Keys read per page by `walk` and `flush --match`.
 const PAGE: usize = 1000;
 
@@ -289,6 +288,7 @@ impl Sqlite {
     }
 }
 
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction.
 fn immediate<T>(conn: &mut Connection, f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>) -> Result<T> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(classify)?;
     let out = f(&tx).map_err(classify)?;
